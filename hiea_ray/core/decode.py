@@ -1,0 +1,137 @@
+"""Decoders over sparse top-k candidate lists; Ray-free, memory O(n * k), never n x m.
+
+Inputs are local indices: n source rows, m target rows.
+- ``s2t_idx``/``s2t_score`` (n, k): each source's top-k targets (from retrieval), -1 padded.
+- ``t2s_idx``/``t2s_score`` (m, k): each target's top-k sources (the reverse search).
+
+Decoders return a ranked list per source, (n, k) indices and scores, best first:
+- ``top1``: the retrieval order itself (cosine).
+- ``csls``: CSLS(s, t) = 2 cos(s, t) - r_T(s) - r_S(t), where r_T(s) is the mean cosine of s's
+  ``csls_k`` nearest targets and r_S(t) the mean cosine of t's nearest sources (both read off the
+  candidate lists; Conneau et al. 2018).
+- ``sinkhorn``: entropic optimal transport restricted to the union candidate graph
+  (s2t edges plus reversed t2s edges) as a scipy sparse matrix: Sinkhorn scaling of
+  K = exp((cos - 1) / tau); rows end normalized, so a score is the share of s's mass sent to t.
+
+``greedy_match`` turns ranked lists into a one-to-one alignment (exactly the greedy matching by
+descending score, computed as rounds of locally dominant edges, vectorized).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def _sort_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-score, axis=1, kind="stable")
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(score, order, 1)
+
+
+def _topk_mean(score: np.ndarray, k: int) -> np.ndarray:
+    s = np.where(np.isfinite(score[:, :k]), score[:, :k], np.nan)
+    with np.errstate(all="ignore"):
+        out = np.nanmean(s, axis=1)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def csls(s2t_idx, s2t_score, t2s_idx, t2s_score, k: int = 10):
+    """(n, k) CSLS-reranked candidate lists. Candidate lists must be sorted best-first."""
+    r_src = _topk_mean(s2t_score, k)
+    r_tgt = _topk_mean(t2s_score, k)
+    valid = s2t_idx >= 0
+    rt = np.where(valid, r_tgt[np.where(valid, s2t_idx, 0)], 0.0)
+    new = np.where(valid, 2 * s2t_score - r_src[:, None] - rt, -np.inf).astype(np.float32)
+    return _sort_rows(s2t_idx, new)
+
+
+def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int) -> sp.csr_matrix:
+    """Union of both directions' candidate edges as an (n, m) CSR matrix of cosines (no duplicates)."""
+    n = s2t_idx.shape[0]
+    rows = [np.repeat(np.arange(n, dtype=np.int64), s2t_idx.shape[1]), t2s_idx.ravel()]
+    cols = [s2t_idx.ravel(), np.repeat(np.arange(m, dtype=np.int64), t2s_idx.shape[1])]
+    vals = [s2t_score.ravel(), t2s_score.ravel()]
+    r, c, v = (np.concatenate(x) for x in (rows, cols, vals))
+    ok = (r >= 0) & (c >= 0) & np.isfinite(v)
+    r, c, v = r[ok], c[ok], v[ok]
+    key = r * m + c
+    key, first = np.unique(key, return_index=True)  # the same pair from both directions: one edge
+    return sp.csr_matrix((v[first].astype(np.float64), (key // m, key % m)), shape=(n, m))
+
+
+def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, iters: int = 50, k: int | None = None):
+    """(n, k) candidate lists ranked by the transport plan on the sparse candidate graph."""
+    g = candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m)
+    g.data = np.exp((g.data - 1.0) / tau)  # cosines <= 1: no overflow; float64 keeps small values
+    u = np.ones(g.shape[0])
+    v = np.ones(g.shape[1])
+    gt = g.T.tocsr()
+    for _ in range(iters):
+        kv = g @ v
+        u = np.divide(1.0, kv, out=np.zeros_like(kv), where=kv > 0)
+        ku = gt @ u
+        v = np.divide(1.0, ku, out=np.zeros_like(ku), where=ku > 0)
+    kv = g @ v  # end on a row normalization: each source's scores sum to 1
+    u = np.divide(1.0, kv, out=np.zeros_like(kv), where=kv > 0)
+    plan = sp.diags(u) @ g @ sp.diags(v)
+    return csr_topk(plan.tocsr(), k or s2t_idx.shape[1])
+
+
+def csr_topk(mat: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k largest entries of a CSR matrix as padded (n, k) index/score arrays."""
+    mat.sort_indices()
+    n = mat.shape[0]
+    counts = np.diff(mat.indptr)
+    rows = np.repeat(np.arange(n), counts)
+    order = np.lexsort((mat.indices, -mat.data, rows))
+    rank = np.arange(len(order)) - mat.indptr[rows[order]]
+    keep = order[rank < k]
+    r = rows[keep]
+    pos = np.arange(len(keep)) - np.repeat(np.minimum(counts, k).cumsum() - np.minimum(counts, k), np.minimum(counts, k))
+    idx = np.full((n, k), -1, dtype=np.int64)
+    score = np.full((n, k), -np.inf, dtype=np.float32)
+    idx[r, pos] = mat.indices[keep]
+    score[r, pos] = mat.data[keep]
+    return idx, score
+
+
+def greedy_match(idx: np.ndarray, score: np.ndarray, threshold: float | None = None):
+    """One-to-one matching: greedy by descending score over the candidate edges.
+
+    Returns (src_rows, tgt_cols, scores) of the matched pairs. Edges below ``threshold`` are never
+    matched (the source abstains: a dangling entity).
+    """
+    n, k = idx.shape
+    r = np.repeat(np.arange(n), k)
+    c = idx.ravel()
+    w = score.ravel().astype(np.float64)
+    ok = (c >= 0) & np.isfinite(w)
+    if threshold is not None:
+        ok &= w >= threshold
+    r, c, w = r[ok], c[ok], w[ok]
+    order = np.lexsort((c, r, -w))  # global order: score desc, ties by row then col
+    r, c, w = r[order], c[order], w[order]
+    alive = np.ones(len(r), dtype=bool)
+    out_r, out_c, out_w = [], [], []
+    while alive.any():
+        pos = np.flatnonzero(alive)
+        # first alive edge per row / per column in the global order = that row's / column's best
+        _, fr = np.unique(r[pos], return_index=True)
+        _, fc = np.unique(c[pos], return_index=True)
+        row_best = np.zeros(len(pos), dtype=bool)
+        row_best[fr] = True
+        col_best = np.zeros(len(pos), dtype=bool)
+        col_best[fc] = True
+        dom = pos[row_best & col_best]
+        out_r.append(r[dom])
+        out_c.append(c[dom])
+        out_w.append(w[dom])
+        used_r = np.zeros(n, dtype=bool)
+        used_r[r[dom]] = True
+        used_c = np.zeros(int(c.max()) + 1, dtype=bool)
+        used_c[c[dom]] = True
+        alive[pos] = ~(used_r[r[pos]] | used_c[c[pos]])
+    if not out_r:
+        e = np.array([], dtype=np.int64)
+        return e, e, np.array([], dtype=np.float64)
+    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_w)

@@ -1,0 +1,310 @@
+"""Readers for the KG-pair releases users have, normalized into a ``KGPair``.
+
+Formats (auto-detected by ``detect_format``):
+- ``dbp15k``: JAPE / BERT-INT id release: ent_ids_{1,2}, rel_ids_{1,2}, triples_{1,2},
+  sup_pairs, ref_pairs, optional ent_names_translated_{1,2}.
+- ``srprs``: GCN-Align / CEA release: the same id files plus ref_ent_ids (all links),
+  sup_ent_ids (train links), optional training_attrs_{1,2} (attribute names, no values) and
+  ent_names_translated_{1,2}.
+- ``openea``: rel_triples_{1,2}, attr_triples_{1,2} (URIs), ent_links and
+  721_5fold/N/{train,valid,test}_links.
+
+Every malformed line, unknown id or missing file is a ``UserError`` naming the file and line;
+with ``skip_bad_lines`` bad lines are skipped and counted in the report instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pyarrow as pa
+
+from hiea_ray.config import DataConfig
+from hiea_ray.errors import UserError, line_error
+from hiea_ray.kg.model import ATTR_TRIPLES, ENTITIES, LINKS, REL_TRIPLES, KGPair
+
+
+def uri_name(uri: str) -> str:
+    """Human-readable name from a URI: last path segment, percent-decoded, '_' -> ' '."""
+    tail = uri.rstrip("/")
+    for sep in ("#", "/"):
+        if sep in tail:
+            tail = tail.rsplit(sep, 1)[1]
+    return unquote(tail).replace("_", " ").strip()
+
+
+def detect_format(folder: Path) -> str:
+    if not folder.is_dir():
+        raise UserError(f"{folder}: data folder not found")
+    names = set(os.listdir(folder))
+    if {"sup_pairs", "ref_pairs"} & names and "ent_ids_1" in names:
+        return "dbp15k"
+    if "ref_ent_ids" in names and "ent_ids_1" in names:
+        return "srprs"
+    if "rel_triples_1" in names and "ent_links" in names:
+        return "openea"
+    raise UserError(
+        f"{folder}: cannot tell the format. Expected a DBP15K release (ent_ids_1, triples_1, "
+        "sup_pairs, ref_pairs), an SRPRS release (ent_ids_1, triples_1, ref_ent_ids, sup_ent_ids) "
+        "or an OpenEA release (rel_triples_1, attr_triples_1, ent_links, 721_5fold/)"
+    )
+
+
+class _Lines:
+    """Tab-separated lines of one file, with file:line errors and optional skipping."""
+
+    def __init__(self, skip_bad: bool, skipped: Counter):
+        self.skip_bad = skip_bad
+        self.skipped = skipped
+
+    def need(self, path: Path) -> Path:
+        if not path.is_file():
+            raise UserError(f"{path}: required file is missing")
+        return path
+
+    def rows(self, path: Path, min_fields: int, max_fields: int | None = None):
+        """Yield (lineno, fields) for each non-empty line with an allowed number of fields."""
+        self.need(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text ({e})") from None
+        for lineno, line in enumerate(text.split("\n"), 1):
+            line = line.rstrip("\r")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
+                want = str(min_fields) if max_fields == min_fields else f"{min_fields}+"
+                self.bad(path, lineno, f"expected {want} tab-separated fields, found {len(fields)}")
+                continue
+            yield lineno, fields
+
+    def bad(self, path: Path, lineno: int, message: str) -> None:
+        if not self.skip_bad:
+            raise line_error(path, lineno, message + " (set data.skip_bad_lines=true to skip such lines)")
+        self.skipped[str(path.name)] += 1
+
+
+class _RawPair:
+    """Entities keyed per KG by their raw key (an id string or a URI) before normalization."""
+
+    def __init__(self):
+        self.keys = {1: {}, 2: {}}  # kg -> raw key -> index in the lists below
+        self.uris = {1: [], 2: []}
+        self.names = {1: [], 2: []}
+        self.triples = {1: [], 2: []}  # (head idx, relation, tail idx)
+        self.attrs = {1: [], 2: []}  # (entity idx, attribute, value)
+        self.links = []  # (kg1 idx, kg2 idx, split)
+
+    def add_entity(self, kg: int, key: str, uri: str) -> int:
+        idx = self.keys[kg].get(key)
+        if idx is None:
+            idx = self.keys[kg][key] = len(self.uris[kg])
+            self.uris[kg].append(uri)
+            self.names[kg].append(uri_name(uri))
+        return idx
+
+
+def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair, Counter]:
+    skipped: Counter = Counter()
+    lines = _Lines(cfg.skip_bad_lines, skipped)
+    raw = _RawPair()
+    owner: dict[str, int] = {}  # raw id -> kg, to check link sides
+    for kg in (1, 2):
+        path = folder / f"ent_ids_{kg}"
+        for lineno, (eid, uri) in lines.rows(path, 2, 2):
+            if eid in owner:
+                lines.bad(path, lineno, f"entity id {eid} appears twice")
+                continue
+            owner[eid] = kg
+            raw.add_entity(kg, eid, uri)
+    relations: dict[str, str] = {}
+    for kg in (1, 2):
+        path = folder / f"rel_ids_{kg}"
+        for lineno, (rid, ruri) in lines.rows(path, 2, 2):
+            relations[rid] = ruri
+    for kg in (1, 2):
+        path = folder / f"triples_{kg}"
+        ids = raw.keys[kg]
+        for lineno, (h, r, t) in lines.rows(path, 3, 3):
+            if h not in ids or t not in ids:
+                bad = h if h not in ids else t
+                lines.bad(path, lineno, f"entity id {bad} is not in ent_ids_{kg}")
+                continue
+            if r not in relations:
+                lines.bad(path, lineno, f"relation id {r} is not in rel_ids_1/rel_ids_2")
+                continue
+            raw.triples[kg].append((ids[h], relations[r], ids[t]))
+    if cfg.names == "translated":
+        for kg in (1, 2):
+            path = folder / f"ent_names_translated_{kg}"
+            if not path.is_file():
+                continue
+            ids = raw.keys[kg]
+            for lineno, fields in lines.rows(path, 1, 2):
+                eid = fields[0]
+                name = fields[1].strip() if len(fields) > 1 else ""
+                if eid not in ids:
+                    lines.bad(path, lineno, f"entity id {eid} is not in ent_ids_{kg}")
+                    continue
+                if name:  # an empty translated name keeps the URI name
+                    raw.names[kg][ids[eid]] = name
+    if fmt == "dbp15k":
+        link_files = [("sup_pairs", "train"), ("ref_pairs", "test")]
+    else:
+        link_files = [("sup_ent_ids", "train"), ("ref_ent_ids", "all")]
+    seen: dict[tuple[str, str], str] = {}
+    for fname, split in link_files:
+        path = folder / fname
+        for lineno, (a, b) in lines.rows(path, 2, 2):
+            if owner.get(a) != 1 or owner.get(b) != 2:
+                bad = a if owner.get(a) != 1 else b
+                side = "ent_ids_1" if bad == a else "ent_ids_2"
+                lines.bad(path, lineno, f"link entity id {bad} is not in {side}")
+                continue
+            if (a, b) in seen:
+                if seen[(a, b)] == split:
+                    lines.bad(path, lineno, f"link {a} {b} appears twice")
+                continue  # SRPRS: ref_ent_ids repeats the train links; they stay train
+            seen[(a, b)] = "test" if split == "all" else split
+    raw.links = [(raw.keys[1][a], raw.keys[2][b], s) for (a, b), s in seen.items()]
+    if fmt == "srprs":
+        for kg in (1, 2):
+            path = folder / f"training_attrs_{kg}"
+            if not path.is_file():
+                continue
+            by_uri = {uri: i for i, uri in enumerate(raw.uris[kg])}
+            for lineno, fields in lines.rows(path, 1):
+                idx = by_uri.get(fields[0])
+                if idx is None:
+                    lines.bad(path, lineno, f"entity {fields[0]!r} is not in ent_ids_{kg}")
+                    continue
+                raw.attrs[kg].extend((idx, a, "") for a in fields[1:] if a)
+    return raw, skipped
+
+
+def _read_openea(folder: Path, cfg: DataConfig) -> tuple[_RawPair, Counter]:
+    skipped: Counter = Counter()
+    lines = _Lines(cfg.skip_bad_lines, skipped)
+    raw = _RawPair()
+    for kg in (1, 2):
+        path = folder / f"rel_triples_{kg}"
+        for lineno, (h, r, t) in lines.rows(path, 3, 3):
+            raw.triples[kg].append((raw.add_entity(kg, h, h), r, raw.add_entity(kg, t, t)))
+        path = folder / f"attr_triples_{kg}"
+        if path.is_file():
+            for lineno, fields in lines.rows(path, 3):
+                e, a, v = fields[0], fields[1], "\t".join(fields[2:])
+                raw.attrs[kg].append((raw.add_entity(kg, e, e), a, v))
+    fold = folder / "721_5fold" / str(cfg.openea_fold)
+    split_files = [(fold / f"{s}_links", s) for s in ("train", "valid", "test")]
+    if not fold.is_dir():
+        raise UserError(f"{fold}: split folder missing (set data.openea_fold to an existing fold)")
+    seen: set[tuple[str, str]] = set()
+    for path, split in split_files:
+        for lineno, (a, b) in lines.rows(path, 2, 2):
+            if a not in raw.keys[1] or b not in raw.keys[2]:
+                bad = a if a not in raw.keys[1] else b
+                lines.bad(path, lineno, f"link entity {bad!r} appears in no triple of its KG")
+                continue
+            if (a, b) in seen:
+                lines.bad(path, lineno, f"link {a} {b} appears in two splits")
+                continue
+            seen.add((a, b))
+            raw.links.append((raw.keys[1][a], raw.keys[2][b], split))
+    # ent_links must be readable even though the fold files carry the split.
+    for _ in lines.rows(folder / "ent_links", 2, 2):
+        pass
+    return raw, skipped
+
+
+def normalize(raw: _RawPair, cfg: DataConfig, carve_valid: bool) -> KGPair:
+    """Assign shuffled int64 ids over both KGs, carve a validation split, build Arrow tables."""
+    n1, n2 = len(raw.uris[1]), len(raw.uris[2])
+    rng = np.random.default_rng(cfg.seed)
+    perm = rng.permutation(n1 + n2).astype(np.int64)
+    new1, new2 = perm[:n1], perm[n1:]
+    entities = pa.table(
+        {
+            "id": np.concatenate([new1, new2]),
+            "kg": np.concatenate([np.full(n1, 1, np.int8), np.full(n2, 2, np.int8)]),
+            "uri": raw.uris[1] + raw.uris[2],
+            "name": raw.names[1] + raw.names[2],
+        },
+        schema=ENTITIES,
+    )
+
+    def triples(kg, new):
+        t = raw.triples[kg]
+        h = np.fromiter((x[0] for x in t), np.int64, len(t))
+        tl = np.fromiter((x[2] for x in t), np.int64, len(t))
+        return pa.table(
+            {"kg": np.full(len(t), kg, np.int8), "head": new[h], "relation": [x[1] for x in t], "tail": new[tl]},
+            schema=REL_TRIPLES,
+        )
+
+    def attrs(kg, new):
+        a = raw.attrs[kg]
+        e = np.fromiter((x[0] for x in a), np.int64, len(a))
+        return pa.table(
+            {
+                "kg": np.full(len(a), kg, np.int8),
+                "entity": new[e],
+                "attribute": [x[1] for x in a],
+                "value": [x[2] for x in a],
+            },
+            schema=ATTR_TRIPLES,
+        )
+
+    links = raw.links
+    src = np.fromiter((x[0] for x in links), np.int64, len(links))
+    tgt = np.fromiter((x[1] for x in links), np.int64, len(links))
+    split = np.array([x[2] for x in links], dtype=object)
+    if carve_valid and cfg.valid_fraction > 0:
+        train = np.flatnonzero(split == "train")
+        # Seeded and independent of file order: sort train links by their source URI first.
+        train = train[np.argsort([raw.uris[1][src[i]] for i in train], kind="stable")]
+        pick = np.random.default_rng(cfg.seed + 1).permutation(len(train))
+        n_valid = int(round(cfg.valid_fraction * len(train)))
+        split[train[pick[:n_valid]]] = "valid"
+    order = np.random.default_rng(cfg.seed + 2).permutation(len(links))
+    links_t = pa.table(
+        {"src": new1[src][order], "tgt": new2[tgt][order], "split": list(split[order])}, schema=LINKS
+    )
+    return KGPair(
+        entities=entities,
+        rel_triples=pa.concat_tables([triples(1, new1), triples(2, new2)]),
+        attr_triples=pa.concat_tables([attrs(1, new1), attrs(2, new2)]),
+        links=links_t,
+    )
+
+
+def read_pair(folder: str | Path, cfg: DataConfig | None = None) -> KGPair:
+    """Read any supported release in ``folder`` into a normalized ``KGPair``."""
+    cfg = cfg or DataConfig()
+    folder = Path(folder)
+    fmt = detect_format(folder) if cfg.format == "auto" else cfg.format
+    if fmt in ("dbp15k", "srprs"):
+        raw, skipped = _read_id_release(folder, cfg, fmt)
+    else:
+        raw, skipped = _read_openea(folder, cfg)
+    pair = normalize(raw, cfg, carve_valid=fmt != "openea")
+    if pair.links.num_rows == 0:
+        raise UserError(f"{folder}: no alignment links were read")
+    splits = Counter(pair.links["split"].to_pylist())
+    pair.report = {
+        "format": fmt,
+        "folder": str(folder),
+        "entities": {"kg1": len(raw.uris[1]), "kg2": len(raw.uris[2])},
+        "rel_triples": {"kg1": len(raw.triples[1]), "kg2": len(raw.triples[2])},
+        "attr_triples": {"kg1": len(raw.attrs[1]), "kg2": len(raw.attrs[2])},
+        "links": dict(sorted(splits.items())),
+        "skipped_lines": dict(sorted(skipped.items())),
+        "names": cfg.names,
+    }
+    return pair

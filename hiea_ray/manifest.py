@@ -1,0 +1,95 @@
+"""Stage outputs on disk: a folder per stage, written atomically, with a manifest.
+
+``<run>/<stage>/manifest.json`` holds the schema version, the hash of the config sections the
+stage reads, the fingerprints of its inputs and what it wrote. A stage is *fresh* when its
+manifest matches what it would be run with now; then it is reused (a re-run is a no-op). Work in
+progress lives in ``<run>/.<stage>.tmp`` and becomes ``<run>/<stage>`` by one rename, so a killed
+run never leaves a half-written stage; a stage that can resume (embed) keeps its finished parts
+in the tmp folder as long as its config and inputs are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from hiea_ray.kg.model import SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint_files(folder: Path) -> str:
+    """Cheap content fingerprint of an input folder: relative path, size, mtime of every file."""
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+class Stage:
+    def __init__(self, run: Path, name: str, config_hash: str, inputs: dict[str, str]):
+        self.run = Path(run)
+        self.name = name
+        self.final = self.run / name
+        self.tmp = self.run / f".{name}.tmp"
+        self.key = {"schema_version": SCHEMA_VERSION, "config_hash": config_hash, "inputs": inputs}
+        self.started = time.time()
+
+    def manifest(self) -> dict | None:
+        p = self.final / MANIFEST
+        if not p.is_file():
+            return None
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            return None
+
+    def fresh(self) -> bool:
+        m = self.manifest()
+        return m is not None and all(m.get(k) == v for k, v in self.key.items())
+
+    def fingerprint(self) -> str:
+        m = self.manifest()
+        assert m is not None, f"stage {self.name} has no manifest"
+        return m["fingerprint"]
+
+    def begin(self) -> Path:
+        """The tmp folder to write into; kept (for resuming) only if made with the same key."""
+        marker = self.tmp / ".key.json"
+        if self.tmp.exists():
+            same = marker.is_file() and json.loads(marker.read_text()) == self.key
+            if not same:
+                shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(self.key, sort_keys=True))
+        self.started = time.time()
+        return self.tmp
+
+    def commit(self, stats: dict | None = None) -> dict:
+        """Write the manifest and move the tmp folder into place (one rename)."""
+        (self.tmp / ".key.json").unlink(missing_ok=True)
+        outputs = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file():
+                outputs[str(p.relative_to(self.tmp))] = p.stat().st_size
+        body = dict(self.key, stage=self.name, outputs=outputs, stats=stats or {})
+        body["wall_s"] = round(time.time() - self.started, 3)
+        body["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        blob = json.dumps({k: body[k] for k in ("schema_version", "config_hash", "inputs", "outputs")}, sort_keys=True)
+        body["fingerprint"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        tmp_manifest = self.tmp / (MANIFEST + ".part")
+        tmp_manifest.write_text(json.dumps(body, indent=2, sort_keys=True))
+        os.replace(tmp_manifest, self.tmp / MANIFEST)
+        if self.final.exists():
+            old = self.run / f".{self.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(self.tmp, self.final)
+        return body
