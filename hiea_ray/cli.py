@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.cmd == "synth":

@@ -93,7 +93,8 @@ class EmbedConfig:
 class RetrieveConfig:
     # Candidates kept per source entity.
     k: int = 50
-    # FAISS index: flat (exact inner product), ivf (IVF-Flat) or hnsw.
+    # FAISS index: flat (exact inner product), ivf (IVF-Flat) or hnsw. Below 2000 target rows
+    # the exact flat index is always used.
     index: str = "flat"
     # IVF: number of lists (clamped to n/39) and lists probed per query.
     ivf_nlist: int = 1024
@@ -114,8 +115,8 @@ class DecodeConfig:
     # CSLS neighbourhood size (<= retrieve.k).
     csls_k: int = 10
     # Sparse Sinkhorn: entropic temperature and iterations.
-    sinkhorn_tau: float = 0.05
-    sinkhorn_iters: int = 50
+    sinkhorn_tau: float = 0.03
+    sinkhorn_iters: int = 100
     # One-to-one output: a matched pair whose decoder score is below this is dropped (abstention);
     # null keeps every greedy match.
     match_threshold: float | None = None
@@ -127,6 +128,44 @@ class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["standard", "all-targets"])
     # Hits@k cut-offs reported.
     hits_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+@dataclass
+class TrainRetrieverConfig:
+    # Fine-tune the bi-encoder on the train links before embedding (DERA's retriever training).
+    enabled: bool = False
+    # Rounds of (mine hard negatives with the current model -> train epochs_per_round epochs).
+    rounds: int = 2
+    epochs_per_round: int = 1
+    # Global batch of train links per step (split evenly over the workers).
+    batch_size: int = 32
+    lr: float = 3e-5
+    warmup_steps: int = 20
+    # InfoNCE temperature.
+    temperature: float = 0.05
+    # Negatives: other links' targets in the batch; also those of the other workers (all-gather).
+    in_batch: bool = True
+    cross_device: bool = True
+    # Hard negatives per source, sampled from ranks hard_rank_from..hard_rank_to of the current
+    # model's retrieval over all KG2 entities (0 disables them).
+    hard_negatives: int = 4
+    hard_rank_from: int = 2
+    hard_rank_to: int = 200
+    # Also train target -> source.
+    symmetric: bool = False
+    # Validate (valid links: MRR, Hits@1) and checkpoint every N steps; the best checkpoint is kept.
+    eval_every: int = 50
+    # Ray Train scaling: workers, GPU or not, CPUs per worker, torch threads per worker (0 = Ray's).
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 0
+    # bf16 autocast (GPU only) and gradient checkpointing (GPU only).
+    amp: bool = True
+    gradient_checkpointing: bool = False
+    # Restarts of failed workers (Ray Train FailureConfig).
+    max_failures: int = 1
+    seed: int = 0
 
 
 @dataclass
@@ -145,6 +184,7 @@ class Config:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainRetrieverConfig = field(default_factory=TrainRetrieverConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> "Config":
@@ -172,6 +212,8 @@ class Config:
             raise UserError("config field embed.name_weight: must be in [0, 1]")
         if self.retrieve.k < 1 or self.decode.csls_k < 1:
             raise UserError("config fields retrieve.k and decode.csls_k must be >= 1")
+        if self.train.hard_rank_from < 1 or self.train.hard_rank_to < self.train.hard_rank_from:
+            raise UserError("config fields train.hard_rank_from/to: need 1 <= from <= to")
         if self.decode.csls_k > self.retrieve.k:
             raise UserError("config field decode.csls_k: must be <= retrieve.k")
         return self

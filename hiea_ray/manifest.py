@@ -51,8 +51,15 @@ class Stage:
             return None
 
     def fresh(self) -> bool:
+        self._finish_interrupted_commit()
         m = self.manifest()
         return m is not None and all(m.get(k) == v for k, v in self.key.items())
+
+    def _finish_interrupted_commit(self) -> None:
+        """A kill between commit's two renames leaves a complete tmp folder and no final one."""
+        done = self.tmp / MANIFEST
+        if not self.final.exists() and done.is_file():
+            os.replace(self.tmp, self.final)
 
     def fingerprint(self) -> str:
         m = self.manifest()

@@ -29,10 +29,10 @@ def _sort_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _topk_mean(score: np.ndarray, k: int) -> np.ndarray:
-    s = np.where(np.isfinite(score[:, :k]), score[:, :k], np.nan)
-    with np.errstate(all="ignore"):
-        out = np.nanmean(s, axis=1)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+    s = score[:, :k]
+    ok = np.isfinite(s)
+    total = np.where(ok, s, 0.0).sum(axis=1)
+    return (total / np.maximum(ok.sum(axis=1), 1)).astype(np.float32)  # rows without candidates: 0
 
 
 def csls(s2t_idx, s2t_score, t2s_idx, t2s_score, k: int = 10):

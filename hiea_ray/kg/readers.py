@@ -276,10 +276,16 @@ def normalize(raw: _RawPair, cfg: DataConfig, carve_valid: bool) -> KGPair:
     links_t = pa.table(
         {"src": new1[src][order], "tgt": new2[tgt][order], "split": list(split[order])}, schema=LINKS
     )
+    # Rows in order of the new ids, not of the input files: releases list aligned entities (and
+    # their triples) at the same positions in both KGs' files, so file order would leak links.
     return KGPair(
-        entities=entities,
-        rel_triples=pa.concat_tables([triples(1, new1), triples(2, new2)]),
-        attr_triples=pa.concat_tables([attrs(1, new1), attrs(2, new2)]),
+        entities=entities.sort_by("id"),
+        rel_triples=pa.concat_tables([triples(1, new1), triples(2, new2)]).sort_by(
+            [("head", "ascending"), ("tail", "ascending"), ("relation", "ascending")]
+        ),
+        attr_triples=pa.concat_tables([attrs(1, new1), attrs(2, new2)]).sort_by(
+            [("entity", "ascending"), ("attribute", "ascending"), ("value", "ascending")]
+        ),
         links=links_t,
     )
 

@@ -42,7 +42,7 @@ from hiea_ray.ray_layer.stages import column_to_numpy, embed_spec, verbalize_spe
 
 log = logging.getLogger("hiea_ray")
 
-STAGES = ["ingest", "verbalize", "embed", "retrieve", "decode", "evaluate"]
+STAGES = ["ingest", "verbalize", "train", "embed", "retrieve", "decode", "evaluate"]
 
 
 def init_ray(cfg: Config) -> None:
@@ -60,7 +60,8 @@ def init_ray(cfg: Config) -> None:
         if os.environ.get("RAY_ADDRESS"):
             ray.init(**kwargs)
         else:
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+            # "local": always a new instance; never attach to another one found on this machine.
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
 
@@ -132,7 +133,11 @@ class Pipeline:
         t0 = time.time()
         contexts = build_contexts(self.pair())
         spec = verbalize_spec(self.cfg.verbalize)
-        ds = ray.data.from_arrow(contexts).map_batches(
+        # One block (and so one texts file) per verbalize batch: the embed stage then reads many
+        # blocks that its actor pool spreads over the nodes.
+        step = max(1, self.cfg.verbalize.batch_size)
+        blocks = [contexts.slice(i, step) for i in range(0, max(contexts.num_rows, 1), step)]
+        ds = ray.data.from_arrow(blocks).map_batches(
             spec.cls, fn_constructor_kwargs=spec.constructor_kwargs, compute=ray.data.ActorPoolStrategy(size=self.cfg.verbalize.num_actors),
             **spec.map_batches_kwargs,
         )
@@ -147,17 +152,48 @@ class Pipeline:
         self._done(st, False)
         return st
 
-    # -- 3. embed (Ray Data, actor pool, resumable) ------------------------------------------
+    # -- 3. train the retriever (Ray Train; optional) -----------------------------------------
+    def train(self) -> Stage | None:
+        if not self.cfg.train.enabled:
+            return None
+        verb = Stage(self.run, "verbalize", "", {})
+        e = self.cfg.embed
+        base = {k: getattr(e, k) for k in ("model", "max_length")}
+        st = self._stage("train", ("train",), {"verbalize": verb.fingerprint()}, extra=base)
+        if st.fresh():
+            self._done(st, True)
+            return st
+        from hiea_ray.ray_layer.train_retriever import train_retriever
+
+        init_ray(self.cfg)
+        tmp = st.begin()
+        texts = _read_dir(self.run / "verbalize" / "texts")
+        res = train_retriever(self.cfg, texts, self.pair().links, tmp)
+        shutil.rmtree(tmp / "ray", ignore_errors=True)  # Ray Train's checkpoints: only the best model is kept
+        for d in tmp.glob("round*-best"):
+            shutil.rmtree(d)
+        last = res["history"][-1]
+        st.commit({"rounds": res["history"], "best_valid_mrr": last["best"]["valid_mrr"]})
+        self._done(st, False)
+        return st
+
+    def encoder_model(self) -> str:
+        """The trained model when retriever training is on, else the configured encoder."""
+        return str(self.run / "train" / "model") if self.cfg.train.enabled else self.cfg.embed.model
+
+    # -- 4. embed (Ray Data, actor pool, resumable) ------------------------------------------
     def embed(self) -> Stage:
         verb = Stage(self.run, "verbalize", "", {})
         e = self.cfg.embed
         output_fields = {k: getattr(e, k) for k in ("model", "pooling", "batch_size", "max_length", "name_weight")}
-        st = self._stage("embed", (), {"verbalize": verb.fingerprint()}, extra=output_fields)
+        inputs = {"verbalize": verb.fingerprint()}
+        if self.cfg.train.enabled:
+            inputs["train"] = Stage(self.run, "train", "", {}).fingerprint()
+            e = e.__class__(**{**asdict(e), "model": self.encoder_model()})
+        st = self._stage("embed", (), inputs, extra=output_fields)
         if st.fresh():
             self._done(st, True)
             return st
-        import ray
-
         init_ray(self.cfg)
         tmp = st.begin()
         parts = tmp / "parts"
@@ -167,19 +203,9 @@ class Pipeline:
         total = sum(pq.ParquetFile(f).metadata.num_rows for f in texts_dir.glob("*.parquet"))
         t0 = time.time()
         if len(done) < total:
-            ds = ray.data.read_parquet(str(texts_dir))
             if len(done):
-                done_ref = ray.put(done)
-                ds = ds.map_batches(_DropDone, fn_constructor_kwargs={"done": done_ref}, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
                 log.info("embed: resuming, %d of %d rows already embedded", len(done), total)
-            spec = embed_spec(e)
-            ds = ds.map_batches(
-                spec.cls,
-                fn_constructor_kwargs=spec.constructor_kwargs,
-                compute=ray.data.ActorPoolStrategy(size=e.num_actors),
-                **spec.map_batches_kwargs,
-            )
-            ds.write_parquet(str(parts))
+            embed_dataset(texts_dir, parts, e, done)
         wall = time.time() - t0
         table = _read_dir(parts)
         ids = table["id"].to_numpy()
@@ -204,7 +230,7 @@ class Pipeline:
         t = _read_dir(self.run / "embed" / "parts").sort_by("id")
         return t["id"].to_numpy(), t["kg"].to_numpy(), column_to_numpy(t["embedding"])
 
-    # -- 4. retrieve (FAISS on the driver) ---------------------------------------------------
+    # -- 5. retrieve (FAISS on the driver) ---------------------------------------------------
     def _protocol_sets(self, pair: KGPair, ids: np.ndarray, kg: np.ndarray, protocol: str):
         test = pair.links_of("test")
         if protocol == "standard":
@@ -244,7 +270,7 @@ class Pipeline:
         self._done(st, False)
         return st
 
-    # -- 5. decode ---------------------------------------------------------------------------
+    # -- 6. decode ---------------------------------------------------------------------------
     def decode(self) -> Stage:
         ret = Stage(self.run, "retrieve", "", {})
         st = self._stage("decode", ("decode",), {"retrieve": ret.fingerprint()})
@@ -287,7 +313,7 @@ class Pipeline:
         self._done(st, False)
         return st
 
-    # -- 6. evaluate -------------------------------------------------------------------------
+    # -- 7. evaluate -------------------------------------------------------------------------
     def evaluate(self) -> dict:
         de = Stage(self.run, "decode", "", {})
         st = self._stage("evaluate", ("evaluate",), {"decode": de.fingerprint()})
@@ -328,6 +354,34 @@ class Pipeline:
         shutil.copy(self.run / "evaluate" / "metrics.json", self.run / "metrics.json")
         self._done(st, False)
         return flat
+
+
+def embed_dataset(texts_dir: Path, parts: Path, e, done: np.ndarray | None = None) -> None:
+    """The embed chain: read texts -> (drop done ids) -> encoder actor pool -> Parquet parts."""
+    import ray
+
+    ds = ray.data.read_parquet(str(texts_dir))
+    if done is not None and len(done):
+        ds = ds.map_batches(
+            _DropDone,
+            fn_constructor_kwargs={"done": ray.put(done)},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0,
+        )
+    # The Parquet reader bundles small files into one read task (one block), and an actor pool
+    # hands whole blocks to actors: without this, every row went to a single encoder actor
+    # whatever embed.num_actors was, and the stage wrote a single part file (nothing to resume).
+    # Streaming repartition: blocks of <= rows_per_batch rows, spread over the actors/nodes.
+    ds = ds.repartition(target_num_rows_per_block=max(1, e.rows_per_batch))
+    spec = embed_spec(e)
+    ds = ds.map_batches(
+        spec.cls,
+        fn_constructor_kwargs=spec.constructor_kwargs,
+        compute=ray.data.ActorPoolStrategy(size=e.num_actors),
+        **spec.map_batches_kwargs,
+    )
+    ds.write_parquet(str(parts))
 
 
 # -- helpers -----------------------------------------------------------------------------------

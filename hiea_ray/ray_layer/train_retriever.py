@@ -1,0 +1,247 @@
+"""Bi-encoder fine-tuning on Ray Train, with hard negatives mined by Ray Data + FAISS.
+
+    rounds:  mine(model_r) -> TorchTrainer.fit (epochs_per_round) -> best checkpoint = model_{r+1}
+
+- Mining: the current model embeds the train sources and every KG2 entity (the pipeline's Ray
+  Data embed chain), FAISS ranks KG2 for each source, and ``hard_negatives`` targets are sampled
+  per source from ranks ``hard_rank_from..hard_rank_to`` (the gold target excluded).
+- Training: ``train_loop_per_worker`` reads its Ray Data shard of (src, tgt, neg) rows, runs the
+  plain ``train_step`` (``hiea_ray.core.bi_encoder_train``) in DDP (``prepare_model``), validates
+  every ``eval_every`` steps and reports metrics with a checkpoint through ``ray.train.report``.
+  A restarted run resumes from ``ray.train.get_checkpoint()`` at the saved step;
+  ``FailureConfig(max_failures)`` restarts failed workers. The best checkpoint by validation MRR
+  becomes a normal HF folder used by the embed stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hiea_ray.config import Config, TrainRetrieverConfig
+from hiea_ray.core.encoder import resolve_model
+
+log = logging.getLogger("hiea_ray")
+
+
+def link_texts(texts: pa.Table, links: pa.Table) -> pa.Table:
+    """links (src, tgt) -> (src_id, tgt_id, src, tgt) with the verbalized texts."""
+    t = texts.sort_by("id")
+    ids = t["id"].to_numpy()
+    txt = t["text"]
+    s = np.searchsorted(ids, links["src"].to_numpy())
+    g = np.searchsorted(ids, links["tgt"].to_numpy())
+    return pa.table({"src_id": links["src"], "tgt_id": links["tgt"], "src": pc.take(txt, s), "tgt": pc.take(txt, g)})
+
+
+def mine_hard_negatives(model: str, texts: pa.Table, train: pa.Table, cfg: Config, tc: TrainRetrieverConfig, seed: int) -> pa.Table:
+    """Adds a ``neg`` column: hard_negatives texts per train link, from ranks [from, to] of the current model."""
+    from hiea_ray.core.retrieval import knn
+    from hiea_ray.ray_layer.pipeline import _read_dir, column_to_numpy, embed_dataset
+
+    kg2 = texts.filter(pc.equal(texts["kg"], 2)).sort_by("id")
+    srcs = texts.filter(pc.is_in(texts["id"], value_set=train["src_id"]))
+    e = cfg.embed.__class__(**{**asdict(cfg.embed), "model": model, "name_weight": 0.0})
+    with tempfile.TemporaryDirectory() as tmp:
+        tdir = Path(tmp) / "texts"
+        tdir.mkdir()
+        both = pa.concat_tables([kg2, srcs])
+        step = cfg.verbalize.batch_size
+        for i in range(0, both.num_rows, step):
+            pq.write_table(both.slice(i, step), tdir / f"p{i // step:05d}.parquet")
+        embed_dataset(tdir, Path(tmp) / "parts", e)
+        emb = _read_dir(Path(tmp) / "parts").sort_by("id")
+    ids = emb["id"].to_numpy()
+    vecs = column_to_numpy(emb["embedding"])
+    kg2_ids = kg2["id"].to_numpy()
+    kg2_rows = np.searchsorted(ids, kg2_ids)
+    src_rows = np.searchsorted(ids, train["src_id"].to_numpy())
+    depth = min(tc.hard_rank_to, len(kg2_ids))
+    _, idx = knn(vecs[src_rows], vecs[kg2_rows], depth, cfg.retrieve)
+    cand = kg2_ids[np.maximum(idx, 0)]
+    gold = train["tgt_id"].to_numpy()
+    rng = np.random.default_rng(seed)
+    kg2_text = kg2["text"].to_pylist()
+    negs = []
+    lo = max(tc.hard_rank_from - 1, 0)
+    for i in range(len(gold)):
+        pool = [j for j, c in zip(idx[i, lo:depth], cand[i, lo:depth]) if c != gold[i] and j >= 0]
+        pick = rng.choice(len(pool), size=min(tc.hard_negatives, len(pool)), replace=False) if pool else []
+        chosen = [kg2_text[pool[p]] for p in sorted(pick)]
+        while len(chosen) < tc.hard_negatives:  # tiny KGs: pad with random targets
+            chosen.append(kg2_text[int(rng.integers(len(kg2_text)))])
+        negs.append(chosen)
+    return train.append_column("neg", pa.array(negs, pa.list_(pa.string())))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
+
+    from hiea_ray.core.bi_encoder_train import evaluate, train_step
+
+    tc = TrainRetrieverConfig(**config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(tc.seed)
+    torch.set_num_threads(max(1, tc.torch_threads or int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    device = ray.train.torch.get_device()
+    start_step = 0
+    ckpt = ray.train.get_checkpoint()
+    init = config["init_model"]
+    state = None
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=False)
+            model = AutoModel.from_pretrained(Path(d) / "model")
+            tokenizer = AutoTokenizer.from_pretrained(Path(d) / "model")
+        start_step = state["step"]
+    else:
+        model = AutoModel.from_pretrained(init)
+        tokenizer = AutoTokenizer.from_pretrained(init)
+    if tc.gradient_checkpointing and device.type == "cuda":
+        model.gradient_checkpointing_enable()
+    model = ray.train.torch.prepare_model(model)
+    raw = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.01)
+    per_worker = max(1, tc.batch_size // world)
+    steps_per_epoch = config["n_train"] // (per_worker * world)
+    total = max(1, steps_per_epoch * tc.epochs_per_round)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(tc.warmup_steps, total // 10), total)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    amp_dtype = torch.bfloat16 if (tc.amp and device.type == "cuda") else None
+    opts = {**asdict(tc), "max_length": config["max_length"]}
+    valid = config["valid"]
+    shard = ray.train.get_dataset_shard("train")
+    step = start_step
+    losses: list[float] = []
+    t0 = time.time()
+
+    def report(final: bool = False):
+        metrics = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan"), "pairs_per_s": 0.0}
+        metrics["pairs_per_s"] = round(len(losses) * per_worker * world / max(time.time() - t0, 1e-9), 2)
+        metrics.update(evaluate(raw, tokenizer, valid["src"], valid["tgt"], config["max_length"], device))
+        metrics["final"] = final
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                raw.save_pretrained(Path(tmp) / "model")
+                tokenizer.save_pretrained(Path(tmp) / "model")
+                torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(tmp) / "state.pt")
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    for epoch in range(tc.epochs_per_round):
+        batches = shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=None)
+        for i, batch in enumerate(batches):
+            if i >= steps_per_epoch:
+                break
+            if epoch * steps_per_epoch + i < start_step:
+                continue  # resumed: this batch was trained before the interruption
+            losses.append(train_step(model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype))
+            step += 1
+            if config.get("fail_at_step") == step and ckpt is None and rank == 0:
+                raise RuntimeError(f"injected failure at step {step}")
+            if step % tc.eval_every == 0 and step < total:
+                report()
+                losses.clear()
+                t0 = time.time()
+    report(final=True)
+
+
+def latest_checkpoint(folder: Path):
+    """The checkpoint with the highest step under a Ray Train run folder (a killed run), or None."""
+    import ray.train
+    import torch
+
+    best, best_step = None, -1
+    for state in folder.glob("**/state.pt") if folder.is_dir() else []:
+        step = torch.load(state, weights_only=False)["step"]
+        if step > best_step:
+            best, best_step = state.parent, step
+    return ray.train.Checkpoint.from_directory(str(best)) if best is not None else None
+
+
+def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fail_at_step: int | None = None) -> dict:
+    """Runs all rounds; writes the best model to ``out/model`` and the history to ``out/history.json``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    train = link_texts(texts, links.filter(pc.equal(links["split"], "train")))
+    valid = link_texts(texts, links.filter(pc.equal(links["split"], "valid")))
+    model = resolve_model(cfg.embed.model)
+    history = []
+    storage = (out / "ray").resolve()
+    for r in range(tc.rounds):
+        best_dir = out / f"round{r}-best"
+        done_marker = out / f"round{r}.json"
+        if done_marker.is_file() and best_dir.is_dir():  # finished before an interruption
+            history.append(json.loads(done_marker.read_text()))
+            model = str(best_dir)
+            continue
+        t_round = time.time()
+        if tc.hard_negatives > 0:
+            data = mine_hard_negatives(model, texts, train, cfg, tc, seed=tc.seed + r)
+        else:
+            data = train
+        data = data.take(np.random.default_rng(tc.seed + 100 + r).permutation(data.num_rows))
+        mined_s = time.time() - t_round
+        ds = ray.data.from_arrow(data.select([c for c in ("src", "tgt", "neg") if c in data.column_names]))
+        name = f"round{r}"
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "train": asdict(tc),
+                "init_model": model,
+                "n_train": data.num_rows,
+                "max_length": cfg.embed.max_length,
+                "valid": {"src": valid["src"].to_pylist(), "tgt": valid["tgt"].to_pylist()},
+                "fail_at_step": fail_at_step,
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+            ),
+            run_config=ray.train.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=2, checkpoint_score_attribute="valid_mrr", checkpoint_score_order="max"
+                ),
+            ),
+            datasets={"train": ds},
+            resume_from_checkpoint=latest_checkpoint(storage / name),
+        )
+        result = trainer.fit()
+        best = max(result.best_checkpoints, key=lambda cm: cm[1]["valid_mrr"])
+        shutil.rmtree(best_dir, ignore_errors=True)
+        with best[0].as_directory() as d:
+            shutil.copytree(Path(d) / "model", best_dir)
+        model = str(best_dir)
+        entry = {"round": r, "mine_s": round(mined_s, 1), "wall_s": round(time.time() - t_round, 1),
+                 "best": best[1], "last": result.metrics}
+        done_marker.write_text(json.dumps(entry, default=str))
+        history.append(entry)
+        log.info("retriever round %d: best valid MRR %.4f (step %s)", r, best[1]["valid_mrr"], best[1]["step"])
+    final = out / "model"
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(model, final)
+    (out / "history.json").write_text(json.dumps(history, indent=2, default=str))
+    return {"model": str(final), "history": history}

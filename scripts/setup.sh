@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up .venv with hiea-ray and its test tools. On machines without a GPU (the default) torch is
+# pinned to the CPU build via constraints-cpu.txt; set HIEA_GPU=1 on GPU machines to let pip take
+# the CUDA build (and install faiss-gpu yourself there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+constraints=(-c constraints-cpu.txt)
+[ "${HIEA_GPU:-0}" = "1" ] && constraints=()
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev]"
+echo "hiea-ray installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,118 @@
+"""Stage folders: begin/commit, freshness, resume of the tmp folder, fingerprints."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hiea_ray.kg.model import SCHEMA_VERSION
+from hiea_ray.manifest import MANIFEST, Stage, fingerprint_files
+
+
+def _run_stage(run, name="embed", config_hash="h1", inputs=None, files=None, stats=None):
+    st = Stage(run, name, config_hash, inputs if inputs is not None else {"verbalize": "f1"})
+    tmp = st.begin()
+    for rel, text in (files or {"parts/a.txt": "aaa"}).items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(text)
+    return st, st.commit(stats)
+
+
+def test_begin_commit_writes_final_folder_with_manifest(tmp_path):
+    st = Stage(tmp_path, "embed", "h1", {"verbalize": "f1"})
+    assert st.manifest() is None and not st.fresh()
+    tmp = st.begin()
+    assert tmp == tmp_path / ".embed.tmp" and tmp.is_dir()
+    (tmp / "parts").mkdir()
+    (tmp / "parts" / "a.txt").write_text("aaa")
+    body = st.commit({"rows": 3})
+    final = tmp_path / "embed"
+    assert final.is_dir() and not tmp.exists()
+    assert (final / "parts" / "a.txt").read_text() == "aaa"
+    assert not (final / ".key.json").exists()
+    m = json.loads((final / MANIFEST).read_text())
+    assert m == body == st.manifest()
+    assert m["schema_version"] == SCHEMA_VERSION
+    assert m["config_hash"] == "h1" and m["inputs"] == {"verbalize": "f1"}
+    assert m["outputs"] == {os.path.join("parts", "a.txt"): 3}
+    assert m["stats"] == {"rows": 3} and m["stage"] == "embed"
+    assert st.fingerprint() == m["fingerprint"] and len(m["fingerprint"]) == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embed"]  # nothing else left behind
+
+
+def test_fresh(tmp_path):
+    _run_stage(tmp_path, config_hash="h1", inputs={"verbalize": "f1"})
+    assert Stage(tmp_path, "embed", "h1", {"verbalize": "f1"}).fresh()
+    assert not Stage(tmp_path, "embed", "h2", {"verbalize": "f1"}).fresh()
+    assert not Stage(tmp_path, "embed", "h1", {"verbalize": "f2"}).fresh()
+    assert not Stage(tmp_path, "embed", "h1", {"verbalize": "f1", "extra": "x"}).fresh()
+    assert not Stage(tmp_path, "other", "h1", {"verbalize": "f1"}).fresh()
+
+
+def test_corrupt_manifest_is_not_fresh(tmp_path):
+    _run_stage(tmp_path)
+    (tmp_path / "embed" / MANIFEST).write_text("{not json")
+    st = Stage(tmp_path, "embed", "h1", {"verbalize": "f1"})
+    assert st.manifest() is None and not st.fresh()
+
+
+def test_fingerprint_depends_on_key_and_outputs(tmp_path):
+    a = _run_stage(tmp_path / "a")[1]["fingerprint"]
+    assert _run_stage(tmp_path / "b")[1]["fingerprint"] == a  # same key, same outputs
+    assert _run_stage(tmp_path / "c", config_hash="h2")[1]["fingerprint"] != a
+    assert _run_stage(tmp_path / "d", files={"parts/a.txt": "aaaa"})[1]["fingerprint"] != a
+    assert _run_stage(tmp_path / "e", stats={"rows": 99})[1]["fingerprint"] == a  # stats are not identity
+
+
+def test_tmp_from_other_key_is_wiped_same_key_kept(tmp_path):
+    st = Stage(tmp_path, "embed", "h1", {"verbalize": "f1"})
+    tmp = st.begin()
+    (tmp / "part-0.parquet").write_text("done")
+    # killed here; a re-run with the same key resumes with the finished part
+    again = Stage(tmp_path, "embed", "h1", {"verbalize": "f1"})
+    assert (again.begin() / "part-0.parquet").read_text() == "done"
+    # a re-run with another config must not reuse it
+    other = Stage(tmp_path, "embed", "h2", {"verbalize": "f1"})
+    assert not (other.begin() / "part-0.parquet").exists()
+    (tmp / "part-1.parquet").write_text("done")
+    # nor one with other inputs
+    assert not (Stage(tmp_path, "embed", "h2", {"verbalize": "f9"}).begin() / "part-1.parquet").exists()
+
+
+def test_tmp_without_marker_is_wiped(tmp_path):
+    (tmp_path / ".embed.tmp").mkdir()
+    (tmp_path / ".embed.tmp" / "junk").write_text("x")
+    st = Stage(tmp_path, "embed", "h1", {})
+    assert not (st.begin() / "junk").exists()
+
+
+def test_commit_replaces_old_final_folder(tmp_path):
+    _run_stage(tmp_path, config_hash="h1", files={"old.txt": "old", "parts/a.txt": "a"})
+    st, body = _run_stage(tmp_path, config_hash="h2", files={"new.txt": "new"})
+    final = tmp_path / "embed"
+    assert sorted(p.name for p in final.iterdir()) == [MANIFEST, "new.txt"]  # no stale files
+    assert body["outputs"] == {"new.txt": 3}
+    assert st.fresh() and not Stage(tmp_path, "embed", "h1", {"verbalize": "f1"}).fresh()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embed"]  # no .embed.old / .embed.tmp
+
+
+def test_fingerprint_files(tmp_path):
+    d = tmp_path / "data"
+    (d / "sub").mkdir(parents=True)
+    (d / "a").write_text("hello")
+    (d / "sub" / "b").write_text("world")
+    f0 = fingerprint_files(d)
+    assert fingerprint_files(d) == f0
+    (d / "a").write_text("hello!")  # size changes
+    f1 = fingerprint_files(d)
+    assert f1 != f0
+    st = (d / "a").stat()
+    os.utime(d / "a", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # same size, newer mtime
+    f2 = fingerprint_files(d)
+    assert f2 != f1
+    (d / "sub" / "c").write_text("")  # a new file
+    assert fingerprint_files(d) != f2
+    (d / "sub" / "c").unlink()
+    assert fingerprint_files(d) == f2
+    (d / "sub" / "b").rename(d / "sub" / "b2")  # a rename
+    assert fingerprint_files(d) != f2

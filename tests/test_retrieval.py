@@ -1,0 +1,85 @@
+"""FAISS retrieval against numpy brute force; approximate indexes on a clustered set; padding."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from hiea_ray.config import RetrieveConfig
+from hiea_ray.core.retrieval import build_index, knn, use_gpu
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute(q, b, k):
+    s = q @ b.T
+    i = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, i, 1), i
+
+
+def test_flat_matches_brute_force():
+    rng = np.random.default_rng(0)
+    q, b = unit(rng.standard_normal((57, 16))), unit(rng.standard_normal((90, 16)))
+    seen = []
+    s, i = knn(q, b, 10, RetrieveConfig(index="flat", gpu="no", query_batch=7), progress=seen.append)
+    ws, wi = brute(q, b, 10)
+    np.testing.assert_array_equal(i, wi)
+    np.testing.assert_allclose(s, ws, atol=1e-5)
+    assert s.dtype == np.float32 and i.dtype == np.int64
+    assert sum(seen) == 57 and max(seen) == 7  # searched in batches of query_batch
+
+
+def clustered(rng, n_base=2400, n_query=200, d=16, clusters=40):
+    centers = unit(rng.standard_normal((clusters, d)))
+    base = unit(centers[rng.integers(0, clusters, n_base)] + 0.25 * rng.standard_normal((n_base, d)))
+    pick = rng.choice(n_base, n_query, replace=False)
+    queries = unit(base[pick] + 0.05 * rng.standard_normal((n_query, d)))
+    return queries, base
+
+
+@pytest.mark.parametrize("index, cls", [("ivf", faiss.IndexIVFFlat), ("hnsw", faiss.IndexHNSWFlat)])
+def test_approximate_indexes_agree_on_top1(index, cls):
+    rng = np.random.default_rng(1)
+    q, b = clustered(rng)
+    cfg = RetrieveConfig(index=index, gpu="no", k=10, ivf_nlist=64, ivf_nprobe=16, hnsw_m=16, hnsw_ef_search=64)
+    assert isinstance(build_index(b, cfg), cls)
+    s, i = knn(q, b, 10, cfg)
+    _, exact = brute(q, b, 1)
+    assert np.mean(i[:, 0] == exact[:, 0]) >= 0.9
+    assert (i >= 0).all() and np.all(np.diff(s, axis=1) <= 1e-6)
+
+
+def test_small_base_uses_exact_index():
+    rng = np.random.default_rng(2)
+    q, b = unit(rng.standard_normal((20, 8))), unit(rng.standard_normal((100, 8)))
+    for index in ("ivf", "hnsw"):
+        cfg = RetrieveConfig(index=index, gpu="no")
+        assert isinstance(build_index(b, cfg), faiss.IndexFlatIP)
+        np.testing.assert_array_equal(knn(q, b, 5, cfg)[1], brute(q, b, 5)[1])
+
+
+def test_fewer_base_rows_than_k_pads():
+    rng = np.random.default_rng(3)
+    q, b = unit(rng.standard_normal((4, 8))), unit(rng.standard_normal((3, 8)))
+    s, i = knn(q, b, 5, RetrieveConfig(gpu="no"))
+    assert i.shape == (4, 5) and s.shape == (4, 5)
+    assert (i[:, 3:] == -1).all() and np.isneginf(s[:, 3:]).all()
+    assert all(sorted(row) == [0, 1, 2] for row in i[:, :3].tolist())
+    np.testing.assert_array_equal(i[:, :3], brute(q, b, 3)[1])
+
+
+def test_empty_inputs():
+    s, i = knn(np.zeros((0, 8), np.float32), unit(np.ones((3, 8))), 4, RetrieveConfig(gpu="no"))
+    assert s.shape == (0, 4) and i.shape == (0, 4)
+    s, i = knn(unit(np.ones((2, 8))), np.zeros((0, 8), np.float32), 4, RetrieveConfig(gpu="no"))
+    assert (i == -1).all() and np.isneginf(s).all()
+
+
+def test_use_gpu_setting():
+    assert use_gpu("no") is False
+    if faiss.get_num_gpus() == 0:
+        assert use_gpu("auto") is False and use_gpu("yes") is False

@@ -1,0 +1,113 @@
+"""Ray Data stage classes called directly on pyarrow batches (no Ray)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hiea_ray.config import EmbedConfig, VerbalizeConfig
+from hiea_ray.core.encoder import fuse
+from hiea_ray.core.verbalize import TEXTS, build_contexts, verbalize_table
+from hiea_ray.ray_layer.stages import (
+    EmbedStage,
+    VerbalizeStage,
+    column_to_numpy,
+    embed_spec,
+    embeddings_column,
+    verbalize_spec,
+)
+
+
+def test_ray_init_is_refused_outside_ray_tests():
+    import ray
+
+    with pytest.raises(RuntimeError, match="not marked @pytest.mark.ray"):
+        ray.init()
+    assert not ray.is_initialized()
+
+
+def test_verbalize_stage_on_batches(synthetic_pair):
+    contexts = build_contexts(synthetic_pair)
+    cfg = VerbalizeConfig(max_words=20)
+    stage = VerbalizeStage(asdict(cfg))
+    want = verbalize_table(contexts, cfg)
+    out = pa.concat_tables([stage(contexts.slice(s, 100)) for s in range(0, contexts.num_rows, 100)])
+    assert out.schema == TEXTS
+    assert out.equals(want)
+    assert max(len(t.split()) for t in out["text"].to_pylist()) <= 20
+    names = VerbalizeStage(asdict(VerbalizeConfig(mode="name")))(contexts.slice(0, 50))
+    assert names["text"].to_pylist() == contexts["name"].to_pylist()[:50]
+
+
+def _embed_cfg(model, **kw):
+    return asdict(EmbedConfig(model=model, torch_threads=1, batch_size=16, **kw))
+
+
+@pytest.fixture(scope="module")
+def text_batch(synthetic_texts):
+    return synthetic_texts.slice(10, 45)
+
+
+def test_embed_stage_output(tiny_encoder_dir, tiny_encoder, text_batch, monkeypatch):
+    monkeypatch.delenv("HIEA_NODE_ID", raising=False)
+    stage = EmbedStage(_embed_cfg(tiny_encoder_dir))
+    out = stage(text_batch)
+    assert out.column_names == ["id", "kg", "embedding", "node"]
+    assert out.num_rows == text_batch.num_rows
+    assert out["id"].equals(text_batch["id"]) and out["kg"].equals(text_batch["kg"])
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 32)
+    assert set(out["node"].to_pylist()) == {"local"}
+    v = column_to_numpy(out["embedding"])
+    assert v.shape == (45, 32)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    want = tiny_encoder.encode(text_batch["text"].to_pylist())
+    np.testing.assert_allclose(v, want, atol=1e-5)
+
+
+def test_embed_stage_name_weight(tiny_encoder_dir, tiny_encoder, text_batch, monkeypatch):
+    monkeypatch.setenv("HIEA_NODE_ID", "node-a")
+    out = EmbedStage(_embed_cfg(tiny_encoder_dir, name_weight=0.4))(text_batch)
+    assert set(out["node"].to_pylist()) == {"node-a"}
+    v = column_to_numpy(out["embedding"])
+    names = tiny_encoder.encode(text_batch["name"].to_pylist())
+    texts = tiny_encoder.encode(text_batch["text"].to_pylist())
+    np.testing.assert_allclose(v, fuse(names, texts, 0.4), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(v, texts, atol=1e-3)
+
+
+def test_embed_stage_empty_batch(tiny_encoder_dir, synthetic_texts):
+    out = EmbedStage(_embed_cfg(tiny_encoder_dir))(synthetic_texts.slice(0, 0))
+    assert out.num_rows == 0 and column_to_numpy(out["embedding"]).shape == (0, 32)
+
+
+def test_column_to_numpy_roundtrip():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((13, 6)).astype(np.float32)
+    col = embeddings_column(v)
+    assert col.type == pa.list_(pa.float32(), 6)
+    np.testing.assert_array_equal(column_to_numpy(col), v)
+    chunked = pa.chunked_array([embeddings_column(v[:5]), embeddings_column(v[5:])])
+    np.testing.assert_array_equal(column_to_numpy(chunked), v)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"embedding": col}), buf)
+    buf.seek(0)
+    np.testing.assert_array_equal(column_to_numpy(pq.read_table(buf)["embedding"]), v)
+    f64 = embeddings_column(v.astype(np.float64))  # cast to float32
+    assert column_to_numpy(f64).dtype == np.float32
+
+
+def test_specs():
+    vs = verbalize_spec(VerbalizeConfig(batch_size=123))
+    assert vs.cls is VerbalizeStage and vs.map_batches_kwargs["batch_size"] == 123
+    assert vs.map_batches_kwargs["batch_format"] == "pyarrow"
+    assert VerbalizeConfig(**vs.constructor_kwargs["cfg"]) == VerbalizeConfig(batch_size=123)
+    es = embed_spec(EmbedConfig(rows_per_batch=77, cpus_per_actor=0.5, gpus_per_actor=1.0))
+    assert es.cls is EmbedStage
+    assert es.map_batches_kwargs == {"batch_size": 77, "batch_format": "pyarrow", "num_cpus": 0.5, "num_gpus": 1.0}
+    assert EmbedConfig(**es.constructor_kwargs["cfg"]).rows_per_batch == 77
