@@ -93,3 +93,24 @@ def tiny_encoder(tiny_encoder_dir):
     from hiea_ray.core.encoder import Encoder
 
     return Encoder(tiny_encoder_dir, pooling="mean", max_length=128, device=torch.device("cpu"))
+
+
+# -- Ray: one shared local instance for every Ray test (ray's `ray_start_regular_shared`) ---------
+@pytest.fixture(scope="session")
+def _ray_session():
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_shared(_ray_session):
+    """The session's local Ray (2 CPUs), started on first use. A test that needs its own cluster
+    (test_cluster_ray.py) shuts it down; the next user starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hiea_ray.core.losses import contrastive_loss
+from hiea_ray.core.losses import contrastive_loss, world_scale
 
 
 def embed_with_grad(model, tokenizer, texts: list[str], max_length: int, device, pooling: str = "mean") -> torch.Tensor:
@@ -48,7 +48,7 @@ def train_step(model, tokenizer, optimizer, scheduler, batch: dict, opts: dict, 
         symmetric=opts["symmetric"],
     )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * world_scale(opts["cross_device"], opts["in_batch"])).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     if scheduler is not None:

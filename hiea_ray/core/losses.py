@@ -10,8 +10,9 @@ negatives h_i1..h_iN per source (targets the current model ranks high for s_i, n
 
 Each negative source is switchable so its effect can be measured: ``in_batch`` (other links'
 targets), ``cross_device`` (also other workers' targets, gathered; gradients flow through this
-worker's part only), and hard negatives (pass ``hard=None`` to disable). ``symmetric`` adds the
-target -> source direction over the same (gathered) batch.
+worker's part only, and the loss covers the global batch so W workers follow the 1-worker loss
+curve), and hard negatives (pass ``hard=None`` to disable). ``symmetric`` adds the target ->
+source direction over the same (gathered) batch.
 """
 
 from __future__ import annotations
@@ -58,18 +59,31 @@ def contrastive_loss(
     cross_device: bool = True,
     symmetric: bool = False,
 ) -> torch.Tensor:
-    """src, tgt (B, D) unit rows; hard (B, N, D) unit rows or None -> scalar loss."""
-    if in_batch:
-        cand, offset = gather_with_grad(tgt) if cross_device else (tgt, 0)
-    else:
-        cand, offset = None, 0
-    logits, labels = _direction(src, tgt, cand, offset, hard)
+    """src, tgt (B, D) unit rows; hard (B, N, D) unit rows or None -> scalar loss.
+
+    With ``cross_device`` (and a process group of W > 1 workers) every worker computes the loss of
+    the whole global batch (W*B rows, W*B in-batch candidates) from gathered embeddings in which
+    only its own rows carry gradient; the loss value is the same on every worker and equals the
+    single-process loss of the global batch. Summing the workers' gradients gives the full
+    gradient, so the caller multiplies by W before ``backward`` (DDP averages): see
+    ``world_scale``."""
+    if in_batch and cross_device:
+        src, _ = gather_with_grad(src)
+        tgt, _ = gather_with_grad(tgt)
+        if hard is not None:
+            b, n, d = hard.shape
+            hard = gather_with_grad(hard.reshape(b, n * d))[0].reshape(-1, n, d)
+    cand = tgt if in_batch else None
+    logits, labels = _direction(src, tgt, cand, 0, hard)
     loss = F.cross_entropy(logits / temperature, labels)
     if symmetric:
-        if in_batch:
-            cand_s, offset_s = gather_with_grad(src) if cross_device else (src, 0)
-        else:
-            cand_s, offset_s = None, 0
-        logits_t, labels_t = _direction(tgt, src, cand_s, offset_s, None)
+        logits_t, labels_t = _direction(tgt, src, src if in_batch else None, 0, None)
         loss = 0.5 * (loss + F.cross_entropy(logits_t / temperature, labels_t))
     return loss
+
+
+def world_scale(cross_device: bool, in_batch: bool = True) -> int:
+    """Factor for the loss before backward under DDP: W when the loss covers the global batch."""
+    if cross_device and in_batch and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1

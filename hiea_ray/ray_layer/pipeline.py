@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from hiea_ray.config import Config, section_hash
 from hiea_ray.core import decode as dec
+from hiea_ray.core.encoder import resolve_model
 from hiea_ray.core.metrics import matching_metrics, ranking_metrics
 from hiea_ray.core.retrieval import knn
 from hiea_ray.core.verbalize import build_contexts, word_count_stats
@@ -173,7 +174,8 @@ class Pipeline:
         for d in tmp.glob("round*-best"):
             shutil.rmtree(d)
         last = res["history"][-1]
-        st.commit({"rounds": res["history"], "best_valid_mrr": last["best"]["valid_mrr"]})
+        rounds = [{k: v for k, v in h.items() if k != "curve"} for h in res["history"]]
+        st.commit({"initial": res["initial"], "rounds": rounds, "best_valid_mrr": last["best"]["valid_mrr"]})
         self._done(st, False)
         return st
 
@@ -194,6 +196,10 @@ class Pipeline:
         if st.fresh():
             self._done(st, True)
             return st
+        # A missing model folder is a user error: check it here on the driver, where it reaches the
+        # CLI as a UserError (one line, status 2), not inside the encoder actors' constructors,
+        # where Ray turns it into an ActorDiedError with a traceback.
+        resolve_model(e.model)
         init_ray(self.cfg)
         tmp = st.begin()
         parts = tmp / "parts"

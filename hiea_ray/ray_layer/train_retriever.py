@@ -115,7 +115,8 @@ def train_loop_per_worker(config: dict) -> None:
         tokenizer = AutoTokenizer.from_pretrained(init)
     if tc.gradient_checkpointing and device.type == "cuda":
         model.gradient_checkpointing_enable()
-    model = ray.train.torch.prepare_model(model)
+    # The encoder's pooler head gets no gradient (we pool token states): DDP must allow that.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     raw = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.01)
     per_worker = max(1, tc.batch_size // world)
@@ -131,6 +132,8 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     step = start_step
     losses: list[float] = []
+    curve: list[list[float]] = state.get("curve", []) if state is not None else []  # (step, loss)
+    resumed = (state.get("resumed", []) + [start_step]) if state is not None else []  # steps resumed at
     t0 = time.time()
 
     def report(final: bool = False):
@@ -138,12 +141,17 @@ def train_loop_per_worker(config: dict) -> None:
         metrics["pairs_per_s"] = round(len(losses) * per_worker * world / max(time.time() - t0, 1e-9), 2)
         metrics.update(evaluate(raw, tokenizer, valid["src"], valid["tgt"], config["max_length"], device))
         metrics["final"] = final
+        metrics["resumed"] = list(resumed)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 raw.save_pretrained(Path(tmp) / "model")
                 tokenizer.save_pretrained(Path(tmp) / "model")
-                torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(tmp) / "state.pt")
+                torch.save(
+                    {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "curve": curve,
+                     "resumed": resumed},
+                    Path(tmp) / "state.pt",
+                )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -156,6 +164,7 @@ def train_loop_per_worker(config: dict) -> None:
                 continue  # resumed: this batch was trained before the interruption
             losses.append(train_step(model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype))
             step += 1
+            curve.append([step, losses[-1]])
             if config.get("fail_at_step") == step and ckpt is None and rank == 0:
                 raise RuntimeError(f"injected failure at step {step}")
             if step % tc.eval_every == 0 and step < total:
@@ -187,6 +196,8 @@ def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fa
     train = link_texts(texts, links.filter(pc.equal(links["split"], "train")))
     valid = link_texts(texts, links.filter(pc.equal(links["split"], "valid")))
     model = resolve_model(cfg.embed.model)
+    initial = valid_metrics(model, valid, cfg.embed.max_length)
+    log.info("retriever before training: valid MRR %.4f, Hits@1 %.4f", initial["valid_mrr"], initial["valid_hits@1"])
     history = []
     storage = (out / "ray").resolve()
     for r in range(tc.rounds):
@@ -231,17 +242,59 @@ def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fa
         )
         result = trainer.fit()
         best = max(result.best_checkpoints, key=lambda cm: cm[1]["valid_mrr"])
+        with result.checkpoint.as_directory() as d:
+            import torch
+
+            curve = torch.load(Path(d) / "state.pt", weights_only=False)["curve"]
         shutil.rmtree(best_dir, ignore_errors=True)
         with best[0].as_directory() as d:
             shutil.copytree(Path(d) / "model", best_dir)
         model = str(best_dir)
         entry = {"round": r, "mine_s": round(mined_s, 1), "wall_s": round(time.time() - t_round, 1),
-                 "best": best[1], "last": result.metrics}
+                 "best": best[1], "last": result.metrics, "curve": curve}
         done_marker.write_text(json.dumps(entry, default=str))
         history.append(entry)
         log.info("retriever round %d: best valid MRR %.4f (step %s)", r, best[1]["valid_mrr"], best[1]["step"])
     final = out / "model"
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(model, final)
-    (out / "history.json").write_text(json.dumps(history, indent=2, default=str))
-    return {"model": str(final), "history": history}
+    (out / "history.json").write_text(json.dumps({"initial": initial, "rounds": history}, indent=2, default=str))
+    plot_curve(initial, history, out / "curve.png")
+    return {"model": str(final), "initial": initial, "history": history}
+
+
+def valid_metrics(model: str, valid: pa.Table, max_length: int) -> dict:
+    """Validation MRR / Hits@1 of a model folder, on the driver (validation sets are small)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from hiea_ray.core.bi_encoder_train import evaluate
+
+    m = AutoModel.from_pretrained(model)
+    tok = AutoTokenizer.from_pretrained(model)
+    return evaluate(m, tok, valid["src"].to_pylist(), valid["tgt"].to_pylist(), max_length, torch.device("cpu"))
+
+
+def plot_curve(initial: dict, history: list[dict], path: Path) -> None:
+    """Training loss per step and the best validation MRR per round."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    offset = 0
+    for h in history:
+        c = np.array(h.get("curve") or [[0, np.nan]], dtype=float)
+        a.plot(c[:, 0] + offset, c[:, 1], lw=0.8, label=f"round {h['round']}")
+        offset += c[-1, 0]
+    a.set_xlabel("step")
+    a.set_ylabel("InfoNCE loss")
+    a.legend(fontsize=7)
+    mrr = [initial["valid_mrr"]] + [h["best"]["valid_mrr"] for h in history]
+    b.plot(range(len(mrr)), mrr, marker="o")
+    b.set_xticks(range(len(mrr)), ["base"] + [f"round {h['round']}" for h in history])
+    b.set_ylabel("validation MRR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
