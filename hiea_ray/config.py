@@ -110,7 +110,8 @@ class RetrieveConfig:
 
 @dataclass
 class DecodeConfig:
-    # Decoders to run and evaluate: top1, csls, sinkhorn.
+    # Decoders to run and evaluate: top1, csls, sinkhorn, structure (the sinkhorn lists re-ranked
+    # by neighbour consistency, see structure_rounds).
     decoders: list[str] = field(default_factory=lambda: ["top1", "csls", "sinkhorn"])
     # CSLS neighbourhood size (<= retrieve.k).
     csls_k: int = 10
@@ -120,6 +121,18 @@ class DecodeConfig:
     # One-to-one output: a matched pair whose decoder score is below this is dropped (abstention);
     # null keeps every greedy match.
     match_threshold: float | None = None
+    # One-to-one matcher writing <decoder>.match.parquet: greedy (by descending score) or
+    # hungarian (maximum total score per connected component of the candidate graph).
+    matcher: str = "greedy"
+    # hungarian: a component of r sources x c targets is solved exactly only when
+    # r * c <= hungarian_max_block ** 2 (a dense block); larger ones are matched greedily.
+    hungarian_max_block: int = 2000
+    # structure decoder: rounds of (best matches -> neighbour consistency -> fused score
+    # = sinkhorn score + structure_beta * consistency); 0 = off (the sinkhorn lists unchanged).
+    structure_rounds: int = 2
+    # Weight of the neighbour consistency (in [0, 1]) added to the sinkhorn score (a share in
+    # [0, 1], peaked at small sinkhorn_tau: a wrong top share can be ~0.9 above the right one).
+    structure_beta: float = 1.0
 
 
 @dataclass
@@ -196,12 +209,13 @@ class Config:
             ("embed.amp", self.embed.amp, {"bf16", "fp16", "none"}),
             ("retrieve.index", self.retrieve.index, {"flat", "ivf", "hnsw"}),
             ("retrieve.gpu", self.retrieve.gpu, {"auto", "yes", "no"}),
+            ("decode.matcher", self.decode.matcher, {"greedy", "hungarian"}),
         ]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise UserError(f"config field {name}: {value!r} is not one of {sorted(allowed)}")
         for d in self.decode.decoders:
-            if d not in {"top1", "csls", "sinkhorn"}:
+            if d not in {"top1", "csls", "sinkhorn", "structure"}:
                 raise UserError(f"config field decode.decoders: unknown decoder {d!r}")
         for p in self.evaluate.protocols:
             if p not in {"standard", "all-targets"}:
@@ -216,6 +230,12 @@ class Config:
             raise UserError("config fields train.hard_rank_from/to: need 1 <= from <= to")
         if self.decode.csls_k > self.retrieve.k:
             raise UserError("config field decode.csls_k: must be <= retrieve.k")
+        if self.decode.structure_rounds < 0:
+            raise UserError("config field decode.structure_rounds: must be >= 0")
+        if not 0.0 <= self.decode.structure_beta < float("inf"):
+            raise UserError("config field decode.structure_beta: must be a finite number >= 0")
+        if self.decode.hungarian_max_block < 1:
+            raise UserError("config field decode.hungarian_max_block: must be >= 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from hiea_ray.core.decode import candidate_graph, csls, csr_topk, greedy_match, sinkhorn
+from scipy.optimize import linear_sum_assignment
+
+from hiea_ray.core.decode import candidate_graph, csls, csr_topk, greedy_match, hungarian_blocks, sinkhorn
+from hiea_ray.core.metrics import matching_metrics, threshold_sweep
 
 
 def unit(rng, n, d):
@@ -242,3 +245,148 @@ def test_csr_topk(k):
     np.testing.assert_array_equal(idx, want_idx)
     np.testing.assert_array_equal(score, want_score)
     assert (idx[0] == -1).all() and np.isneginf(score[0]).all()
+
+
+# -- hungarian_blocks ------------------------------------------------------------------------------
+def dense_max_weight(idx, score, m, threshold=None):
+    """Total score of a maximum-weight matching: LSA on the whole zero-filled (n, m) matrix
+    (valid for positive scores; a pair on a non-edge contributes nothing)."""
+    w = np.zeros((idx.shape[0], m))
+    for r in range(idx.shape[0]):
+        for c, v in zip(idx[r], score[r]):
+            if c >= 0 and np.isfinite(v) and (threshold is None or v >= threshold):
+                w[r, c] = max(w[r, c], v)
+    br, bc = linear_sum_assignment(w, maximize=True)
+    return w[br, bc].sum()
+
+
+def _check_matching(idx, score, r, c, w):
+    assert len(set(r.tolist())) == len(r) and len(set(c.tolist())) == len(c)  # one-to-one
+    for a, b, v in zip(r.tolist(), c.tolist(), w.tolist()):  # every pair is a candidate edge
+        j = np.flatnonzero(idx[a] == b)
+        assert len(j) and v == pytest.approx(float(score[a, j].max()))
+
+
+@pytest.mark.parametrize("n, m", [(7, 7), (6, 9), (9, 5)])
+def test_hungarian_equals_lsa_on_one_dense_block(n, m):
+    rng = np.random.default_rng(n * 10 + m)
+    dense = rng.random((n, m)).astype(np.float32) + 0.01
+    idx = np.argsort(-dense, axis=1)  # every source lists every target: one complete block
+    score = np.take_along_axis(dense, idx, 1)
+    r, c, w = hungarian_blocks(idx, score)
+    br, bc = linear_sum_assignment(dense, maximize=True)
+    assert sorted(zip(r.tolist(), c.tolist())) == sorted(zip(br.tolist(), bc.tolist()))
+    assert w.sum() == pytest.approx(dense[br, bc].sum())
+    np.testing.assert_array_equal(r, np.sort(r))
+    assert w.sum() > greedy_match(idx, score)[2].sum() - 1e-9
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_hungarian_optimal_and_beats_greedy(seed):
+    rng = np.random.default_rng(100 + seed)
+    n, m, k = int(rng.integers(10, 50)), int(rng.integers(10, 50)), int(rng.integers(1, 5))
+    idx, score = random_lists(rng, n, m, min(k, m), levels=[None, 4][seed % 2], pad=0.2 * (seed % 3 == 0))
+    score = score + np.float32(0.01)  # positive scores
+    thr = 0.5 if seed % 4 == 3 else None
+    r, c, w = hungarian_blocks(idx, score, threshold=thr)
+    _check_matching(idx, score, r, c, w)
+    if thr is not None:
+        assert (w >= thr).all()
+    assert w.sum() == pytest.approx(dense_max_weight(idx, score, m, thr), rel=1e-9)
+    g = greedy_match(idx, score, thr)
+    assert w.sum() >= g[2].sum() - 1e-9
+    # max_block=1: no block is solved exactly -> stars take their best edge, the rest is greedy
+    assert _as_set(*hungarian_blocks(idx, score, thr, max_block=1)) == _as_set(*g)
+
+
+def test_hungarian_beats_greedy_where_greedy_is_myopic():
+    # greedy takes (0, t0) = 0.9 and leaves 0.1; the assignment takes 0.8 + 0.8
+    idx = np.array([[0, 1], [0, -1]])
+    score = np.array([[0.9, 0.8], [0.8, -np.inf]], dtype=np.float32)
+    assert _as_set(*greedy_match(idx, score)) == [(0, 0, pytest.approx(0.9))]
+    assert _as_set(*hungarian_blocks(idx, score)) == [(0, 1, pytest.approx(0.8)), (1, 0, pytest.approx(0.8))]
+
+
+def test_hungarian_negative_scores_still_maximal():
+    """csls-like scores <= 0: no implicit abstention, every source with a free candidate is matched."""
+    rng = np.random.default_rng(3)
+    n, m = 40, 30
+    idx, score = random_lists(rng, n, m, 3)
+    score = score - np.float32(0.7)
+    r, c, w = hungarian_blocks(idx, score)
+    _check_matching(idx, score, r, c, w)
+    free_c = np.ones(m, dtype=bool)
+    free_c[c] = False
+    unmatched = np.setdiff1d(np.arange(n), r)
+    assert not free_c[idx[unmatched]].any()  # maximal: no edge between two unmatched ends
+    assert (w < 0).any()
+
+
+def test_hungarian_padding_and_empty():
+    idx = np.array([[-1, -1], [0, -1], [0, 1]])
+    score = np.array([[-np.inf, -np.inf], [0.9, -np.inf], [0.95, 0.1]], dtype=np.float32)
+    assert _as_set(*hungarian_blocks(idx, score)) == [(1, 0, pytest.approx(0.9)), (2, 1, pytest.approx(0.1))]
+    r, c, w = hungarian_blocks(idx, score, threshold=5.0)
+    assert len(r) == 0 and r.dtype == np.int64 and w.dtype == np.float64
+    dup = np.array([[0, 0, 1]])  # a target listed twice keeps its best score
+    dup_score = np.array([[0.2, 0.7, 0.5]], dtype=np.float32)
+    assert _as_set(*hungarian_blocks(dup, dup_score)) == [(0, 0, pytest.approx(0.7))]
+
+
+# -- abstention on dangling sources -------------------------------------------------------------
+def dangling_case(rng, n=100, frac=0.2, k=5):
+    """Sources 0..n-1; the first 80% have gold target = their row (score ~ U(0.7, 1)); the rest
+    are dangling (their true target is absent) and only see wrong targets at ~ U(0.1, 0.4): other
+    sources' gold targets and a private decoy target (so that, without a threshold, each of them
+    is matched). Other candidates of linked sources score below 0.4 as well."""
+    n_link = int(n * (1 - frac))
+    idx = np.stack([rng.choice(np.setdiff1d(np.arange(n_link), [i]), size=k, replace=False) for i in range(n)])
+    score = (0.1 + 0.3 * rng.random((n, k))).astype(np.float32)
+    idx[:n_link, 0] = np.arange(n_link)
+    score[:n_link, 0] = 0.7 + 0.3 * rng.random(n_link)
+    idx[n_link:, 0] = np.arange(n_link, n)  # the decoys: targets n_link..n-1, in no gold link
+    order = np.argsort(-score, axis=1)
+    return np.take_along_axis(idx, order, 1), np.take_along_axis(score, order, 1), n_link
+
+
+@pytest.mark.parametrize("matcher", [greedy_match, hungarian_blocks])
+def test_abstention_drops_dangling_sources(matcher):
+    rng = np.random.default_rng(11)
+    idx, score, n_link = dangling_case(rng)
+    gold = np.arange(n_link)
+    dangling = np.arange(n_link, idx.shape[0])
+    r, c, _ = matcher(idx, score)  # no threshold: every dangling source gets some target
+    m0 = matching_metrics(r, c, gold, gold, dangling_src=dangling)
+    assert m0["recall"] == 1.0 and m0["precision"] == pytest.approx(n_link / idx.shape[0])
+    assert m0["predicted"] == idx.shape[0] and m0["dangling"] == 20 and m0["dangling_abstained"] == 0.0
+    # without dangling labels, pairs of dangling sources are out of scope (the old behaviour)
+    assert matching_metrics(r, c, gold, gold)["precision"] == 1.0
+    r, c, _ = matcher(idx, score, 0.5)
+    m1 = matching_metrics(r, c, gold, gold, dangling_src=dangling)
+    assert (m1["precision"], m1["recall"], m1["f1"]) == (1.0, 1.0, 1.0)
+    assert m1["dangling_abstained"] == 1.0 and m1["predicted"] == n_link
+
+
+def test_threshold_sweep_equals_rematching_with_greedy():
+    """Greedy takes edges in descending order, so cutting its output at t equals re-matching at t."""
+    rng = np.random.default_rng(12)
+    idx, score, n_link = dangling_case(rng)
+    score[:10, 1] = 0.6 + 0.4 * rng.random(10)  # confident errors, some above the gold score
+    gold = np.arange(n_link)
+    dangling = np.arange(n_link, idx.shape[0])
+    r, c, w = greedy_match(idx, score)
+    assert 0 < ((c != r) & (r < n_link)).sum()
+    sweep = threshold_sweep(w, (c == r) & (r < n_link), n_link)  # all sources in scope: linked or dangling
+    assert np.all(np.diff(sweep["threshold"]) < 0) and np.all(np.diff(sweep["predicted"]) >= 0)
+    for t in [0.95, 0.8, 0.62, 0.5, 0.3, float(np.median(w)), 0.0]:
+        j = int(np.argmin(np.abs(sweep["threshold"] - t)))
+        thr = sweep["threshold"][j]
+        rr, cc, _ = greedy_match(idx, score, thr)
+        want = matching_metrics(rr, cc, gold, gold, dangling_src=dangling)
+        assert sweep["predicted"][j] == want["predicted"] and sweep["correct"][j] == want["correct"]
+        for key in ("precision", "recall", "f1"):
+            assert sweep[key][j] == pytest.approx(want[key])
+    # explicit thresholds; above every score nothing is kept
+    s2 = threshold_sweep(w, (c == r) & (r < n_link), n_link, thresholds=[2.0, 0.5])
+    assert s2["predicted"][0] == 0 and s2["precision"][0] == 0.0 and s2["f1"][0] == 0.0
+    assert s2["recall"][1] == pytest.approx(sweep["recall"][sweep["threshold"] >= 0.5][-1])

@@ -14,13 +14,18 @@ Decoders return a ranked list per source, (n, k) indices and scores, best first:
   K = exp((cos - 1) / tau); rows end normalized, so a score is the share of s's mass sent to t.
 
 ``greedy_match`` turns ranked lists into a one-to-one alignment (exactly the greedy matching by
-descending score, computed as rounds of locally dominant edges, vectorized).
+descending score, computed as rounds of locally dominant edges, vectorized). ``hungarian_blocks``
+is the exact maximum-weight matching on each connected component of the candidate graph
+(scipy's ``linear_sum_assignment`` on the component's dense block), greedy on components too
+large to densify.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import connected_components
 
 
 def _sort_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,3 +140,85 @@ def greedy_match(idx: np.ndarray, score: np.ndarray, threshold: float | None = N
         e = np.array([], dtype=np.int64)
         return e, e, np.array([], dtype=np.float64)
     return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_w)
+
+
+def hungarian_blocks(idx: np.ndarray, score: np.ndarray, threshold: float | None = None, max_block: int = 2000):
+    """One-to-one matching of maximum total score, solved per connected component of the candidate
+    graph (edges with a finite score >= ``threshold``; below it the source abstains, as in
+    ``greedy_match``). A component of r sources x c targets with r * c <= max_block ** 2 is
+    solved exactly by ``linear_sum_assignment`` on its dense block (non-edges weigh 0 and are
+    dropped from the result); larger components fall back to ``greedy_match``.
+
+    Weights are the scores, shifted up by the lowest score when some are <= 0 (csls), so every
+    edge weighs > 0: like greedy, the result is then a maximal matching (no implicit abstention)
+    and, for positive scores, its total score is >= greedy's. Returns (src_rows, tgt_cols,
+    scores) like ``greedy_match``, sorted by source row.
+    """
+    n, k = idx.shape
+    r = np.repeat(np.arange(n, dtype=np.int64), k)
+    c = idx.ravel().astype(np.int64)
+    w = score.ravel().astype(np.float64)
+    ok = (c >= 0) & np.isfinite(w)
+    if threshold is not None:
+        ok &= w >= threshold
+    r, c, w = r[ok], c[ok], w[ok]
+    if len(r) == 0:
+        e = np.array([], dtype=np.int64)
+        return e, e, np.array([], dtype=np.float64)
+    m = int(c.max()) + 1
+    key = r * m + c  # a pair listed twice keeps its best score
+    order = np.lexsort((-w, key))
+    first = np.ones(len(key), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    r, c, w = r[order][first], c[order][first], w[order][first]
+    lo = w.min()
+    wt = w - lo + max(1e-6, 1e-6 * (w.max() - lo)) if lo <= 0 else w
+
+    # components of the bipartite graph: nodes 0..n-1 are sources, n.. are targets
+    g = sp.csr_matrix((np.ones(len(r), dtype=np.int8), (r, n + c)), shape=(n + m, n + m))
+    _, label = connected_components(g, directed=False)
+    comp = label[r]
+    order = np.argsort(comp, kind="stable")
+    r, c, w, wt, comp = r[order], c[order], w[order], wt[order], comp[order]
+    starts = np.flatnonzero(np.r_[True, comp[1:] != comp[:-1]])
+    ends = np.r_[starts[1:], len(comp)]
+
+    # a star (one source or one target) is matched by its best edge, vectorized
+    n_comp = len(starts)
+    comp_id = np.repeat(np.arange(n_comp), ends - starts)
+    n_rows = np.bincount(np.unique(comp_id * n + r) // n, minlength=n_comp)
+    n_cols = np.bincount(np.unique(comp_id * m + c) // m, minlength=n_comp)
+    star = (n_rows == 1) | (n_cols == 1)
+    e = np.flatnonzero(star[comp_id])
+    e = e[np.lexsort((-wt[e], comp_id[e]))]
+    e = e[np.r_[True, comp_id[e][1:] != comp_id[e][:-1]]] if len(e) else e
+    out_r, out_c, out_w = [r[e]], [c[e]], [w[e]]
+    greedy_rows = []
+    for a, b in zip(starts[~star], ends[~star]):
+        rs, ri = np.unique(r[a:b], return_inverse=True)
+        cs, ci = np.unique(c[a:b], return_inverse=True)
+        if len(rs) * len(cs) > max_block**2:
+            greedy_rows.append(rs)
+            continue
+        block = np.zeros((len(rs), len(cs)))
+        block[ri, ci] = wt[a:b]
+        sel = np.full((len(rs), len(cs)), -1, dtype=np.int64)
+        sel[ri, ci] = np.arange(a, b)
+        br, bc = linear_sum_assignment(block, maximize=True)
+        e = sel[br, bc]
+        e = e[e >= 0]
+        out_r.append(r[e])
+        out_c.append(c[e])
+        out_w.append(w[e])
+    if greedy_rows:
+        rows = np.concatenate(greedy_rows)
+        keep = np.zeros(n, dtype=bool)
+        keep[rows] = True
+        gi = np.where(keep[:, None], idx, -1)
+        gr, gc, gw = greedy_match(gi, score, threshold)
+        out_r.append(gr)
+        out_c.append(gc)
+        out_w.append(gw)
+    rr, cc, ww = np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_w)
+    o = np.argsort(rr, kind="stable")
+    return rr[o], cc[o], ww[o]

@@ -4,6 +4,11 @@
   target outside the list counts as a miss (reciprocal rank 0), so the numbers are lower bounds of
   the full-ranking ones and exact whenever the gold target is within the list.
 - ``matching_metrics``: precision, recall and F1 of a one-to-one alignment against the test links.
+  With ``dangling_src`` (sources known to have no counterpart), a pair predicted for one of them
+  is a false positive and abstaining on it is right; without it such pairs are out of scope.
+- ``threshold_sweep``: P/R/F1 of a scored alignment kept at score >= each threshold (for the
+  greedy matcher this equals re-matching with that ``match_threshold``: greedy takes edges in
+  descending score order, so a threshold only cuts the tail).
 """
 
 from __future__ import annotations
@@ -28,13 +33,49 @@ def ranking_metrics(cand: np.ndarray, gold: np.ndarray, hits_at=(1, 5, 10)) -> d
     return out
 
 
-def matching_metrics(pred_src: np.ndarray, pred_tgt: np.ndarray, gold_src: np.ndarray, gold_tgt: np.ndarray) -> dict:
-    """P/R/F1 of predicted pairs restricted to the gold sources (the test links)."""
+def matching_metrics(
+    pred_src: np.ndarray,
+    pred_tgt: np.ndarray,
+    gold_src: np.ndarray,
+    gold_tgt: np.ndarray,
+    dangling_src: np.ndarray | None = None,
+) -> dict:
+    """P/R/F1 of predicted pairs restricted to the gold sources (the test links) and, when given,
+    the dangling sources (no counterpart: any pair predicted for one is wrong)."""
     gold = dict(zip(gold_src.tolist(), gold_tgt.tolist()))
-    in_scope = np.array([s in gold for s in pred_src.tolist()], dtype=bool) if len(pred_src) else np.zeros(0, bool)
+    dangling = set() if dangling_src is None else set(dangling_src.tolist()) - gold.keys()
+    in_scope = np.array([s in gold or s in dangling for s in pred_src.tolist()], dtype=bool)
     ps, pt = pred_src[in_scope], pred_tgt[in_scope]
-    correct = int(sum(gold[s] == t for s, t in zip(ps.tolist(), pt.tolist())))
+    correct = int(sum(gold.get(s) == t for s, t in zip(ps.tolist(), pt.tolist())))
     p = correct / len(ps) if len(ps) else 0.0
     r = correct / len(gold) if gold else 0.0
     f1 = 2 * p * r / (p + r) if p + r else 0.0
-    return {"precision": p, "recall": r, "f1": f1, "predicted": int(len(ps)), "correct": correct}
+    out = {"precision": p, "recall": r, "f1": f1, "predicted": int(len(ps)), "correct": correct}
+    if dangling_src is not None:
+        wrongly = len(dangling & set(ps.tolist()))
+        out["dangling"] = len(dangling)
+        out["dangling_abstained"] = (len(dangling) - wrongly) / len(dangling) if dangling else 0.0
+    return out
+
+
+def threshold_sweep(
+    scores: np.ndarray, correct: np.ndarray, gold_count: int, thresholds: np.ndarray | None = None
+) -> dict:
+    """P/R/F1 when only the pairs with score >= t are kept, for each threshold t.
+
+    scores, correct (bool): the in-scope predicted pairs' scores and whether each is right;
+    gold_count: the number of gold links (the recall denominator); thresholds: default every
+    distinct score, descending. Returns arrays threshold, predicted, correct, precision, recall, f1.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    t = np.unique(scores)[::-1] if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    s_desc = scores[order]
+    hits = np.concatenate([[0], np.cumsum(correct[order])])
+    kept = np.searchsorted(-s_desc, -t, side="right")  # number of scores >= t
+    good = hits[kept]
+    p = np.divide(good, kept, out=np.zeros(len(t)), where=kept > 0)
+    r = good / gold_count if gold_count else np.zeros(len(t))
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros(len(t)), where=(p + r) > 0)
+    return {"threshold": t, "predicted": kept, "correct": good, "precision": p, "recall": r, "f1": f1}

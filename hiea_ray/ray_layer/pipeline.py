@@ -35,6 +35,7 @@ from hiea_ray.core import decode as dec
 from hiea_ray.core.encoder import resolve_model
 from hiea_ray.core.metrics import matching_metrics, ranking_metrics
 from hiea_ray.core.retrieval import knn
+from hiea_ray.core.structure import adjacency, structure_decode
 from hiea_ray.core.verbalize import build_contexts, word_count_stats
 from hiea_ray.kg.model import KGPair
 from hiea_ray.kg.readers import read_pair
@@ -297,6 +298,7 @@ class Pipeline:
             t2s = _local(q, t2s_ids)
             out = tmp / protocol
             out.mkdir(parents=True, exist_ok=True)
+            sink = None  # the sinkhorn lists, shared by the sinkhorn and structure decoders
             for name in c.decoders:
                 t1 = time.time()
                 if name == "top1":
@@ -304,10 +306,21 @@ class Pipeline:
                 elif name == "csls":
                     idx, score = dec.csls(s2t, s2t_score, t2s, t2s_score, c.csls_k)
                 else:
-                    idx, score = dec.sinkhorn(
-                        s2t, s2t_score, t2s, t2s_score, len(b), tau=c.sinkhorn_tau, iters=c.sinkhorn_iters
-                    )
-                r, col, w = dec.greedy_match(idx, score, c.match_threshold)
+                    if sink is None:
+                        sink = dec.sinkhorn(
+                            s2t, s2t_score, t2s, t2s_score, len(b), tau=c.sinkhorn_tau, iters=c.sinkhorn_iters
+                        )
+                    idx, score = sink
+                    if name == "structure":
+                        rel = self.pair().rel_triples
+                        head, tail = rel["head"].to_numpy(), rel["tail"].to_numpy()
+                        adj_s, adj_t = adjacency(q, head, tail), adjacency(b, head, tail)
+                        rounds, beta = c.structure_rounds, c.structure_beta
+                        idx, score = structure_decode(idx, score, adj_s, adj_t, rounds, beta)
+                if c.matcher == "hungarian":
+                    r, col, w = dec.hungarian_blocks(idx, score, c.match_threshold, c.hungarian_max_block)
+                else:
+                    r, col, w = dec.greedy_match(idx, score, c.match_threshold)
                 timing[f"{protocol}/{name}"] = round(time.time() - t1, 3)
                 _write_lists(out / f"{name}.parquet", q, _ids_or_pad(b, idx), score)
                 pq.write_table(
