@@ -78,8 +78,11 @@ def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, 
         v = np.divide(1.0, ku, out=np.zeros_like(ku), where=ku > 0)
     kv = g @ v  # end on a row normalization: each source's scores sum to 1
     u = np.divide(1.0, kv, out=np.zeros_like(kv), where=kv > 0)
-    plan = sp.diags(u) @ g @ sp.diags(v)
-    return csr_topk(plan.tocsr(), k or s2t_idx.shape[1])
+    del gt
+    # plan = diag(u) K diag(v), scaled in place (no extra copies of the edge arrays)
+    g.data *= np.repeat(u, np.diff(g.indptr))
+    g.data *= v[g.indices]
+    return csr_topk(g, k or s2t_idx.shape[1])
 
 
 def csr_topk(mat: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:

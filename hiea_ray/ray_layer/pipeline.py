@@ -491,10 +491,13 @@ def _plot(metrics: dict, path: Path) -> None:
         for j, key in enumerate(keys):
             vals = [metrics[p][n].get(key, 0) for n in names]
             ax.bar(np.arange(len(names)) + j * width, vals, width, label=key)
+            for x, v in zip(np.arange(len(names)) + j * width, vals):
+                ax.text(x, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=6, rotation=90)
         ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.25)
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_title(p)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", ncol=len(keys), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
