@@ -165,6 +165,9 @@ def train_loop_per_worker(config: dict) -> None:
             losses.append(train_step(model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype))
             step += 1
             curve.append([step, losses[-1]])
+            if rank == 0 and step % 10 == 0:
+                rate = len(losses) * per_worker * world / max(time.time() - t0, 1e-9)
+                print(f"[retriever] step {step}/{total} loss {np.mean(losses[-10:]):.4f} {rate:.1f} pairs/s", flush=True)
             if config.get("fail_at_step") == step and ckpt is None and rank == 0:
                 raise RuntimeError(f"injected failure at step {step}")
             if step % tc.eval_every == 0 and step < total:
