@@ -36,9 +36,7 @@ def main(argv=None) -> int:
     data = out / "data"
     t0 = time.time()
     if not (data / "ent_links").is_file():
-        counts = generate(data, args.entities, seed=0)
-    else:
-        counts = None
+        generate(data, args.entities, seed=0)
     gen_s = time.time() - t0
     enc_dir = out / "tiny-encoder"
     if not (enc_dir / "config.json").is_file():

@@ -105,12 +105,15 @@ def _ray_session():
         ray.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_shared(_ray_session):
-    """The session's local Ray (2 CPUs), started on first use. A test that needs its own cluster
-    (test_cluster_ray.py) shuts it down; the next user starts it again."""
+    """The session's local Ray (2 CPUs), started on first use and shared by every Ray test module.
+    A module that needs its own cluster (test_cluster_ray.py) shuts it down; the next module
+    that asks for it starts it again."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from ray_conftest_helpers import start_local_ray
+
+        start_local_ray(num_cpus=2)
     yield

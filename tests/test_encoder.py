@@ -94,7 +94,7 @@ def test_build_tiny_encoder_is_deterministic(tmp_path):
     corpus = ["Kalo Mira born in Tenburg", "The Silent River of Dan", "Café Ünïcode", "Kalo Systems"]
     a = build_tiny_encoder(tmp_path / "a", corpus, vocab_size=200, hidden=16, layers=1, heads=2, seed=3)
     b = build_tiny_encoder(tmp_path / "b", list(reversed(corpus)), vocab_size=200, hidden=16, layers=1, heads=2, seed=3)
-    c = build_tiny_encoder(tmp_path / "c", corpus, vocab_size=200, hidden=16, layers=1, heads=2, seed=4)
+    build_tiny_encoder(tmp_path / "c", corpus, vocab_size=200, hidden=16, layers=1, heads=2, seed=4)
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(files)
     for f in files:

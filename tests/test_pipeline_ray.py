@@ -22,10 +22,8 @@ from ray_conftest_helpers import (
     manifest,
     manifests,
     run_stages,
-    shutdown_ray,
     snapshot,
     stage_key,
-    start_local_ray,
     tiny_overrides,
 )
 
@@ -45,11 +43,9 @@ HITS1_FLOOR = 0.10
 
 
 @pytest.fixture(scope="module")
-def shared_ray():
-    """ONE local Ray instance for this module (like ray's ``ray_start_regular_shared``)."""
-    start_local_ray(num_cpus=2)
+def shared_ray(ray_shared):
+    """The session's one local Ray instance (tests/conftest.py, like ray's ``ray_start_regular_shared``)."""
     yield
-    shutdown_ray()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +56,7 @@ def e2e(shared_ray, synthetic_dir, tiny_encoder_dir, tmp_path_factory):
 
 @pytest.mark.ray
 def test_end_to_end_metrics_and_hits_floor(e2e):
-    run, metrics = e2e["run"], e2e["metrics"]
+    run = e2e["run"]
     assert all(not t["reused"] for t in e2e["pipe"].timings.values())
     assert list(e2e["pipe"].timings) == STAGES
     for stage in STAGES:

@@ -9,7 +9,6 @@ import tracemalloc
 import numpy as np
 import pyarrow as pa
 import pytest
-import scipy.sparse as sp
 
 from hiea_ray.config import load_config
 from hiea_ray.core import decode as dec

@@ -9,7 +9,6 @@ The device is chosen in one place (``pick_device``); nothing else branches on CP
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
