@@ -89,3 +89,18 @@ def test_worker_failure_resumes_from_checkpoint_step(ray_shared, tiny_encoder_di
     steps = [int(c[0]) for c in res["history"][-1]["curve"]]
     assert last["resumed"] == [4]  # restarted once, at the checkpoint of step 4 (eval_every=4)
     assert steps == list(range(1, last["step"] + 1))  # no step trained twice, none skipped
+
+
+def test_killed_run_resumes_from_its_checkpoint(ray_shared, tiny_encoder_dir, texts_and_links, tmp_path):
+    """The driver dies (no retries left): running the same job again continues at the saved step."""
+    from hiea_ray.ray_layer.train_retriever import train_retriever
+
+    texts, links = texts_and_links
+    cfg = _cfg(tiny_encoder_dir, "train.hard_negatives=0", "train.epochs_per_round=2", "train.max_failures=0")
+    with pytest.raises(Exception):
+        train_retriever(cfg, texts, links, tmp_path, fail_at_step=6)
+    res = train_retriever(cfg, texts, links, tmp_path)
+    last = res["history"][-1]["last"]
+    steps = [int(c[0]) for c in res["history"][-1]["curve"]]
+    assert last["resumed"] == [4]
+    assert steps == list(range(1, last["step"] + 1))

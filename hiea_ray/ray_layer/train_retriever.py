@@ -177,19 +177,6 @@ def train_loop_per_worker(config: dict) -> None:
     report(final=True)
 
 
-def latest_checkpoint(folder: Path):
-    """The checkpoint with the highest step under a Ray Train run folder (a killed run), or None."""
-    import ray.train
-    import torch
-
-    best, best_step = None, -1
-    for state in folder.glob("**/state.pt") if folder.is_dir() else []:
-        step = torch.load(state, weights_only=False)["step"]
-        if step > best_step:
-            best, best_step = state.parent, step
-    return ray.train.Checkpoint.from_directory(str(best)) if best is not None else None
-
-
 def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fail_at_step: int | None = None) -> dict:
     """Runs all rounds; writes the best model to ``out/model`` and the history to ``out/history.json``."""
     import ray.train
@@ -241,8 +228,7 @@ def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fa
                 ),
             ),
             datasets={"train": ds},
-            resume_from_checkpoint=latest_checkpoint(storage / name),
-        )
+        )  # same run name + storage path: Ray Train restores a killed run from its latest checkpoint
         result = trainer.fit()
         best = max(result.best_checkpoints, key=lambda cm: cm[1]["valid_mrr"])
         with result.checkpoint.as_directory() as d:
