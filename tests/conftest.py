@@ -95,25 +95,13 @@ def tiny_encoder(tiny_encoder_dir):
     return Encoder(tiny_encoder_dir, pooling="mean", max_length=128, device=torch.device("cpu"))
 
 
-# -- Ray: one shared local instance for every Ray test (ray's `ray_start_regular_shared`) ---------
-@pytest.fixture(scope="session")
-def _ray_session():
-    import ray
-
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
-
-
+# -- Ray: one shared local instance per test module (ray's `ray_start_regular_shared`) ------------
 @pytest.fixture(scope="module")
-def ray_shared(_ray_session):
-    """The session's local Ray (2 CPUs), started on first use and shared by every Ray test module.
-    A module that needs its own cluster (test_cluster_ray.py) shuts it down; the next module
-    that asks for it starts it again."""
-    import ray
+def ray_shared():
+    """A local Ray (2 CPUs) shared by all tests of a module and shut down after it, so no Ray
+    instance leaks into the Ray-free tests of other modules."""
+    from ray_conftest_helpers import shutdown_ray, start_local_ray
 
-    if not ray.is_initialized():
-        from ray_conftest_helpers import start_local_ray
-
-        start_local_ray(num_cpus=2)
+    start_local_ray(num_cpus=2)
     yield
+    shutdown_ray()

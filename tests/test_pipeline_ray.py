@@ -44,7 +44,7 @@ HITS1_FLOOR = 0.10
 
 @pytest.fixture(scope="module")
 def shared_ray(ray_shared):
-    """The session's one local Ray instance (tests/conftest.py, like ray's ``ray_start_regular_shared``)."""
+    """This module's shared local Ray (tests/conftest.py, like ray's ``ray_start_regular_shared``)."""
     yield
 
 
