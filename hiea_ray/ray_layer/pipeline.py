@@ -1,4 +1,4 @@
-"""The alignment pipeline: ingest -> verbalize -> embed -> retrieve -> decode -> evaluate.
+"""The alignment pipeline: ingest -> verbalize -> [train] -> embed -> retrieve -> decode -> evaluate.
 
 Each stage reads the previous stages' Parquet outputs and writes its own folder with a manifest
 (``hiea_ray.manifest``); a stage whose config sections and inputs are unchanged is reused, so a
@@ -9,6 +9,7 @@ Run folder layout::
 
     ingest/     entities, rel_triples, attr_triples, links (.parquet), report.json
     verbalize/  texts/*.parquet (id, kg, name, text)
+    train/      model/ (fine-tuned HF encoder), history.json, curve.png  (only with train.enabled)
     embed/      parts/*.parquet (id, kg, embedding, node)
     retrieve/   <protocol>/{s2t,t2s}.parquet (src, cand, score) + sets.json
     decode/     <protocol>/<decoder>.parquet (ranked lists), <protocol>/<decoder>.match.parquet
@@ -85,6 +86,10 @@ class Pipeline:
     def _stage(self, name: str, sections: tuple[str, ...], inputs: dict[str, str], extra=None) -> Stage:
         return Stage(self.run, name, section_hash(self.cfg, *sections, extra=extra), inputs)
 
+    def _fingerprint(self, name: str) -> str:
+        """Fingerprint of a finished upstream stage (from its manifest)."""
+        return Stage(self.run, name, "", {}).fingerprint()
+
     def _done(self, stage: Stage, reused: bool, stats: dict | None = None) -> None:
         m = stage.manifest() or {}
         self.timings[stage.name] = {
@@ -121,9 +126,8 @@ class Pipeline:
 
     # -- 2. verbalize (Ray Data) -------------------------------------------------------------
     def verbalize(self) -> Stage:
-        ing = Stage(self.run, "ingest", "", {})
         st = self._stage(
-            "verbalize", (), {"ingest": ing.fingerprint()}, extra=asdict_no(self.cfg.verbalize, "batch_size", "num_actors")
+            "verbalize", (), {"ingest": self._fingerprint("ingest")}, extra=asdict_no(self.cfg.verbalize, "batch_size", "num_actors")
         )
         if st.fresh():
             self._done(st, True)
@@ -158,10 +162,9 @@ class Pipeline:
     def train(self) -> Stage | None:
         if not self.cfg.train.enabled:
             return None
-        verb = Stage(self.run, "verbalize", "", {})
         e = self.cfg.embed
         base = {k: getattr(e, k) for k in ("model", "max_length")}
-        st = self._stage("train", ("train",), {"verbalize": verb.fingerprint()}, extra=base)
+        st = self._stage("train", ("train",), {"verbalize": self._fingerprint("verbalize")}, extra=base)
         if st.fresh():
             self._done(st, True)
             return st
@@ -186,12 +189,11 @@ class Pipeline:
 
     # -- 4. embed (Ray Data, actor pool, resumable) ------------------------------------------
     def embed(self) -> Stage:
-        verb = Stage(self.run, "verbalize", "", {})
         e = self.cfg.embed
         output_fields = {k: getattr(e, k) for k in ("model", "pooling", "batch_size", "max_length", "name_weight")}
-        inputs = {"verbalize": verb.fingerprint()}
+        inputs = {"verbalize": self._fingerprint("verbalize")}
         if self.cfg.train.enabled:
-            inputs["train"] = Stage(self.run, "train", "", {}).fingerprint()
+            inputs["train"] = self._fingerprint("train")
             e = e.__class__(**{**asdict(e), "model": self.encoder_model()})
         st = self._stage("embed", (), inputs, extra=output_fields)
         if st.fresh():
@@ -249,8 +251,7 @@ class Pipeline:
         return np.sort(q), np.sort(b)
 
     def retrieve(self) -> Stage:
-        emb = Stage(self.run, "embed", "", {})
-        st = self._stage("retrieve", ("retrieve",), {"embed": emb.fingerprint()}, extra=self.cfg.evaluate.protocols)
+        st = self._stage("retrieve", ("retrieve",), {"embed": self._fingerprint("embed")}, extra=self.cfg.evaluate.protocols)
         if st.fresh():
             self._done(st, True)
             return st
@@ -279,8 +280,7 @@ class Pipeline:
 
     # -- 6. decode ---------------------------------------------------------------------------
     def decode(self) -> Stage:
-        ret = Stage(self.run, "retrieve", "", {})
-        st = self._stage("decode", ("decode",), {"retrieve": ret.fingerprint()})
+        st = self._stage("decode", ("decode",), {"retrieve": self._fingerprint("retrieve")})
         if st.fresh():
             self._done(st, True)
             return st
@@ -334,8 +334,7 @@ class Pipeline:
 
     # -- 7. evaluate -------------------------------------------------------------------------
     def evaluate(self) -> dict:
-        de = Stage(self.run, "decode", "", {})
-        st = self._stage("evaluate", ("evaluate",), {"decode": de.fingerprint()})
+        st = self._stage("evaluate", ("evaluate",), {"decode": self._fingerprint("decode")})
         if st.fresh():
             self._done(st, True)
             return json.loads((self.run / "evaluate" / "metrics.json").read_text())
