@@ -182,6 +182,51 @@ class TrainRetrieverConfig:
 
 
 @dataclass
+class RerankConfig:
+    # Cross-encoder reranking of each source's retrieved candidates (DERA stage 3). Off by default.
+    enabled: bool = False
+    # Initial weights: "default" = the packaged all-MiniLM-L6-v2 with a fresh scoring head; or any
+    # HF model id / folder (a sequence-classification head with one label is added when missing).
+    model: str = "default"
+    # Train the cross-encoder on the train links (else model must already be a trained reranker).
+    train: bool = True
+    # Candidates reranked per source: the top-k of the retriever's list (<= retrieve.k).
+    k: int = 10
+    # Tokens of the (source text, candidate text) pair; truncated longest-first.
+    max_length: int = 128
+    # Training: per train link, 1 positive + `negatives` sampled from the retriever's top
+    # `negative_depth` over all KG2 entities (gold excluded); listwise softmax cross-entropy.
+    negatives: int = 7
+    negative_depth: int = 50
+    # Train links used per epoch (0 = all): the cross-encoder costs (1 + negatives) passes per link.
+    max_train_links: int = 0
+    epochs: int = 1
+    batch_size: int = 8  # links per optimizer step (global, split over workers)
+    lr: float = 3.0e-5
+    warmup_steps: int = 10
+    # Validate (Hits@1 / MRR of the reranked top-k of validation links) every N steps; best kept.
+    eval_every: int = 50
+    valid_links: int = 300
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 0
+    amp: bool = True
+    max_failures: int = 1
+    seed: int = 0
+    # Batch reranking (Ray Data actor pool over the candidate Parquet).
+    infer_batch_size: int = 64  # pairs per forward pass
+    rows_per_batch: int = 256  # sources per Ray Data batch
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    # Fusion into the decoders' scores, in cosine units:
+    #   score = (1 - fusion_weight) * retriever_cosine + fusion_weight * score_scale * reranker_logit
+    fusion_weight: float = 0.5
+    score_scale: float = 0.05
+
+
+@dataclass
 class RayConfig:
     # Ray address; null starts (or joins, inside `ray job submit`) a local instance.
     address: str | None = None
@@ -198,6 +243,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     train: TrainRetrieverConfig = field(default_factory=TrainRetrieverConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> "Config":
@@ -234,6 +280,13 @@ class Config:
             raise UserError("config field decode.structure_rounds: must be >= 0")
         if not 0.0 <= self.decode.structure_beta < float("inf"):
             raise UserError("config field decode.structure_beta: must be a finite number >= 0")
+        r = self.rerank
+        if r.enabled and not 1 <= r.k <= self.retrieve.k:
+            raise UserError("config field rerank.k: must be in [1, retrieve.k]")
+        if r.negatives < 1 or r.negative_depth < r.negatives + 1:
+            raise UserError("config fields rerank.negatives/negative_depth: need 1 <= negatives < negative_depth")
+        if not 0.0 <= r.fusion_weight <= 1.0:
+            raise UserError("config field rerank.fusion_weight: must be in [0, 1]")
         if self.decode.hungarian_max_block < 1:
             raise UserError("config field decode.hungarian_max_block: must be >= 1")
         return self

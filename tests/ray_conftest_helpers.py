@@ -12,11 +12,13 @@ import shutil
 from pathlib import Path
 
 def run_stages() -> list[str]:
-    """The stages a default config runs, in order (retriever training is off by default)."""
+    """The stages a default config runs, in order (retriever training and reranking are off by default)."""
     from hiea_ray.config import Config
     from hiea_ray.ray_layer.pipeline import STAGES
 
-    return [s for s in STAGES if s != "train" or Config().train.enabled]
+    c = Config()
+    off = {"train": not c.train.enabled, "rerank_train": not (c.rerank.enabled and c.rerank.train), "rerank": not c.rerank.enabled}
+    return [s for s in STAGES if not off.get(s, False)]
 
 
 # Small settings for a 2-core machine: one torch thread per encoder actor, several small blocks

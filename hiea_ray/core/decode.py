@@ -28,7 +28,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
 
-def _sort_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sort_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-score, axis=1, kind="stable")
     return np.take_along_axis(idx, order, 1), np.take_along_axis(score, order, 1)
 
@@ -47,7 +47,7 @@ def csls(s2t_idx, s2t_score, t2s_idx, t2s_score, k: int = 10):
     valid = s2t_idx >= 0
     rt = np.where(valid, r_tgt[np.where(valid, s2t_idx, 0)], 0.0)
     new = np.where(valid, 2 * s2t_score - r_src[:, None] - rt, -np.inf).astype(np.float32)
-    return _sort_rows(s2t_idx, new)
+    return sort_rows(s2t_idx, new)
 
 
 def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int) -> sp.csr_matrix:
@@ -83,6 +83,16 @@ def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, 
     g.data *= np.repeat(u, np.diff(g.indptr))
     g.data *= v[g.indices]
     return csr_topk(g, k or s2t_idx.shape[1])
+
+
+def transpose_lists(idx: np.ndarray, score: np.ndarray, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source lists (n, k) -> each target's best k sources among the same edges, (m, k) best first."""
+    n = idx.shape[0]
+    r = np.repeat(np.arange(n, dtype=np.int64), idx.shape[1])
+    c, v = idx.ravel(), score.ravel()
+    ok = (c >= 0) & np.isfinite(v)
+    mat = sp.csr_matrix((v[ok].astype(np.float64), (c[ok], r[ok])), shape=(m, n))
+    return csr_topk(mat, k)
 
 
 def csr_topk(mat: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:

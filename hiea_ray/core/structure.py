@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from hiea_ray.core.decode import _sort_rows
+from hiea_ray.core.decode import sort_rows
 
 
 def adjacency(sorted_ids: np.ndarray, head: np.ndarray, tail: np.ndarray) -> sp.csr_matrix:
@@ -132,4 +132,4 @@ def structure_decode(
     for _ in range(rounds):
         c = consistency(idx, best_targets(idx, fused), best_sources(idx, fused, m), adj_s, adj_t)
         fused = np.where(idx >= 0, base + np.float32(beta) * c, -np.inf).astype(np.float32)
-    return _sort_rows(idx, fused)
+    return sort_rows(idx, fused)

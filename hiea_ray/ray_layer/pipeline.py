@@ -1,4 +1,5 @@
-"""The alignment pipeline: ingest -> verbalize -> [train] -> embed -> retrieve -> decode -> evaluate.
+"""The alignment pipeline: ingest -> verbalize -> [train] -> embed -> retrieve -> [rerank_train -> rerank]
+-> decode -> evaluate.
 
 Each stage reads the previous stages' Parquet outputs and writes its own folder with a manifest
 (``hiea_ray.manifest``); a stage whose config sections and inputs are unchanged is reused, so a
@@ -12,6 +13,8 @@ Run folder layout::
     train/      model/ (fine-tuned HF encoder), history.json, curve.png  (only with train.enabled)
     embed/      parts/*.parquet (id, kg, embedding, node)
     retrieve/   <protocol>/{s2t,t2s}.parquet (src, cand, score) + sets.json
+    rerank_train/  model/ (cross-encoder), history.json, curve.png  (rerank.enabled and rerank.train)
+    rerank/     <protocol>/parts/*.parquet (src, cand, retr, rerank): top rerank.k per source
     decode/     <protocol>/<decoder>.parquet (ranked lists), <protocol>/<decoder>.match.parquet
     evaluate/   metrics.json, metrics.png  (metrics.json is also copied to the run root)
 """
@@ -41,11 +44,11 @@ from hiea_ray.core.verbalize import build_contexts, word_count_stats
 from hiea_ray.kg.model import KGPair
 from hiea_ray.kg.readers import read_pair
 from hiea_ray.manifest import Stage, fingerprint_files
-from hiea_ray.ray_layer.stages import column_to_numpy, embed_spec, verbalize_spec
+from hiea_ray.ray_layer.stages import column_to_numpy, embed_spec, rerank_spec, verbalize_spec
 
 log = logging.getLogger("hiea_ray")
 
-STAGES = ["ingest", "verbalize", "train", "embed", "retrieve", "decode", "evaluate"]
+STAGES = ["ingest", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "evaluate"]
 
 
 def init_ray(cfg: Config) -> None:
@@ -278,9 +281,113 @@ class Pipeline:
         self._done(st, False)
         return st
 
-    # -- 6. decode ---------------------------------------------------------------------------
+    # -- 6. reranker training (Ray Train; optional) -------------------------------------------
+    def rerank_train(self) -> Stage | None:
+        rc = self.cfg.rerank
+        if not (rc.enabled and rc.train):
+            return None
+        fields = asdict_no(rc, "enabled", "infer_batch_size", "rows_per_batch", "num_actors", "cpus_per_actor", "gpus_per_actor",
+                           "fusion_weight", "score_scale")
+        inputs = {"embed": self._fingerprint("embed"), "verbalize": self._fingerprint("verbalize")}
+        st = self._stage("rerank_train", ("retrieve",), inputs, extra=fields)
+        if st.fresh():
+            self._done(st, True)
+            return st
+        from hiea_ray.ray_layer.train_reranker import train_reranker
+
+        init_ray(self.cfg)
+        tmp = st.begin()
+        ids, kg, vecs = self.embeddings()
+        texts = _read_dir(self.run / "verbalize" / "texts")
+        res = train_reranker(self.cfg, texts, self.pair().links, ids, kg, vecs, tmp)
+        shutil.rmtree(tmp / "ray", ignore_errors=True)  # Ray Train's checkpoints: only the best model is kept
+        st.commit({"retriever_valid": res["retriever_valid"], "best": res["best"], "train_links": res["train_links"]})
+        self._done(st, False)
+        return st
+
+    def reranker_model(self) -> str:
+        rc = self.cfg.rerank
+        return str(self.run / "rerank_train" / "model") if rc.train else rc.model
+
+    # -- 7. batch reranking (Ray Data actor pool over the candidate Parquet; resumable) ---------
+    def rerank(self) -> Stage | None:
+        rc = self.cfg.rerank
+        if not rc.enabled:
+            return None
+        inputs = {"retrieve": self._fingerprint("retrieve"), "verbalize": self._fingerprint("verbalize")}
+        if rc.train:
+            inputs["rerank_train"] = self._fingerprint("rerank_train")
+        st = self._stage("rerank", (), inputs, extra={"model": rc.model, "k": rc.k, "max_length": rc.max_length})
+        if st.fresh():
+            self._done(st, True)
+            return st
+        import ray
+
+        model = self.reranker_model()
+        resolve_model(model)  # a missing folder is a user error, here on the driver
+        init_ray(self.cfg)
+        tmp = st.begin()
+        texts = ray.put(_read_dir(self.run / "verbalize" / "texts").select(["id", "text"]))
+        t0 = time.time()
+        pairs = 0
+        for protocol in self.cfg.evaluate.protocols:
+            parts = tmp / protocol / "parts"
+            parts.mkdir(parents=True, exist_ok=True)
+            done = _finished_ids(parts, "src")
+            s2t = self.run / "retrieve" / protocol / "s2t.parquet"
+            total = pq.ParquetFile(s2t).metadata.num_rows
+            if len(done) < total:
+                if len(done):
+                    log.info("rerank %s: resuming, %d of %d sources already reranked", protocol, len(done), total)
+                ds = ray.data.read_parquet(str(s2t))
+                if len(done):
+                    ds = ds.map_batches(_DropDone, fn_constructor_kwargs={"done": ray.put(done), "column": "src"},
+                                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
+                ds = ds.repartition(target_num_rows_per_block=max(1, rc.rows_per_batch))
+                spec = rerank_spec(rc, model, texts)
+                ds = ds.map_batches(spec.cls, fn_constructor_kwargs=spec.constructor_kwargs,
+                                    compute=ray.data.ActorPoolStrategy(size=rc.num_actors), **spec.map_batches_kwargs)
+                ds.write_parquet(str(parts))
+                c = pq.read_table(s2t, columns=["cand"])["cand"].combine_chunks().flatten().to_numpy()
+                pairs += int((c.reshape(total, -1)[:, : rc.k] >= 0).sum() * (total - len(done)) / max(total, 1))
+            got = _finished_ids(parts, "src")
+            if len(np.unique(got)) != total or len(got) != total:
+                raise RuntimeError(f"rerank {protocol}: expected {total} unique sources, found {len(got)}")
+        wall = time.time() - t0
+        st.commit({"pairs": pairs, "pairs_per_s": round(pairs / max(wall, 1e-9), 1), "rows_per_s": round(pairs / max(wall, 1e-9), 1)})
+        self._done(st, False)
+        return st
+
+    def _candidate_lists(self, protocol: str):
+        """(q, b, s2t, s2t_score, t2s, t2s_score) in local indices: the retriever's lists, or with
+        reranking the top rerank.k per source with fused scores and the reverse lists derived from them."""
+        d = self.run / "retrieve" / protocol
+        q, s2t_ids, s2t_score = _read_lists(d / "s2t.parquet")
+        b, t2s_ids, t2s_score = _read_lists(d / "t2s.parquet")
+        rc = self.cfg.rerank
+        if not rc.enabled:
+            return q, b, _local(b, s2t_ids), s2t_score, _local(q, t2s_ids), t2s_score
+        from hiea_ray.core.cross_encoder import fuse
+
+        t = _read_dir(self.run / "rerank" / protocol / "parts").sort_by("src")
+        if not np.array_equal(t["src"].to_numpy(), q):
+            raise RuntimeError(f"rerank {protocol}: reranked sources differ from the retrieved ones")
+        cand = _local(b, column_to_numpy(t["cand"]))
+        score = fuse(column_to_numpy(t["retr"]), column_to_numpy(t["rerank"]), rc.fusion_weight, rc.score_scale)
+        score = np.where(cand >= 0, score, -np.inf).astype(np.float32)
+        s2t, s2t_score = dec.sort_rows(cand, score)
+        t2s, t2s_score = dec.transpose_lists(s2t, s2t_score, len(b), self.cfg.retrieve.k)
+        return q, b, s2t, s2t_score, t2s, t2s_score
+
+    # -- 8. decode ---------------------------------------------------------------------------
     def decode(self) -> Stage:
-        st = self._stage("decode", ("decode",), {"retrieve": self._fingerprint("retrieve")})
+        rc = self.cfg.rerank
+        inputs = {"retrieve": self._fingerprint("retrieve")}
+        extra = None
+        if rc.enabled:
+            inputs["rerank"] = self._fingerprint("rerank")
+            extra = {"fusion_weight": rc.fusion_weight, "score_scale": rc.score_scale}
+        st = self._stage("decode", ("decode",), inputs, extra=extra)
         if st.fresh():
             self._done(st, True)
             return st
@@ -290,12 +397,8 @@ class Pipeline:
         t0 = time.time()
         timing = {}
         for protocol in self.cfg.evaluate.protocols:
-            d = self.run / "retrieve" / protocol
-            q, s2t_ids, s2t_score = _read_lists(d / "s2t.parquet")
-            b, t2s_ids, t2s_score = _read_lists(d / "t2s.parquet")
             # local indices: rows of q (sources), rows of b (targets); both sorted
-            s2t = _local(b, s2t_ids)
-            t2s = _local(q, t2s_ids)
+            q, b, s2t, s2t_score, t2s, t2s_score = self._candidate_lists(protocol)
             out = tmp / protocol
             out.mkdir(parents=True, exist_ok=True)
             sink = None  # the sinkhorn lists, shared by the sinkhorn and structure decoders
@@ -332,7 +435,7 @@ class Pipeline:
         self._done(st, False)
         return st
 
-    # -- 7. evaluate -------------------------------------------------------------------------
+    # -- 9. evaluate -------------------------------------------------------------------------
     def evaluate(self) -> dict:
         st = self._stage("evaluate", ("evaluate",), {"decode": self._fingerprint("decode")})
         if st.fresh():
@@ -408,25 +511,26 @@ def asdict_no(obj, *skip) -> dict:
 
 
 class _DropDone:
-    """Filters out rows whose id was already embedded (resume)."""
+    """Filters out rows whose id (``column``) was already processed (resume)."""
 
-    def __init__(self, done):
+    def __init__(self, done, column: str = "id"):
         import ray
 
         self.done = pa.array(ray.get(done) if isinstance(done, ray.ObjectRef) else done)
+        self.column = column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=self.done)))
+        return batch.filter(pc.invert(pc.is_in(batch[self.column], value_set=self.done)))
 
 
-def _finished_ids(parts: Path) -> np.ndarray:
+def _finished_ids(parts: Path, column: str = "id") -> np.ndarray:
     """Ids in readable part files; unreadable (half-written) parts are deleted."""
     ids = []
     for f in sorted(parts.glob("*.parquet")):
         try:
-            ids.append(pq.read_table(f, columns=["id"])["id"].to_numpy())
+            ids.append(pq.read_table(f, columns=[column])[column].to_numpy())
         except Exception:  # noqa: BLE001 - a part cut off by a kill has no footer
-            log.warning("embed: dropping unreadable part %s", f.name)
+            log.warning("dropping unreadable part %s", f)
             f.unlink()
     return np.concatenate(ids) if ids else np.zeros(0, np.int64)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from hiea_ray.config import EmbedConfig, VerbalizeConfig
+from hiea_ray.config import EmbedConfig, RerankConfig, VerbalizeConfig
 from hiea_ray.core.encoder import Encoder, fuse, set_threads
 from hiea_ray.core.verbalize import verbalize_table
 
@@ -28,7 +28,8 @@ class VerbalizeStage:
 
 
 def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    """(n, d) array -> fixed_size_list[d] column (float32 unless the array is integer)."""
+    v = np.ascontiguousarray(vectors, dtype=vectors.dtype if vectors.dtype.kind == "i" else np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
 
 
@@ -65,6 +66,62 @@ class EmbedStage:
         )
 
 
+class RerankStage:
+    """Candidate rows (src, cand[K], score[K]) -> (src, cand[k], retr[k], rerank[k]) for the top k.
+
+    Scores each (source text, candidate text) pair of a source's top-k retrieved candidates with
+    the cross-encoder (loaded once per actor). ``texts`` (id, text) is a table or an object ref
+    (shared read-only through the object store on a cluster). Padded candidates (-1) score -inf."""
+
+    def __init__(self, cfg: dict, model: str, texts):
+        import torch
+
+        from hiea_ray.core.cross_encoder import load_reranker
+
+        self.cfg = RerankConfig(**cfg)
+        set_threads(int(self.cfg.cpus_per_actor) or os.cpu_count())
+        self.device = torch.device("cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+        self.amp = torch.bfloat16 if (self.device.type == "cuda" and self.cfg.amp) else None
+        self.model, self.tokenizer = load_reranker(model)
+        self.model.to(self.device)
+        t = _resolve(texts).select(["id", "text"]).sort_by("id")
+        self.ids = t["id"].to_numpy()
+        self.text = t["text"].combine_chunks()
+
+    def _texts(self, ids: np.ndarray) -> list[str]:
+        rows = np.searchsorted(self.ids, ids)
+        if len(ids) and (rows.max() >= len(self.ids) or not np.array_equal(self.ids[rows], ids)):
+            raise KeyError("rerank: candidate ids missing from the verbalized texts")
+        return self.text.take(pa.array(rows)).to_pylist()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from hiea_ray.core.cross_encoder import score_pairs
+
+        k = self.cfg.k
+        src = batch["src"].to_numpy()
+        cand = column_to_numpy(batch["cand"])[:, :k]
+        retr = column_to_numpy(batch["score"])[:, :k]
+        ok = cand >= 0
+        rows, cols = np.nonzero(ok)
+        logits = score_pairs(
+            self.model, self.tokenizer, self._texts(src[rows]), self._texts(cand[rows, cols]), self.cfg.max_length,
+            self.device, self.cfg.infer_batch_size, self.amp,
+        )
+        rerank = np.full(cand.shape, -np.inf, np.float32)
+        rerank[rows, cols] = logits
+        return pa.table({"src": batch["src"], "cand": embeddings_column(cand.astype(np.int64)), "retr": embeddings_column(retr),
+                         "rerank": embeddings_column(rerank)})
+
+
+def _resolve(obj):
+    """An object ref (under Ray) or the object itself."""
+    if type(obj).__name__ == "ObjectRef":
+        import ray
+
+        return ray.get(obj)
+    return obj
+
+
 def _node_id() -> str:
     try:
         import ray
@@ -97,6 +154,19 @@ def embed_spec(cfg: EmbedConfig) -> StageSpec:
     return StageSpec(
         EmbedStage,
         {"cfg": asdict(cfg)},
+        {
+            "batch_size": cfg.rows_per_batch,
+            "batch_format": "pyarrow",
+            "num_cpus": cfg.cpus_per_actor,
+            "num_gpus": cfg.gpus_per_actor,
+        },
+    )
+
+
+def rerank_spec(cfg: RerankConfig, model: str, texts) -> StageSpec:
+    return StageSpec(
+        RerankStage,
+        {"cfg": asdict(cfg), "model": model, "texts": texts},
         {
             "batch_size": cfg.rows_per_batch,
             "batch_format": "pyarrow",

@@ -5,19 +5,18 @@
 - Mining: the current model embeds the train sources and every KG2 entity (the pipeline's Ray
   Data embed chain), FAISS ranks KG2 for each source, and ``hard_negatives`` targets are sampled
   per source from ranks ``hard_rank_from..hard_rank_to`` (the gold target excluded).
-- Training: ``train_loop_per_worker`` reads its Ray Data shard of (src, tgt, neg) rows, runs the
-  plain ``train_step`` (``hiea_ray.core.bi_encoder_train``) in DDP (``prepare_model``), validates
-  every ``eval_every`` steps and reports metrics with a checkpoint through ``ray.train.report``.
-  A restarted run resumes from ``ray.train.get_checkpoint()`` at the saved step;
-  ``FailureConfig(max_failures)`` restarts failed workers. The best checkpoint by validation MRR
-  becomes a normal HF folder used by the embed stage.
+- Training: ``train_loop.fit`` (shared with the reranker job) runs the TorchTrainer; each worker
+  reads its Ray Data shard of (src, tgt, neg) rows and runs the plain ``train_step``
+  (``hiea_ray.core.bi_encoder_train``) in DDP, validates every ``eval_every`` steps and reports
+  metrics with a checkpoint through ``ray.train.report``. A restarted run resumes from
+  ``ray.train.get_checkpoint()`` at the saved step; ``FailureConfig(max_failures)`` restarts failed
+  workers. The best checkpoint by validation MRR becomes a normal HF folder used by the embed stage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -85,102 +84,9 @@ def mine_hard_negatives(model: str, texts: pa.Table, train: pa.Table, cfg: Confi
     return train.append_column("neg", pa.array(negs, pa.list_(pa.string())))
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker."""
-    import ray.train
-    import ray.train.torch
-    import torch
-    from transformers import AutoModel, AutoTokenizer, get_linear_schedule_with_warmup
-
-    from hiea_ray.core.bi_encoder_train import evaluate, train_step
-
-    tc = TrainRetrieverConfig(**config["train"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(tc.seed)
-    torch.set_num_threads(max(1, tc.torch_threads or int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    device = ray.train.torch.get_device()
-    start_step = 0
-    ckpt = ray.train.get_checkpoint()
-    init = config["init_model"]
-    state = None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
-            model = AutoModel.from_pretrained(Path(d) / "model")
-            tokenizer = AutoTokenizer.from_pretrained(Path(d) / "model")
-        start_step = state["step"]
-    else:
-        model = AutoModel.from_pretrained(init)
-        tokenizer = AutoTokenizer.from_pretrained(init)
-    if tc.gradient_checkpointing and device.type == "cuda":
-        model.gradient_checkpointing_enable()
-    # The encoder's pooler head gets no gradient (we pool token states): DDP must allow that.
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    raw = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.01)
-    per_worker = max(1, tc.batch_size // world)
-    steps_per_epoch = config["n_train"] // (per_worker * world)
-    total = max(1, steps_per_epoch * tc.epochs_per_round)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(tc.warmup_steps, total // 10), total)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    amp_dtype = torch.bfloat16 if (tc.amp and device.type == "cuda") else None
-    opts = {**asdict(tc), "max_length": config["max_length"]}
-    valid = config["valid"]
-    shard = ray.train.get_dataset_shard("train")
-    step = start_step
-    losses: list[float] = []
-    curve: list[list[float]] = state.get("curve", []) if state is not None else []  # (step, loss)
-    resumed = (state.get("resumed", []) + [start_step]) if state is not None else []  # steps resumed at
-    t0 = time.time()
-
-    def report(final: bool = False):
-        metrics = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan"), "pairs_per_s": 0.0}
-        metrics["pairs_per_s"] = round(len(losses) * per_worker * world / max(time.time() - t0, 1e-9), 2)
-        metrics.update(evaluate(raw, tokenizer, valid["src"], valid["tgt"], config["max_length"], device))
-        metrics["final"] = final
-        metrics["resumed"] = list(resumed)
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                raw.save_pretrained(Path(tmp) / "model")
-                tokenizer.save_pretrained(Path(tmp) / "model")
-                torch.save(
-                    {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "curve": curve,
-                     "resumed": resumed},
-                    Path(tmp) / "state.pt",
-                )
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-    for epoch in range(tc.epochs_per_round):
-        batches = shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=None)
-        for i, batch in enumerate(batches):
-            if i >= steps_per_epoch:
-                break
-            if epoch * steps_per_epoch + i < start_step:
-                continue  # resumed: this batch was trained before the interruption
-            losses.append(train_step(model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype))
-            step += 1
-            curve.append([step, losses[-1]])
-            if rank == 0 and step % 10 == 0:
-                rate = len(losses) * per_worker * world / max(time.time() - t0, 1e-9)
-                print(f"[retriever] step {step}/{total} loss {np.mean(losses[-10:]):.4f} {rate:.1f} pairs/s", flush=True)
-            if config.get("fail_at_step") == step and ckpt is None and rank == 0:
-                raise RuntimeError(f"injected failure at step {step}")
-            if step % tc.eval_every == 0 and step < total:
-                report()
-                losses.clear()
-                t0 = time.time()
-    report(final=True)
-
-
 def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fail_at_step: int | None = None) -> dict:
     """Runs all rounds; writes the best model to ``out/model`` and the history to ``out/history.json``."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    from hiea_ray.ray_layer.train_loop import fit
 
     tc = cfg.train
     train = link_texts(texts, links.filter(pc.equal(links["split"], "train")))
@@ -204,46 +110,24 @@ def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fa
             data = train
         data = data.take(np.random.default_rng(tc.seed + 100 + r).permutation(data.num_rows))
         mined_s = time.time() - t_round
-        ds = ray.data.from_arrow(data.select([c for c in ("src", "tgt", "neg") if c in data.column_names]))
-        name = f"round{r}"
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={
-                "train": asdict(tc),
-                "init_model": model,
-                "n_train": data.num_rows,
-                "max_length": cfg.embed.max_length,
-                "valid": {"src": valid["src"].to_pylist(), "tgt": valid["tgt"].to_pylist()},
-                "fail_at_step": fail_at_step,
-            },
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
-            ),
-            run_config=ray.train.RunConfig(
-                name=name,
-                storage_path=str(storage),
-                failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(
-                    num_to_keep=2, checkpoint_score_attribute="valid_mrr", checkpoint_score_order="max"
-                ),
-            ),
-            datasets={"train": ds},
-        )  # same run name + storage path: Ray Train restores a killed run from its latest checkpoint
-        result = trainer.fit()
-        best = max(result.best_checkpoints, key=lambda cm: cm[1]["valid_mrr"])
-        with result.checkpoint.as_directory() as d:
-            import torch
-
-            curve = torch.load(Path(d) / "state.pt", weights_only=False)["curve"]
-        shutil.rmtree(best_dir, ignore_errors=True)
-        with best[0].as_directory() as d:
-            shutil.copytree(Path(d) / "model", best_dir)
+        res = fit(
+            "retriever",
+            {**asdict(tc), "epochs": tc.epochs_per_round, "max_length": cfg.embed.max_length},
+            {k: getattr(tc, k) for k in ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")},
+            model,
+            data.select([c for c in ("src", "tgt", "neg") if c in data.column_names]),
+            {"src": valid["src"].to_pylist(), "tgt": valid["tgt"].to_pylist()},
+            f"round{r}",
+            storage,
+            best_dir,
+            fail_at_step,
+        )
         model = str(best_dir)
         entry = {"round": r, "mine_s": round(mined_s, 1), "wall_s": round(time.time() - t_round, 1),
-                 "best": best[1], "last": result.metrics, "curve": curve}
+                 **res}
         done_marker.write_text(json.dumps(entry, default=str))
         history.append(entry)
-        log.info("retriever round %d: best valid MRR %.4f (step %s)", r, best[1]["valid_mrr"], best[1]["step"])
+        log.info("retriever round %d: best valid MRR %.4f (step %s)", r, res["best"]["valid_mrr"], res["best"]["step"])
     final = out / "model"
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(model, final)
