@@ -142,3 +142,20 @@ def test_pipeline_trains_the_reranker_then_uses_it(e2e, tmp_path):
     assert (run / "rerank_train" / "model" / "config.json").is_file()
     assert manifest(run, "rerank")["inputs"]["rerank_train"] == manifest(run, "rerank_train")["fingerprint"]
     assert not (run / "rerank_train" / "ray").exists()
+
+
+def test_sinkhorn_candidates_are_the_decoders_top_k_with_cosines(e2e, tmp_path):
+    run = copy_stages(e2e["run"], tmp_path / "run", UPSTREAM)
+    cfg = _rerank_cfg(e2e["model"], "rerank.candidates=sinkhorn", "evaluate.protocols=[standard]")
+    Pipeline(cfg, e2e["data"], run).rerank()
+    t = _read_dir(run / "rerank" / "standard" / "parts").sort_by("src")
+    # the e2e run decoded with the same sinkhorn settings: its lists' top-5 are the candidates
+    q, sink, _ = _read_lists(e2e["run"] / "decode" / "standard" / "sinkhorn.parquet")
+    assert np.array_equal(t["src"].to_numpy(), q)
+    assert np.array_equal(column_to_numpy(t["cand"]), sink[:, :5])
+    # retr holds each pair's cosine, read off the retrieved lists
+    ids, kg, vecs = e2e["pipe"].embeddings()
+    cand = column_to_numpy(t["cand"])
+    r, c = np.nonzero(cand >= 0)
+    cos = np.einsum("nd,nd->n", vecs[np.searchsorted(ids, q[r])], vecs[np.searchsorted(ids, cand[r, c])])
+    assert np.allclose(column_to_numpy(t["retr"])[r, c], cos, atol=1e-4)

@@ -15,6 +15,7 @@ Run folder layout::
     retrieve/   <protocol>/{s2t,t2s}.parquet (src, cand, score) + sets.json
     rerank_train/  model/ (cross-encoder), history.json, curve.png  (rerank.enabled and rerank.train)
     rerank/     <protocol>/parts/*.parquet (src, cand, retr, rerank): top rerank.k per source
+                (+ candidates.parquet when rerank.candidates=sinkhorn)
     decode/     <protocol>/<decoder>.parquet (ranked lists), <protocol>/<decoder>.match.parquet
     evaluate/   metrics.json, metrics.png  (metrics.json is also copied to the run root)
 """
@@ -317,7 +318,10 @@ class Pipeline:
         inputs = {"retrieve": self._fingerprint("retrieve"), "verbalize": self._fingerprint("verbalize")}
         if rc.train:
             inputs["rerank_train"] = self._fingerprint("rerank_train")
-        st = self._stage("rerank", (), inputs, extra={"model": rc.model, "k": rc.k, "max_length": rc.max_length})
+        extra = {"model": rc.model, "k": rc.k, "max_length": rc.max_length, "candidates": rc.candidates}
+        if rc.candidates == "sinkhorn":
+            extra["sinkhorn"] = [self.cfg.decode.sinkhorn_tau, self.cfg.decode.sinkhorn_iters]
+        st = self._stage("rerank", (), inputs, extra=extra)
         if st.fresh():
             self._done(st, True)
             return st
@@ -334,7 +338,7 @@ class Pipeline:
             parts = tmp / protocol / "parts"
             parts.mkdir(parents=True, exist_ok=True)
             done = _finished_ids(parts, "src")
-            s2t = self.run / "retrieve" / protocol / "s2t.parquet"
+            s2t = self._rerank_candidates(protocol, tmp / protocol)
             total = pq.ParquetFile(s2t).metadata.num_rows
             if len(done) < total:
                 if len(done):
@@ -357,6 +361,27 @@ class Pipeline:
         st.commit({"pairs": pairs, "pairs_per_s": round(pairs / max(wall, 1e-9), 1), "rows_per_s": round(pairs / max(wall, 1e-9), 1)})
         self._done(st, False)
         return st
+
+    def _rerank_candidates(self, protocol: str, out: Path) -> Path:
+        """The candidate Parquet the reranker reads: the retriever's lists, or the sparse Sinkhorn
+        decoder's top rerank.k with the pairs' cosines (written to out/candidates.parquet)."""
+        d = self.run / "retrieve" / protocol
+        if self.cfg.rerank.candidates == "retrieve":
+            return d / "s2t.parquet"
+        c = self.cfg.decode
+        q, s2t_ids, s2t_score = _read_lists(d / "s2t.parquet")
+        b, t2s_ids, t2s_score = _read_lists(d / "t2s.parquet")
+        s2t, t2s = _local(b, s2t_ids), _local(q, t2s_ids)
+        idx, _ = dec.sinkhorn(s2t, s2t_score, t2s, t2s_score, len(b), tau=c.sinkhorn_tau, iters=c.sinkhorn_iters,
+                              k=self.cfg.rerank.k)
+        cos = dec.candidate_graph(s2t, s2t_score, t2s, t2s_score, len(b))
+        rows = np.repeat(np.arange(len(q)), idx.shape[1])
+        ok = idx.ravel() >= 0
+        score = np.full(idx.size, -np.inf, np.float32)
+        score[ok] = np.asarray(cos[rows[ok], idx.ravel()[ok]]).ravel()
+        path = out / "candidates.parquet"
+        _write_lists(path, q, _ids_or_pad(b, idx), score.reshape(idx.shape))
+        return path
 
     def _candidate_lists(self, protocol: str):
         """(q, b, s2t, s2t_score, t2s, t2s_score) in local indices: the retriever's lists, or with
