@@ -176,6 +176,9 @@ class TrainRetrieverConfig:
     # bf16 autocast (GPU only) and gradient checkpointing (GPU only).
     amp: bool = True
     gradient_checkpointing: bool = False
+    # DeepSpeed ZeRO stage for large encoders: 0 = off (plain DDP), 1 = optimizer states sharded,
+    # 2 = also gradients (runs on CPU workers too, over gloo).
+    zero_stage: int = 0
     # Restarts of failed workers (Ray Train FailureConfig).
     max_failures: int = 1
     seed: int = 0
@@ -216,6 +219,7 @@ class RerankConfig:
     cpus_per_worker: float = 1.0
     torch_threads: int = 0
     amp: bool = True
+    zero_stage: int = 0  # DeepSpeed ZeRO stage (0 = off, 1, 2), as train.zero_stage
     max_failures: int = 1
     seed: int = 0
     # Batch reranking (Ray Data actor pool over the candidate Parquet).
@@ -285,6 +289,9 @@ class Config:
             raise UserError("config field decode.structure_rounds: must be >= 0")
         if not 0.0 <= self.decode.structure_beta < float("inf"):
             raise UserError("config field decode.structure_beta: must be a finite number >= 0")
+        for name, z in (("train.zero_stage", self.train.zero_stage), ("rerank.zero_stage", self.rerank.zero_stage)):
+            if z not in (0, 1, 2):
+                raise UserError(f"config field {name}: {z} is not one of 0, 1, 2 (ZeRO-3 is not supported)")
         r = self.rerank
         if r.enabled and not 1 <= r.k <= self.retrieve.k:
             raise UserError("config field rerank.k: must be in [1, retrieve.k]")

@@ -1,7 +1,8 @@
 """Retriever training on Ray Train with a tiny encoder on the synthetic pair.
 
 - validation MRR rises over the untrained model;
-- 2 workers (global batch split, negatives all-gathered) follow the 1-worker loss curve;
+- 2 workers (global batch split, negatives all-gathered) follow the 1-worker loss curve, with DDP
+  and with DeepSpeed ZeRO-2 (gloo on CPU);
 - an injected worker failure restarts from the last checkpoint's step, not from zero.
 """
 
@@ -68,15 +69,17 @@ def test_two_workers_follow_the_one_worker_loss_curve(ray_shared, tiny_encoder_d
 
     texts, links = texts_and_links
     curves = {}
-    for workers in (1, 2):
-        cfg = _cfg(tiny_encoder_dir, "train.hard_negatives=0", f"train.num_workers={workers}")
-        res = train_retriever(cfg, texts, links, tmp_path / f"w{workers}")
-        curves[workers] = res["history"][-1]["curve"]
-    assert len(curves[1]) == len(curves[2])  # same global batch: same number of steps
-    spe = len(curves[1]) // 4
-    one, two = _epoch_means(curves[1], spe), _epoch_means(curves[2], spe)
-    assert one[-1] < one[0] and two[-1] < two[0]  # both learn
-    np.testing.assert_allclose(one, two, rtol=0.15)  # and follow the same curve
+    for workers, zero in ((1, 0), (2, 0), (2, 2)):
+        cfg = _cfg(tiny_encoder_dir, "train.hard_negatives=0", f"train.num_workers={workers}", f"train.zero_stage={zero}")
+        res = train_retriever(cfg, texts, links, tmp_path / f"w{workers}z{zero}")
+        curves[workers, zero] = res["history"][-1]["curve"]
+    one = curves[1, 0]
+    spe = len(one) // 4
+    for key in ((2, 0), (2, 2)):  # 2 workers with DDP, and with DeepSpeed ZeRO-2 (gloo on CPU)
+        assert len(curves[key]) == len(one)  # same global batch: same number of steps
+        a, b = _epoch_means(one, spe), _epoch_means(curves[key], spe)
+        assert a[-1] < a[0] and b[-1] < b[0], key  # both learn
+        np.testing.assert_allclose(a, b, rtol=0.15, err_msg=str(key))  # and follow the same curve
 
 
 def test_worker_failure_resumes_from_checkpoint_step(ray_shared, tiny_encoder_dir, texts_and_links, tmp_path):
@@ -89,6 +92,21 @@ def test_worker_failure_resumes_from_checkpoint_step(ray_shared, tiny_encoder_di
     steps = [int(c[0]) for c in res["history"][-1]["curve"]]
     assert last["resumed"] == [4]  # restarted once, at the checkpoint of step 4 (eval_every=4)
     assert steps == list(range(1, last["step"] + 1))  # no step trained twice, none skipped
+
+
+def test_zero2_worker_failure_resumes_from_its_sharded_checkpoint(ray_shared, tiny_encoder_dir, texts_and_links, tmp_path):
+    """DeepSpeed ZeRO-2 on 2 workers: each saves its optimizer shard; a restart loads them all."""
+    from hiea_ray.ray_layer.train_retriever import train_retriever
+
+    texts, links = texts_and_links
+    cfg = _cfg(tiny_encoder_dir, "train.hard_negatives=0", "train.epochs_per_round=2", "train.max_failures=1",
+               "train.num_workers=2", "train.zero_stage=2")
+    res = train_retriever(cfg, texts, links, tmp_path, fail_at_step=6)
+    last = res["history"][-1]["last"]
+    steps = [int(c[0]) for c in res["history"][-1]["curve"]]
+    assert last["resumed"] == [4]
+    assert steps == list(range(1, last["step"] + 1))
+    assert res["history"][-1]["best"]["valid_mrr"] > res["initial"]["valid_mrr"]
 
 
 def test_killed_run_resumes_from_its_checkpoint(ray_shared, tiny_encoder_dir, texts_and_links, tmp_path):

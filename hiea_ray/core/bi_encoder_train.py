@@ -47,13 +47,23 @@ def train_step(model, tokenizer, optimizer, scheduler, batch: dict, opts: dict, 
         cross_device=opts["cross_device"],
         symmetric=opts["symmetric"],
     )
+    apply_gradients(model, optimizer, scheduler, loss * world_scale(opts["cross_device"], opts["in_batch"]))
+    return float(loss.detach())
+
+
+def apply_gradients(model, optimizer, scheduler, loss: torch.Tensor, max_norm: float = 1.0) -> None:
+    """Backward + clipped optimizer step + scheduler step. A DeepSpeed engine (ZeRO) does all
+    three itself (clipping and scheduler are in its config): then ``model.backward``/``model.step``."""
+    if hasattr(model, "backward") and hasattr(model, "step"):
+        model.backward(loss)
+        model.step()
+        return
     optimizer.zero_grad(set_to_none=True)
-    (loss * world_scale(opts["cross_device"], opts["in_batch"])).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    return float(loss.detach())
 
 
 @torch.inference_mode()

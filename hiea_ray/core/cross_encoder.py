@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hiea_ray.core.bi_encoder_train import apply_gradients
+
 
 def load_reranker(model: str):
     """(model, tokenizer) for a reranker: a folder / HF id, "default" = packaged MiniLM + fresh head."""
@@ -77,12 +79,7 @@ def train_step(model, tokenizer, optimizer, scheduler, batch: dict, opts: dict, 
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = pair_logits(model, tokenizer, left, right, opts["max_length"], device)
     loss = listwise_loss(logits.view(len(src), 1 + n))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
+    apply_gradients(model, optimizer, scheduler, loss)
     return float(loss.detach())
 
 

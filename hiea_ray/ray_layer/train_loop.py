@@ -7,6 +7,9 @@ shard, runs the task's plain ``train_step`` (``hiea_ray.core.bi_encoder_train`` 
 checkpoint (model folder + optimizer/scheduler/step) through ``ray.train.report``. A restarted run
 skips the batches it trained before and continues at the saved step.
 
+With ``zero_stage`` 1 or 2, DeepSpeed's engine replaces DDP (ZeRO-sharded optimizer states and
+gradients); each worker saves its shard into the reported checkpoint and loads it on resume.
+
 ``fit`` builds the ``TorchTrainer`` (``ScalingConfig``, ``FailureConfig``, ``CheckpointConfig``
 keeping the best by validation MRR) and copies the best checkpoint's model into a normal HF folder.
 The same run name + storage path lets Ray Train restore a killed run from its latest checkpoint.
@@ -106,19 +109,45 @@ def train_loop_per_worker(config: dict) -> None:
         model, tokenizer = task.load(config["init_model"])
     if opts.get("gradient_checkpointing") and device.type == "cuda":
         model.gradient_checkpointing_enable()
-    # The bi-encoder's pooler head gets no gradient (we pool token states): DDP must allow that.
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-    raw = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=0.01)
+    zero = opts.get("zero_stage", 0)
     per_worker = max(1, opts["batch_size"] // world)
     steps_per_epoch = config["n_train"] // (per_worker * world)
     epochs = opts["epochs"]
     total = max(1, steps_per_epoch * epochs)
-    scheduler = get_linear_schedule_with_warmup(optimizer, min(opts["warmup_steps"], total // 10), total)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
     amp_dtype = torch.bfloat16 if (opts["amp"] and device.type == "cuda") else None
+    if zero:
+        # DeepSpeed ZeRO: the engine replaces DDP and does backward, clipping, optimizer and
+        # scheduler steps; optimizer states (and gradients at stage 2) are sharded over workers.
+        import deepspeed
+
+        model.to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=0.01)
+        scheduler = get_linear_schedule_with_warmup(optimizer, min(opts["warmup_steps"], total // 10), total)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": per_worker,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": zero},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": amp_dtype is not None},
+        }
+        model, optimizer, _, scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+        )
+        amp_dtype = None  # the engine runs the model in bf16 itself
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                model.load_checkpoint(str(Path(d) / "deepspeed"), tag="ckpt")
+        raw = model.module
+    else:
+        # The bi-encoder's pooler head gets no gradient (we pool token states): DDP must allow that.
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        raw = model.module if hasattr(model, "module") else model
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=0.01)
+        scheduler = get_linear_schedule_with_warmup(optimizer, min(opts["warmup_steps"], total // 10), total)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
     valid = config["valid"]
     shard = ray.train.get_dataset_shard("train")
     step = start_step
@@ -135,12 +164,15 @@ def train_loop_per_worker(config: dict) -> None:
         metrics["resumed"] = list(resumed)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
+            if zero:  # every worker writes its optimizer shard; Ray Train merges them into one checkpoint
+                model.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="ckpt")
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
             if rank == 0:
                 raw.save_pretrained(Path(tmp) / "model")
                 tokenizer.save_pretrained(Path(tmp) / "model")
                 torch.save(
-                    {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "curve": curve,
-                     "resumed": resumed},
+                    {"step": step, "curve": curve, "resumed": resumed,
+                     **({} if zero else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})},
                     Path(tmp) / "state.pt",
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
