@@ -10,4 +10,7 @@ constraints=(-c constraints-cpu.txt)
 [ "${HIEA_GPU:-0}" = "1" ] && constraints=()
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev]"
+# DeepSpeed ships as an sdist that imports torch while building: build it against the torch just
+# installed (no build isolation, which would fetch the newest torch) and without compiled ops.
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q "${constraints[@]}" --no-build-isolation "deepspeed>=0.14"
 echo "hiea-ray installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
