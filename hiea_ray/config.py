@@ -217,6 +217,7 @@ class RerankConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # torch threads per train worker and per rerank actor (0 = Ray's setting / all cores).
     torch_threads: int = 0
     amp: bool = True
     zero_stage: int = 0  # DeepSpeed ZeRO stage (0 = off, 1, 2), as train.zero_stage

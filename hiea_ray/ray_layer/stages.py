@@ -79,7 +79,7 @@ class RerankStage:
         from hiea_ray.core.cross_encoder import load_reranker
 
         self.cfg = RerankConfig(**cfg)
-        set_threads(int(self.cfg.cpus_per_actor) or os.cpu_count())
+        set_threads(self.cfg.torch_threads or os.cpu_count())  # as the embed stage: 0 = all cores
         self.device = torch.device("cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
         self.amp = torch.bfloat16 if (self.device.type == "cuda" and self.cfg.amp) else None
         self.model, self.tokenizer = load_reranker(model)
