@@ -45,7 +45,7 @@ from hiea_ray.core.verbalize import build_contexts, word_count_stats
 from hiea_ray.kg.model import KGPair
 from hiea_ray.kg.readers import read_pair
 from hiea_ray.manifest import Stage, fingerprint_files
-from hiea_ray.ray_layer.stages import column_to_numpy, embed_spec, rerank_spec, verbalize_spec
+from hiea_ray.ray_layer.stages import column_to_numpy, embed_spec, rerank_spec, resolve, verbalize_spec
 
 log = logging.getLogger("hiea_ray")
 
@@ -343,15 +343,7 @@ class Pipeline:
             if len(done) < total:
                 if len(done):
                     log.info("rerank %s: resuming, %d of %d sources already reranked", protocol, len(done), total)
-                ds = ray.data.read_parquet(str(s2t))
-                if len(done):
-                    ds = ds.map_batches(_DropDone, fn_constructor_kwargs={"done": ray.put(done), "column": "src"},
-                                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0)
-                ds = ds.repartition(target_num_rows_per_block=max(1, rc.rows_per_batch))
-                spec = rerank_spec(rc, model, texts)
-                ds = ds.map_batches(spec.cls, fn_constructor_kwargs=spec.constructor_kwargs,
-                                    compute=ray.data.ActorPoolStrategy(size=rc.num_actors), **spec.map_batches_kwargs)
-                ds.write_parquet(str(parts))
+                map_parquet(s2t, parts, rerank_spec(rc, model, texts), rc.num_actors, rc.rows_per_batch, done, "src")
                 c = pq.read_table(s2t, columns=["cand"])["cand"].combine_chunks().flatten().to_numpy()
                 pairs += int((c.reshape(total, -1)[:, : rc.k] >= 0).sum() * (total - len(done)) / max(total, 1))
             got = _finished_ids(parts, "src")
@@ -504,27 +496,33 @@ class Pipeline:
 
 def embed_dataset(texts_dir: Path, parts: Path, e, done: np.ndarray | None = None) -> None:
     """The embed chain: read texts -> (drop done ids) -> encoder actor pool -> Parquet parts."""
+    map_parquet(texts_dir, parts, embed_spec(e), e.num_actors, e.rows_per_batch, done)
+
+
+def map_parquet(src: Path, parts: Path, spec, num_actors: int, rows_per_block: int, done: np.ndarray | None = None,
+                column: str = "id") -> None:
+    """A resumable Ray Data stage: read Parquet -> drop rows whose ``column`` is in ``done`` ->
+    the stage class on an actor pool -> Parquet part files in ``parts``."""
     import ray
 
-    ds = ray.data.read_parquet(str(texts_dir))
+    ds = ray.data.read_parquet(str(src))
     if done is not None and len(done):
         ds = ds.map_batches(
             _DropDone,
-            fn_constructor_kwargs={"done": ray.put(done)},
+            fn_constructor_kwargs={"done": ray.put(done), "column": column},
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=0,
         )
     # The Parquet reader bundles small files into one read task (one block), and an actor pool
-    # hands whole blocks to actors: without this, every row went to a single encoder actor
-    # whatever embed.num_actors was, and the stage wrote a single part file (nothing to resume).
-    # Streaming repartition: blocks of <= rows_per_batch rows, spread over the actors/nodes.
-    ds = ds.repartition(target_num_rows_per_block=max(1, e.rows_per_batch))
-    spec = embed_spec(e)
+    # hands whole blocks to actors: without this, every row went to a single actor whatever
+    # num_actors was, and the stage wrote a single part file (nothing to resume).
+    # Streaming repartition: blocks of <= rows_per_block rows, spread over the actors/nodes.
+    ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
     ds = ds.map_batches(
         spec.cls,
         fn_constructor_kwargs=spec.constructor_kwargs,
-        compute=ray.data.ActorPoolStrategy(size=e.num_actors),
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         **spec.map_batches_kwargs,
     )
     ds.write_parquet(str(parts))
@@ -539,9 +537,7 @@ class _DropDone:
     """Filters out rows whose id (``column``) was already processed (resume)."""
 
     def __init__(self, done, column: str = "id"):
-        import ray
-
-        self.done = pa.array(ray.get(done) if isinstance(done, ray.ObjectRef) else done)
+        self.done = pa.array(resolve(done))
         self.column = column
 
     def __call__(self, batch: pa.Table) -> pa.Table:

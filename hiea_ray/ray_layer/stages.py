@@ -84,15 +84,7 @@ class RerankStage:
         self.amp = torch.bfloat16 if (self.device.type == "cuda" and self.cfg.amp) else None
         self.model, self.tokenizer = load_reranker(model)
         self.model.to(self.device)
-        t = _resolve(texts).select(["id", "text"]).sort_by("id")
-        self.ids = t["id"].to_numpy()
-        self.text = t["text"].combine_chunks()
-
-    def _texts(self, ids: np.ndarray) -> list[str]:
-        rows = np.searchsorted(self.ids, ids)
-        if len(ids) and (rows.max() >= len(self.ids) or not np.array_equal(self.ids[rows], ids)):
-            raise KeyError("rerank: candidate ids missing from the verbalized texts")
-        return self.text.take(pa.array(rows)).to_pylist()
+        self._texts = TextLookup(resolve(texts))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from hiea_ray.core.cross_encoder import score_pairs
@@ -113,7 +105,22 @@ class RerankStage:
                          "rerank": embeddings_column(rerank)})
 
 
-def _resolve(obj):
+class TextLookup:
+    """Entity id -> verbalized text over an (id, text) table; a missing id is a KeyError."""
+
+    def __init__(self, texts: pa.Table):
+        t = texts.select(["id", "text"]).sort_by("id")
+        self.ids = t["id"].to_numpy()
+        self.text = t["text"].combine_chunks()
+
+    def __call__(self, ids: np.ndarray) -> list[str]:
+        rows = np.searchsorted(self.ids, ids)
+        if len(ids) and (rows.max() >= len(self.ids) or not np.array_equal(self.ids[rows], ids)):
+            raise KeyError("candidate ids missing from the verbalized texts")
+        return self.text.take(pa.array(rows)).to_pylist()
+
+
+def resolve(obj):
     """An object ref (under Ray) or the object itself."""
     if type(obj).__name__ == "ObjectRef":
         import ray

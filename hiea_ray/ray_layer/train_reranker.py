@@ -27,25 +27,16 @@ import pyarrow.compute as pc
 from hiea_ray.config import Config
 from hiea_ray.core import cross_encoder as ce
 from hiea_ray.core.retrieval import knn
+from hiea_ray.ray_layer.stages import TextLookup
 
 log = logging.getLogger("hiea_ray")
-
-
-def _text_of(texts: pa.Table):
-    t = texts.select(["id", "text"]).sort_by("id")
-    ids, txt = t["id"].to_numpy(), t["text"].combine_chunks()
-
-    def get(q: np.ndarray) -> list[str]:
-        return txt.take(pa.array(np.searchsorted(ids, q))).to_pylist()
-
-    return get
 
 
 def reranker_data(cfg: Config, texts: pa.Table, links: pa.Table, ids: np.ndarray, kg: np.ndarray, vecs: np.ndarray):
     """-> (train rows table: src, pos, neg; valid dict: src, cand, gold_pos)."""
     rc = cfg.rerank
     rng = np.random.default_rng(rc.seed)
-    text = _text_of(texts)
+    text = TextLookup(texts)
     kg2 = ids[kg == 2]
     kg2_vecs = vecs[kg == 2]
 
@@ -91,7 +82,7 @@ def train_reranker(cfg: Config, texts: pa.Table, links: pa.Table, ids, kg, vecs,
         "reranker: %d train links x (1 + %d), %d validation lists; retriever valid Hits@1 %.4f",
         data.num_rows, rc.negatives, len(valid["src"]), baseline["valid_hits@1"],
     )
-    opts = {**asdict(rc), "gradient_checkpointing": False}
+    opts = asdict(rc)
     scaling = {k: getattr(rc, k) for k in ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")}
     res = fit("reranker", opts, scaling, resolve_model(rc.model), data, valid, "reranker", (out / "ray").resolve(),
               out / "best", fail_at_step)
