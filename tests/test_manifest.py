@@ -116,3 +116,24 @@ def test_fingerprint_files(tmp_path):
     assert fingerprint_files(d) == f2
     (d / "sub" / "b").rename(d / "sub" / "b2")  # a rename
     assert fingerprint_files(d) != f2
+
+
+def test_early_cutoff_keeps_the_fingerprint_of_identical_outputs(tmp_path):
+    """Re-run with a new input key (a dataset copied anew): identical bytes keep the old
+    fingerprint, so downstream stages stay fresh; different bytes get a new one."""
+    first = _run_stage(tmp_path, "ingest", inputs={"data": "mtime-1"}, files={"e.parquet": "abc"})[1]
+    st = Stage(tmp_path, "ingest", "h1", {"data": "mtime-2"})
+    assert not st.fresh()
+    st.begin()
+    (st.tmp / "e.parquet").write_text("abc")
+    again = st.commit(keep_if_identical=True)
+    assert again["fingerprint"] == first["fingerprint"] and again["inputs"] == {"data": "mtime-2"}
+    assert Stage(tmp_path, "ingest", "h1", {"data": "mtime-2"}).fresh()
+    # same size, other bytes: a new fingerprint; and without the flag, always a new one
+    st = Stage(tmp_path, "ingest", "h1", {"data": "mtime-3"})
+    st.begin()
+    (st.tmp / "e.parquet").write_text("abd")
+    second = st.commit(keep_if_identical=True)
+    assert second["fingerprint"] != first["fingerprint"] and "note" not in second
+    third = _run_stage(tmp_path, "ingest", inputs={"data": "mtime-4"}, files={"e.parquet": "abd"})[1]
+    assert third["fingerprint"] != second["fingerprint"] and "note" not in third

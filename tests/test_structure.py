@@ -1,5 +1,6 @@
-"""Neighbour-consistency decoding: a planted swap fixed, the sparse signal against a dense
-brute force, the pipeline's decode stage wired Ray-free, and no n x m allocation at n = m = 200k."""
+"""Neighbour-consistency decoding: a planted swap fixed, seed anchors outside the lists, the
+sparse signal against a dense brute force, the pipeline's decode stage wired Ray-free, and no
+n x m allocation at n = m = 200k."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from hiea_ray.config import load_config
 from hiea_ray.core import decode as dec
-from hiea_ray.core.structure import adjacency, best_sources, best_targets, consistency, structure_decode
+from hiea_ray.core.structure import adjacency, best_sources, best_targets, consistency, structure_sinkhorn
 from hiea_ray.errors import UserError
 
 # A toy KG, the same on both sides (source i <-> target i): 0 and 1 have disjoint neighbourhoods.
@@ -35,26 +36,32 @@ def toy_adjacency():
     return a, a.copy()
 
 
+def decode(idx, score, adj_s, adj_t, rounds=1, beta=0.2, **kw):
+    """structure_sinkhorn over the lists and their transpose (what the pipeline passes)."""
+    m = adj_t.shape[0] if kw.get("tgt_rows") is None else len(kw["tgt_rows"])
+    t_idx, t_score = dec.transpose_lists(idx, score, m, idx.shape[1])
+    kw.setdefault("tau", 0.05)
+    return structure_sinkhorn(idx, score, t_idx, t_score, adj_s, adj_t, rounds, beta, **kw)
+
+
 def test_planted_swap_fixed_in_one_round():
     idx, score, _ = toy_lists()
     adj_s, adj_t = toy_adjacency()
     assert best_targets(idx, score)[:2].tolist() == [1, 0]  # by name: swapped
-    new_idx, new_score = structure_decode(idx, score, adj_s, adj_t, rounds=1, beta=0.5)
+    plain = decode(idx, score, adj_s, adj_t, rounds=0)
+    assert plain[0][:2, 0].tolist() == [1, 0]  # Sinkhorn alone keeps the swap (it is one-to-one)
+    new_idx, new_score = decode(idx, score, adj_s, adj_t, rounds=1)
     np.testing.assert_array_equal(new_idx[:, 0], np.arange(8))  # everyone right, the swap fixed
     r, c, _ = dec.greedy_match(new_idx, new_score)
     assert sorted(zip(r.tolist(), c.tolist())) == [(i, i) for i in range(8)]
     # s0's neighbours {2,3,4} all sit in t0's neighbourhood, none in t1's: consistency 1 vs 0
     c = consistency(idx, best_targets(idx, score), best_sources(idx, score, 8), adj_s, adj_t)
     assert c[0, 1] == pytest.approx(1.0) and c[0, 0] == pytest.approx(0.0)
-    assert new_score[0, 0] == pytest.approx(0.5 + 0.5 * 1.0)
-    # off: the lists stay as they were
-    off_idx, off_score = structure_decode(idx, score, adj_s, adj_t, rounds=0)
-    assert off_idx[0, 0] == 1 and off_score is score
-    assert structure_decode(idx, score, adj_s, adj_t, rounds=1, beta=0.0)[0][0, 0] == 1
+    assert decode(idx, score, adj_s, adj_t, rounds=1, beta=0.0)[0][0, 0] == 1  # no weight, no fix
     # a target graph whose structure agrees with the names (N(t0) = {5,6,7}, N(t1) = {2,3,4})
     perm = np.array([0, 1, 5, 6, 7, 2, 3, 4])
     bad_t = adj_t[perm][:, perm]
-    assert structure_decode(idx, score, adj_s, bad_t, rounds=1, beta=0.5)[0][0, 0] == 1
+    assert decode(idx, score, adj_s, bad_t, rounds=1)[0][0, 0] == 1
 
 
 def test_second_round_propagates_a_fix():
@@ -65,10 +72,28 @@ def test_second_round_propagates_a_fix():
     score = np.vstack([score, [[0.6, 0.5, 0.1], [0.6, 0.5, 0.1]]]).astype(np.float32)
     h, t = np.array(TOY_EDGES + [(8, 0), (9, 1)]).T
     adj = adjacency(np.arange(10), h, t)
-    one = structure_decode(idx, score, adj, adj, rounds=1, beta=0.5)[0][:, 0]
+    one = decode(idx, score, adj, adj, rounds=1, beta=0.5)[0][:, 0]
     assert one.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 9, 8]
-    two = structure_decode(idx, score, adj, adj, rounds=2, beta=0.5)[0][:, 0]
+    two = decode(idx, score, adj, adj, rounds=2, beta=0.5)[0][:, 0]
     np.testing.assert_array_equal(two, np.arange(10))
+
+
+def test_seed_anchors_outside_the_lists_fix_a_swap():
+    """Only sources/targets 0 and 1 are in the lists (the test links); their neighbours 2..7 are
+    seed entities, known to match. Without anchors nothing vouches for anything; with them, the
+    seed neighbours fix the swap. The lists' rows sit at other rows of the adjacency (src_rows,
+    tgt_rows), as in the pipeline, where they are test entities among the whole KG."""
+    adj_s, adj_t = toy_adjacency()
+    # local source / target 0 is entity 1 of its KG, local 1 is entity 0 (src_rows, tgt_rows)
+    src_rows, tgt_rows = np.array([1, 0]), np.array([1, 0])
+    idx = np.array([[1, 0], [0, 1]])  # each source prefers the other's counterpart by name
+    score = np.array([[0.6, 0.5], [0.6, 0.5]], dtype=np.float32)
+    seeds = np.array([[i, i] for i in range(2, 8)])
+    kw = dict(src_rows=src_rows, tgt_rows=tgt_rows)
+    got = decode(idx, score, adj_s, adj_t, anchors=None, **kw)[0][:, 0]
+    assert got.tolist() == [1, 0]  # no signal: the names' swap stays
+    got = decode(idx, score, adj_s, adj_t, anchors=seeds, **kw)[0][:, 0]
+    assert got.tolist() == [0, 1]  # local source i -> local target i: the swap fixed
 
 
 def brute_consistency(idx, best_t, best_s, a_s, a_t):
@@ -140,7 +165,8 @@ def test_config_fields_validated():
     assert cfg.decode.structure_rounds >= 1 and cfg.decode.structure_beta > 0
     assert load_config().decode.matcher == "greedy" and "structure" not in load_config().decode.decoders
     for bad in ["decode.matcher=optimal", "decode.structure_rounds=-1", "decode.structure_beta=-0.1",
-                "decode.structure_beta=.nan", "decode.hungarian_max_block=0", "decode.decoders=[structur]"]:
+                "decode.structure_beta=.nan", "decode.hungarian_max_block=0", "decode.decoders=[structur]",
+                "decode.structure_anchors=[train, test]"]:
         with pytest.raises(UserError, match=bad.split("=")[0].split(".")[1]):
             load_config(overrides=[bad])
 
@@ -195,7 +221,7 @@ def test_pipeline_decode_stage_structure_and_hungarian(tmp_path):
             "evaluate.protocols=[standard]",
             "decode.decoders=[top1, sinkhorn, structure]",
             "decode.matcher=hungarian",
-            "decode.structure_beta=1.0",
+            "decode.structure_beta=0.2",
             "decode.csls_k=3",
             "retrieve.k=3",
         ]
@@ -261,8 +287,7 @@ def test_no_n_by_m_allocation_at_200k():
         s2t_s = -np.sort(-rng.random((n, k), dtype=np.float32), axis=1)
         t2s_s = -np.sort(-rng.random((m, k), dtype=np.float32), axis=1)
         a_s, a_t = _random_graph(rng, n, 3 * n), _random_graph(rng, m, 3 * m)
-        idx, score = dec.sinkhorn(s2t, s2t_s, t2s, t2s_s, m, tau=0.05, iters=5)
-        idx, score = structure_decode(idx, score, a_s, a_t, rounds=1, beta=0.5)
+        idx, score = structure_sinkhorn(s2t, s2t_s, t2s, t2s_s, a_s, a_t, rounds=1, beta=0.2, tau=0.05, iters=5)
         r, c, w = dec.hungarian_blocks(idx, score, max_block=200)
         _, peak = tracemalloc.get_traced_memory()
     finally:
