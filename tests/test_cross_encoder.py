@@ -52,6 +52,42 @@ def test_fuse_weights_and_missing_scores():
     assert ce.fuse(np.array([[np.nan]]), np.array([[1.0]]), 0.5, 0.05)[0, 0] == -np.inf
 
 
+def test_fuse_lists_keeps_the_whole_graph():
+    """Reranked edges fuse their own logit, other edges their source's lowest logit, a source
+    with nothing reranked keeps its cosines; the reverse lists get the same value per edge."""
+    idx = np.array([[0, 1, 2, -1], [2, 0, 1, 3], [1, 3, -1, -1]])
+    cos = np.array([[0.9, 0.8, 0.7, -np.inf], [0.6, 0.5, 0.4, 0.3], [0.9, 0.1, -np.inf, -np.inf]], np.float32)
+    cand = np.array([[1, 0], [0, -1], [-1, -1]])  # source 0: targets 1 and 0; source 1: target 0
+    logit = np.array([[10.0, 2.0], [4.0, -np.inf], [-np.inf, -np.inf]], np.float32)
+    f = ce.fuse_lists(idx, cos, cand, logit, 0.5, 0.1)
+    want = np.array([
+        [0.5 * 0.9 + 0.05 * 2, 0.5 * 0.8 + 0.05 * 10, 0.5 * 0.7 + 0.05 * 2, -np.inf],  # low of s0 = 2
+        [0.5 * 0.6 + 0.05 * 4, 0.5 * 0.5 + 0.05 * 4, 0.5 * 0.4 + 0.05 * 4, 0.5 * 0.3 + 0.05 * 4],
+        [0.9, 0.1, -np.inf, -np.inf],  # nothing reranked: the cosines
+    ], np.float32)
+    np.testing.assert_allclose(f, want, rtol=1e-6)
+    # by target: each edge gets the value its source row gave it
+    t_idx, t_cos = transpose_lists(idx, cos, 4, 3)
+    ft = ce.fuse_lists(t_idx, t_cos, cand, logit, 0.5, 0.1, by_target=True)
+    value = {(s, t): f[s, j] for s in range(3) for j, t in enumerate(idx[s]) if t >= 0}
+    for t in range(4):
+        for j, s in enumerate(t_idx[t]):
+            if s >= 0:
+                assert ft[t, j] == pytest.approx(value[(s, t)])
+    assert ce.fuse_lists(idx, cos, cand, logit, 0.0, 0.1)[0, 0] == pytest.approx(0.9)  # w = 0: the cosines
+
+
+def test_dedupe_rows_keeps_the_first_entry():
+    from hiea_ray.core.decode import dedupe_rows
+
+    idx = np.array([[3, 1, 3, -1, -1, 1], [0, 1, 2, 3, 4, 5]])
+    score = np.arange(12, dtype=np.float32).reshape(2, 6)
+    d_idx, d_score = dedupe_rows(idx, score)
+    assert d_idx.tolist() == [[3, 1, -1, -1, -1, -1], [0, 1, 2, 3, 4, 5]]
+    assert d_score[0, :2].tolist() == [0, 1] and np.isneginf(d_score[0, 2]) and np.isneginf(d_score[0, 5])
+    assert d_score[0, 3] == 3 and d_score[1].tolist() == score[1].tolist()  # padding keeps its score
+
+
 def test_transpose_lists_matches_brute_force():
     rng = np.random.default_rng(1)
     n, m, k = 30, 12, 5

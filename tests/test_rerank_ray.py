@@ -93,9 +93,11 @@ def test_pipeline_reranks_fuses_and_decodes(e2e, tmp_path):
     t = _read_dir(run / "rerank" / "standard" / "parts").sort_by("src")
     assert np.array_equal(t["src"].to_numpy(), q)
     assert np.array_equal(column_to_numpy(t["cand"]), cand[:, :5])  # the retriever's top-5, its order
-    # decoded lists are the reranked top-5, ordered by the fused score
+    # decoded lists keep the whole candidate graph (the reranked top-5 + the retriever's list,
+    # each target once), ordered by the fused score
     _, top1, score = _read_lists(run / "decode" / "standard" / "top1.parquet")
-    assert top1.shape[1] == 5 and np.all(np.diff(score, axis=1)[np.isfinite(score[:, 1:])] <= 1e-6)
+    assert top1.shape[1] == 5 + cand.shape[1] and np.all(np.diff(score, axis=1)[np.isfinite(score[:, 1:])] <= 1e-6)
+    assert all(set(top1[i][top1[i] >= 0]) == set(cand[i][cand[i] >= 0]) for i in range(len(cand)))
     assert set(metrics) >= {"top1", "csls", "sinkhorn"}
 
     # fusion weight 0 = the retriever's scores: top1 gives the retriever's order back
@@ -104,7 +106,7 @@ def test_pipeline_reranks_fuses_and_decodes(e2e, tmp_path):
     p0.run_all()
     assert p0.timings["rerank"]["reused"] and not p0.timings["decode"]["reused"]
     _, top1_0, _ = _read_lists(run / "decode" / "standard" / "top1.parquet")
-    assert np.array_equal(top1_0, cand[:, :5])
+    assert np.array_equal(top1_0[:, : cand.shape[1]], cand)
 
 
 def test_rerank_stage_resumes_after_kill(e2e, tmp_path, caplog):

@@ -33,6 +33,17 @@ def sort_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.take_along_axis(idx, order, 1), np.take_along_axis(score, order, 1)
 
 
+def dedupe_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lists with a target listed twice in a row keep its first entry (the others: -1, -inf)."""
+    order = np.argsort(idx, axis=1, kind="stable")
+    srt = np.take_along_axis(idx, order, 1)
+    dup = np.zeros(idx.shape, dtype=bool)
+    dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    drop = np.zeros(idx.shape, dtype=bool)
+    np.put_along_axis(drop, order, dup, 1)
+    return np.where(drop, -1, idx), np.where(drop, -np.inf, score).astype(score.dtype)
+
+
 def _topk_mean(score: np.ndarray, k: int) -> np.ndarray:
     s = score[:, :k]
     ok = np.isfinite(s)

@@ -377,23 +377,26 @@ class Pipeline:
 
     def _candidate_lists(self, protocol: str):
         """(q, b, s2t, s2t_score, t2s, t2s_score) in local indices: the retriever's lists, or with
-        reranking the top rerank.k per source with fused scores and the reverse lists derived from them."""
+        reranking the whole candidate graph with fused scores (``cross_encoder.fuse_lists``): each
+        source's reranked candidates and its retriever list, the reverse lists fused alike."""
         d = self.run / "retrieve" / protocol
         q, s2t_ids, s2t_score = _read_lists(d / "s2t.parquet")
         b, t2s_ids, t2s_score = _read_lists(d / "t2s.parquet")
+        s2t, t2s = _local(b, s2t_ids), _local(q, t2s_ids)
         rc = self.cfg.rerank
         if not rc.enabled:
-            return q, b, _local(b, s2t_ids), s2t_score, _local(q, t2s_ids), t2s_score
-        from hiea_ray.core.cross_encoder import fuse
+            return q, b, s2t, s2t_score, t2s, t2s_score
+        from hiea_ray.core.cross_encoder import fuse_lists
 
         t = _read_dir(self.run / "rerank" / protocol / "parts").sort_by("src")
         if not np.array_equal(t["src"].to_numpy(), q):
             raise RuntimeError(f"rerank {protocol}: reranked sources differ from the retrieved ones")
-        cand = _local(b, column_to_numpy(t["cand"]))
-        score = fuse(column_to_numpy(t["retr"]), column_to_numpy(t["rerank"]), rc.fusion_weight, rc.score_scale)
-        score = np.where(cand >= 0, score, -np.inf).astype(np.float32)
-        s2t, s2t_score = dec.sort_rows(cand, score)
-        t2s, t2s_score = dec.transpose_lists(s2t, s2t_score, len(b), self.cfg.retrieve.k)
+        cand, logits = _local(b, column_to_numpy(t["cand"])), column_to_numpy(t["rerank"])
+        # the reranked edges (Sinkhorn candidates may lie outside the retriever's s2t list) + the list
+        idx, score = dec.dedupe_rows(np.hstack([cand, s2t]), np.hstack([column_to_numpy(t["retr"]), s2t_score]))
+        s2t, s2t_score = dec.sort_rows(idx, fuse_lists(idx, score, cand, logits, rc.fusion_weight, rc.score_scale))
+        t2s_score = fuse_lists(t2s, t2s_score, cand, logits, rc.fusion_weight, rc.score_scale, by_target=True)
+        t2s, t2s_score = dec.sort_rows(t2s, t2s_score)
         return q, b, s2t, s2t_score, t2s, t2s_score
 
     # -- 8. decode ---------------------------------------------------------------------------
