@@ -49,6 +49,11 @@ from hiea_ray.ray_layer.stages import column_to_numpy, embed_spec, rerank_spec, 
 
 log = logging.getLogger("hiea_ray")
 
+# What the decode stage writes for the same inputs and config changed (v2: the structure decoder
+# folds consistency into Sinkhorn; reranked decoding keeps the whole candidate graph): finished
+# runs re-decode (seconds) instead of reusing outputs of the old semantics.
+DECODE_VERSION = 2
+
 STAGES = ["ingest", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "evaluate"]
 
 
@@ -403,10 +408,10 @@ class Pipeline:
     def decode(self) -> Stage:
         rc = self.cfg.rerank
         inputs = {"retrieve": self._fingerprint("retrieve")}
-        extra = None
+        extra = {"version": DECODE_VERSION}
         if rc.enabled:
             inputs["rerank"] = self._fingerprint("rerank")
-            extra = {"fusion_weight": rc.fusion_weight, "score_scale": rc.score_scale}
+            extra.update(fusion_weight=rc.fusion_weight, score_scale=rc.score_scale)
         st = self._stage("decode", ("decode",), inputs, extra=extra)
         if st.fresh():
             self._done(st, True)
