@@ -27,14 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 
 from hiea_ray.config import load_config  # noqa: E402
 from hiea_ray.core import decode as dec  # noqa: E402
 from hiea_ray.core.cross_encoder import fuse, fuse_lists, load_reranker, score_pairs  # noqa: E402
 from hiea_ray.core.retrieval import knn  # noqa: E402
-from hiea_ray.core.structure import adjacency, structure_sinkhorn  # noqa: E402
+from hiea_ray.core.structure import SeedGraphs, structure_sinkhorn  # noqa: E402
 from hiea_ray.ray_layer.pipeline import Pipeline, _read_dir  # noqa: E402
 from hiea_ray.ray_layer.stages import TextLookup  # noqa: E402
 
@@ -73,19 +71,13 @@ def main(argv=None) -> int:
     rerank = np.full(cand.shape, -np.inf, np.float32)
     rerank[r_i, c_i] = logits
 
-    ent = pair.entities
-    kg_ids = [np.sort(ent.filter(pc.equal(ent["kg"], g))["id"].to_numpy()) for g in (1, 2)]
-    head, tail = pair.rel_triples["head"].to_numpy(), pair.rel_triples["tail"].to_numpy()
-    adj_s, adj_t = adjacency(kg_ids[0], head, tail), adjacency(kg_ids[1], head, tail)
-    seed = pair.links.filter(pc.is_in(pair.links["split"], pa.array(["train"])))  # valid held out
-    anchors = np.stack([np.searchsorted(kg_ids[0], seed["src"].to_numpy()),
-                        np.searchsorted(kg_ids[1], seed["tgt"].to_numpy())], 1)
-    src_rows, tgt_rows = np.searchsorted(kg_ids[0], q), np.searchsorted(kg_ids[1], b)
+    g = SeedGraphs.of(pair, ["train"])  # valid held out
+    src_rows, tgt_rows = g.rows(q, b)
 
     def decoders(a, a_s, t, t_s) -> dict:
         sink = dec.sinkhorn(a, a_s, t, t_s, len(b), c.sinkhorn_tau, c.sinkhorn_iters)
-        st = structure_sinkhorn(a, a_s, t, t_s, adj_s, adj_t, c.structure_rounds, c.structure_beta, c.sinkhorn_tau,
-                                c.sinkhorn_iters, src_rows, tgt_rows, anchors, start=sink)
+        st = structure_sinkhorn(a, a_s, t, t_s, g.adj_s, g.adj_t, c.structure_rounds, c.structure_beta, c.sinkhorn_tau,
+                                c.sinkhorn_iters, src_rows, tgt_rows, g.anchors, start=sink)
         top1 = dec.sort_rows(a, a_s)[0]
         return {name: round(float((x[rows, 0] == gold).mean()), 4) for name, x in
                 (("top1", top1), ("sinkhorn", sink[0]), ("structure", st[0]))}

@@ -27,17 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 
 from hiea_ray.config import load_config  # noqa: E402
 from hiea_ray.core import decode as dec  # noqa: E402
-from hiea_ray.core.structure import (  # noqa: E402
-    _best_matches,
-    adjacency,
-    consistency,
-    structure_sinkhorn,
-)
+from hiea_ray.core.structure import SeedGraphs, _best_matches, consistency, structure_sinkhorn  # noqa: E402
 from hiea_ray.kg.model import KGPair  # noqa: E402
 from hiea_ray.ray_layer.pipeline import _local, _read_lists  # noqa: E402
 
@@ -74,13 +67,9 @@ def main(argv=None) -> int:
     valid = pair.links_of("valid")
     rows = np.searchsorted(q, valid["src"].to_numpy())
     gold = np.searchsorted(b, valid["tgt"].to_numpy())
-    ent = pair.entities
-    ids = [np.sort(ent.filter(pc.equal(ent["kg"], g))["id"].to_numpy()) for g in (1, 2)]
-    head, tail = pair.rel_triples["head"].to_numpy(), pair.rel_triples["tail"].to_numpy()
-    adj_s, adj_t = adjacency(ids[0], head, tail), adjacency(ids[1], head, tail)
-    seed = pair.links.filter(pc.is_in(pair.links["split"], pa.array(["train"])))  # valid held out
-    anchors = np.stack([np.searchsorted(ids[0], seed["src"].to_numpy()), np.searchsorted(ids[1], seed["tgt"].to_numpy())], 1)
-    src, tgt = np.searchsorted(ids[0], q), np.searchsorted(ids[1], b)
+    g = SeedGraphs.of(pair, ["train"])  # valid held out
+    adj_s, adj_t, anchors = g.adj_s, g.adj_t, g.anchors
+    src, tgt = g.rows(q, b)
 
     def h1(lists) -> float:
         return round(float((lists[0][rows, 0] == gold).mean()), 4)

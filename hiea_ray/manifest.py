@@ -97,8 +97,8 @@ class Stage:
         body["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         blob = json.dumps({k: body[k] for k in ("schema_version", "config_hash", "inputs", "outputs")}, sort_keys=True)
         body["fingerprint"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
-        old = self.manifest()
-        if keep_if_identical and old is not None and self._identical_outputs(old, outputs):
+        old = self.manifest() if keep_if_identical else None
+        if old is not None and self._identical_outputs(old, outputs):
             body["fingerprint"] = old["fingerprint"]
             body["note"] = "outputs byte-identical to the previous run's: fingerprint kept"
         tmp_manifest = self.tmp / (MANIFEST + ".part")

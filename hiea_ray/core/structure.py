@@ -30,7 +30,11 @@ entities; without anchors they could never vouch for a candidate.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from hiea_ray.core.decode import sinkhorn
@@ -50,6 +54,32 @@ def adjacency(sorted_ids: np.ndarray, head: np.ndarray, tail: np.ndarray) -> sp.
     key = np.unique(np.concatenate([h * n + t, t * n + h]))  # both directions, no duplicates
     ones = np.ones(len(key), dtype=np.float32)
     return sp.csr_matrix((ones, (key // n, key % n)), shape=(n, n))
+
+
+@dataclass
+class SeedGraphs:
+    """Both KGs' whole adjacency (rows: each KG's sorted entity ids) and the seed links as
+    (adj_s row, adj_t row) anchors: what ``structure_sinkhorn`` needs besides the lists."""
+
+    ids_s: np.ndarray
+    ids_t: np.ndarray
+    adj_s: sp.csr_matrix
+    adj_t: sp.csr_matrix
+    anchors: np.ndarray
+
+    @classmethod
+    def of(cls, pair, anchor_splits: list[str]) -> "SeedGraphs":
+        """From a ``KGPair``; the links of ``anchor_splits`` (e.g. train, valid) are the anchors."""
+        ent = pair.entities
+        ids_s, ids_t = (np.sort(ent.filter(pc.equal(ent["kg"], g))["id"].to_numpy()) for g in (1, 2))
+        head, tail = pair.rel_triples["head"].to_numpy(), pair.rel_triples["tail"].to_numpy()
+        seed = pair.links.filter(pc.is_in(pair.links["split"], pa.array(anchor_splits, pa.string())))
+        anchors = np.stack([np.searchsorted(ids_s, seed["src"].to_numpy()), np.searchsorted(ids_t, seed["tgt"].to_numpy())], 1)
+        return cls(ids_s, ids_t, adjacency(ids_s, head, tail), adjacency(ids_t, head, tail), anchors)
+
+    def rows(self, q: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """adj_s rows of source ids q and adj_t rows of target ids b (src_rows, tgt_rows)."""
+        return np.searchsorted(self.ids_s, q), np.searchsorted(self.ids_t, b)
 
 
 def best_targets(idx: np.ndarray, score: np.ndarray) -> np.ndarray:

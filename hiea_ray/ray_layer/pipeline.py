@@ -40,7 +40,7 @@ from hiea_ray.core import decode as dec
 from hiea_ray.core.encoder import resolve_model
 from hiea_ray.core.metrics import matching_metrics, ranking_metrics
 from hiea_ray.core.retrieval import knn
-from hiea_ray.core.structure import adjacency, structure_sinkhorn
+from hiea_ray.core.structure import SeedGraphs, structure_sinkhorn
 from hiea_ray.core.verbalize import build_contexts, word_count_stats
 from hiea_ray.kg.model import KGPair
 from hiea_ray.kg.readers import read_pair
@@ -421,6 +421,7 @@ class Pipeline:
         rows = 0
         t0 = time.time()
         timing = {}
+        graphs = None  # the structure decoder's KG graphs, built once for all protocols
         for protocol in self.cfg.evaluate.protocols:
             # local indices: rows of q (sources), rows of b (targets); both sorted
             q, b, s2t, s2t_score, t2s, t2s_score = self._candidate_lists(protocol)
@@ -439,8 +440,15 @@ class Pipeline:
                             s2t, s2t_score, t2s, t2s_score, len(b), tau=c.sinkhorn_tau, iters=c.sinkhorn_iters
                         )
                     idx, score = sink
-                    if name == "structure":
-                        idx, score = self._structure(q, b, s2t, s2t_score, t2s, t2s_score, sink)
+                    if name == "structure":  # over the whole KGs, the seed links as anchors
+                        if graphs is None:
+                            graphs = SeedGraphs.of(self.pair(), c.structure_anchors)
+                        src_rows, tgt_rows = graphs.rows(q, b)
+                        idx, score = structure_sinkhorn(
+                            s2t, s2t_score, t2s, t2s_score, graphs.adj_s, graphs.adj_t, c.structure_rounds,
+                            c.structure_beta, c.sinkhorn_tau, c.sinkhorn_iters, src_rows, tgt_rows, graphs.anchors,
+                            start=sink,
+                        )
                 if c.matcher == "hungarian":
                     r, col, w = dec.hungarian_blocks(idx, score, c.match_threshold, c.hungarian_max_block)
                 else:
@@ -455,23 +463,6 @@ class Pipeline:
         st.commit({"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "decoder_wall_s": timing})
         self._done(st, False)
         return st
-
-    def _structure(self, q, b, s2t, s2t_score, t2s, t2s_score, sink):
-        """The structure decoder: Sinkhorn with neighbour consistency over the whole KGs'
-        adjacency, the seed links as anchors (``structure_sinkhorn``)."""
-        c = self.cfg.decode
-        pair = self.pair()
-        ent = pair.entities
-        ids = [np.sort(ent.filter(pc.equal(ent["kg"], g))["id"].to_numpy()) for g in (1, 2)]
-        rel = pair.rel_triples
-        head, tail = rel["head"].to_numpy(), rel["tail"].to_numpy()
-        adj_s, adj_t = adjacency(ids[0], head, tail), adjacency(ids[1], head, tail)
-        seed = pair.links.filter(pc.is_in(pair.links["split"], pa.array(c.structure_anchors, pa.string())))
-        anchors = np.stack([np.searchsorted(ids[0], seed["src"].to_numpy()),
-                            np.searchsorted(ids[1], seed["tgt"].to_numpy())], axis=1)
-        return structure_sinkhorn(s2t, s2t_score, t2s, t2s_score, adj_s, adj_t, c.structure_rounds, c.structure_beta,
-                                  tau=c.sinkhorn_tau, iters=c.sinkhorn_iters, src_rows=np.searchsorted(ids[0], q),
-                                  tgt_rows=np.searchsorted(ids[1], b), anchors=anchors, start=sink)
 
     # -- 9. evaluate -------------------------------------------------------------------------
     def evaluate(self) -> dict:
