@@ -7,7 +7,7 @@ Runs `hiea-ray align --config benchmarks/configs/dbp15k-full.yaml` on
 same run three ways, which only re-runs decode + evaluate:
 
     retrieval only      rerank.enabled=false   (the retriever's top-k lists, cosine)
-    reranker only       rerank.fusion_weight=1 (the cross-encoder's logits on the reranked top-k)
+    reranker only       decode.fusion_weight=1 (the cross-encoder's logits on the reranked top-k)
     fused               the config's fusion weight
 
 Each row reports Hits@1/10/MRR per decoder (top1 = the list's own order, csls, sinkhorn, structure).
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     rows = {}
     for name, extra in (
         ("retrieval only", ["rerank.enabled=false"]),
-        ("reranker only", ["rerank.fusion_weight=1.0"]),
-        (f"fused (w={cfg.rerank.fusion_weight})", []),
+        ("reranker only", ["decode.fusion_weight=1.0"]),
+        (f"fused (w={cfg.decode.fusion_weight})", []),
     ):
         sets = [x for e in extra for x in ("--set", e)]
         rc = cli(base + sets)

@@ -51,7 +51,8 @@ def main(argv=None) -> int:
 
     import ray
 
-    from hiea_ray.ray_layer.pipeline import _read_dir, column_to_numpy, embed_dataset
+    from hiea_ray.io import column_to_numpy, read_dir
+    from hiea_ray.stages.embed import embed_dataset
 
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         embed_dataset(tdir, parts, e)
         ray_wall = time.perf_counter() - t0
-        out = _read_dir(parts).sort_by("id")
+        out = read_dir(parts).sort_by("id")
         ray_vecs = column_to_numpy(out["embedding"])
     ray.shutdown()
     same = bool(np.allclose(ray_vecs, plain_vecs, atol=1e-4))

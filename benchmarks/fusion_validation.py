@@ -30,11 +30,12 @@ import numpy as np  # noqa: E402
 
 from hiea_ray.config import load_config  # noqa: E402
 from hiea_ray.core import decode as dec  # noqa: E402
-from hiea_ray.core.cross_encoder import fuse, fuse_lists, load_reranker, score_pairs  # noqa: E402
+from hiea_ray.core.cross_encoder import load_reranker, score_pairs  # noqa: E402
+from hiea_ray.core.fusion import fuse, fuse_lists  # noqa: E402
 from hiea_ray.core.retrieval import knn  # noqa: E402
 from hiea_ray.core.structure import SeedGraphs, structure_sinkhorn  # noqa: E402
-from hiea_ray.ray_layer.pipeline import Pipeline, _read_dir  # noqa: E402
-from hiea_ray.ray_layer.stages import TextLookup  # noqa: E402
+from hiea_ray.io import TextLookup  # noqa: E402
+from hiea_ray.stages import RunContext  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     run = Path(args.run)
-    p = Pipeline(cfg, run / "ingest", run)
+    p = RunContext(cfg, run / "ingest", run)
     pair = p.pair()
     ids, _, vecs = p.embeddings()
     valid = pair.links_of("valid")
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     r_i, c_i = np.nonzero(cand >= 0)
     retr = np.full(cand.shape, -np.inf, np.float32)
     retr[r_i, c_i] = np.asarray(cos[r_i, cand[r_i, c_i]]).ravel()
-    texts = TextLookup(_read_dir(run / "verbalize" / "texts").select(["id", "text"]))
+    texts = TextLookup(p.texts().select(["id", "text"]))
     model, tok = load_reranker(p.reranker_model())
     logits = score_pairs(model, tok, texts(q[r_i]), texts(b[cand[r_i, c_i]]), rc.max_length, batch_size=rc.infer_batch_size)
     rerank = np.full(cand.shape, -np.inf, np.float32)
@@ -82,18 +83,18 @@ def main(argv=None) -> int:
         return {name: round(float((x[rows, 0] == gold).mean()), 4) for name, x in
                 (("top1", top1), ("sinkhorn", sink[0]), ("structure", st[0]))}
 
-    res = {"run": str(run), "valid_links": len(rows), "k": k, "rerank_k": rc.k, "score_scale": rc.score_scale,
+    res = {"run": str(run), "valid_links": len(rows), "k": k, "rerank_k": rc.k, "score_scale": c.score_scale,
            "gold_in_reranked": round(float((cand[rows] == gold[:, None]).any(axis=1).mean()), 4),
            "retrieval": decoders(s2t, s2t_score, t2s, t2s_score), "narrow": {}, "full": {}}
     print(f"{len(rows)} validation links; gold in the reranked top-{rc.k}: {res['gold_in_reranked']}")
     print("retrieval", res["retrieval"], flush=True)
     for w in args.weights:
-        f = np.where(cand >= 0, fuse(retr, rerank, w, rc.score_scale), -np.inf).astype(np.float32)
+        f = np.where(cand >= 0, fuse(retr, rerank, w, c.score_scale), -np.inf).astype(np.float32)
         a, a_s = dec.sort_rows(cand, f)
         t, t_s = dec.transpose_lists(a, a_s, len(b), cfg.retrieve.k)
         res["narrow"][str(w)] = decoders(a, a_s, t, t_s)
-        f_s = fuse_lists(s2t, s2t_score, cand, rerank, w, rc.score_scale)
-        f_t = fuse_lists(t2s, t2s_score, cand, rerank, w, rc.score_scale, by_target=True)
+        f_s = fuse_lists(s2t, s2t_score, cand, rerank, w, c.score_scale)
+        f_t = fuse_lists(t2s, t2s_score, cand, rerank, w, c.score_scale, by_target=True)
         a, a_s = dec.sort_rows(s2t, f_s)
         t, t_s = dec.sort_rows(t2s, f_t)
         res["full"][str(w)] = decoders(a, a_s, t, t_s)

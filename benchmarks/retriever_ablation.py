@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     from hiea_ray.config import load_config
     from hiea_ray.core.encoder import resolve_model
     from hiea_ray.kg.model import KGPair
-    from hiea_ray.ray_layer.pipeline import _read_dir, init_ray
-    from hiea_ray.ray_layer.train_loop import fit
-    from hiea_ray.ray_layer.train_retriever import link_texts, mine_hard_negatives, valid_metrics
+    from hiea_ray.data import init_ray
+    from hiea_ray.io import read_dir
+    from hiea_ray.train.loop import fit
+    from hiea_ray.train.retriever import link_texts, mine_hard_negatives, retriever_task, valid_metrics
 
     run = Path(args.run)
     pair_name = run.name.split("-")[0]
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config)
     tc = cfg.train
     init_ray(cfg)
-    texts = _read_dir(run / "verbalize" / "texts")
+    texts = read_dir(run / "verbalize" / "texts")
     links = KGPair.read(run / "ingest").links
     train = link_texts(texts, links.filter(pc.equal(links["split"], "train")))
     valid = link_texts(texts, links.filter(pc.equal(links["split"], "valid")))
@@ -75,26 +76,26 @@ def main(argv=None) -> int:
     n = args.steps * tc.batch_size
     train = train.take(np.random.default_rng(0).permutation(train.num_rows)[:n])
     t0 = time.time()
-    mined = mine_hard_negatives(model, texts, train, cfg, tc, seed=tc.seed)
+    mined = mine_hard_negatives(model, texts, train, cfg, tc, seed=tc.scaling.seed)
     mine_s = time.time() - t0
-    initial = valid_metrics(model, valid, cfg.embed.max_length)
-    vdict = {"src": valid["src"].to_pylist(), "tgt": valid["tgt"].to_pylist()}
+    task = retriever_task(cfg)
+    initial = valid_metrics(model, valid, task)
     results = json.loads(out.read_text()) if out.is_file() else {}
     results.update({"run": str(run), "steps": args.steps, "batch_size": tc.batch_size, "initial": initial, "mine_s": round(mine_s, 1)})
     results.setdefault("variants", {})
     for name in args.variants:
         v = VARIANTS[name]
-        opts = {**asdict(tc), **v, "epochs": 1, "eval_every": 10**9, "max_length": cfg.embed.max_length, "warmup_steps": 4}
-        opts["cpus_per_worker"] = 1
-        opts["torch_threads"] = 2 // v["num_workers"]
+        scaling = {**asdict(tc.scaling), "num_workers": v["num_workers"], "use_gpu": False, "cpus_per_worker": 1,
+                   "max_failures": 0, "torch_threads": 2 // v["num_workers"]}
+        knobs = {k: x for k, x in v.items() if k != "num_workers"}
+        opts = {**asdict(tc), **knobs, "scaling": scaling, "epochs": 1, "eval_every": 10**9, "warmup_steps": 4}
         data = mined.select(["src", "tgt", "neg"] if v["hard_negatives"] else ["src", "tgt"])
         storage = (ROOT / "runs" / "ablation" / pair_name / name.replace(" ", "_").replace("/", "")).resolve()
         import shutil
 
         shutil.rmtree(storage, ignore_errors=True)
         t1 = time.time()
-        res = fit("retriever", opts, {"num_workers": v["num_workers"], "use_gpu": False, "cpus_per_worker": 1, "max_failures": 0},
-                  model, data, vdict, "ablation", storage / "ray", storage / "best")
+        res = fit(task, opts, model, data, valid.select(["src", "tgt"]), "ablation", storage / "ray", storage / "best")
         wall = time.time() - t1
         last = res["last"]
         results["variants"][name] = {

@@ -48,17 +48,19 @@ def main(argv=None) -> int:
         ROOT / "benchmarks" / "configs" / "scale-synthetic.yaml",
         [f"embed.model={enc_dir}", *args.set],
     )
-    from hiea_ray.ray_layer.pipeline import STAGES, Pipeline, init_ray
+    from hiea_ray.data import init_ray
+    from hiea_ray.pipeline import Pipeline
+    from hiea_ray.stages import REGISTRY, STAGES
 
     init_ray(cfg)
     pipe = Pipeline(cfg, data, out)
     stages = {}
     for name in STAGES:
+        if not REGISTRY[name].enabled(cfg):  # an optional stage that is off (retriever training)
+            continue
         t1 = time.time()
         with PeakRSS() as mem:
-            out_stage = getattr(pipe, name)()
-        if out_stage is None:  # an optional stage that is off (retriever training)
-            continue
+            pipe.run_stage(name)
         m = json.loads((out / name / "manifest.json").read_text())
         stages[name] = {
             "wall_s": round(time.time() - t1, 2),

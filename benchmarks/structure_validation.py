@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 
 from hiea_ray.config import load_config  # noqa: E402
 from hiea_ray.core import decode as dec  # noqa: E402
-from hiea_ray.core.structure import SeedGraphs, _best_matches, consistency, structure_sinkhorn  # noqa: E402
+from hiea_ray.core.structure import SeedGraphs, best_matches, consistency, structure_sinkhorn  # noqa: E402
 from hiea_ray.kg.model import KGPair  # noqa: E402
-from hiea_ray.ray_layer.pipeline import _local, _read_lists  # noqa: E402
+from hiea_ray.io import read_lists, to_local  # noqa: E402
 
 
 def post_hoc(lists, adj_s, adj_t, beta, rounds, src, tgt, anchors):
@@ -41,7 +41,7 @@ def post_hoc(lists, adj_s, adj_t, beta, rounds, src, tgt, anchors):
     fused = base
     g = np.where(idx >= 0, tgt[np.maximum(idx, 0)], -1)
     for _ in range(rounds):
-        best_t, best_s = _best_matches(idx, fused, len(tgt), src, tgt, adj_s.shape[0], adj_t.shape[0], anchors)
+        best_t, best_s = best_matches(idx, fused, len(tgt), src, tgt, adj_s.shape[0], adj_t.shape[0], anchors)
         c = consistency(g, best_t, best_s, adj_s, adj_t, src_rows=src)
         fused = np.where(idx >= 0, base + np.float32(beta) * c, -np.inf).astype(np.float32)
     return dec.sort_rows(idx, fused)
@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     if not (d / "s2t.parquet").is_file():
         print(f"{d}: no all-targets lists (run with evaluate.protocols containing all-targets)", file=sys.stderr)
         return 2
-    q, s2t_ids, s2t_score = _read_lists(d / "s2t.parquet")
-    b, t2s_ids, t2s_score = _read_lists(d / "t2s.parquet")
-    s2t, t2s = _local(b, s2t_ids), _local(q, t2s_ids)
+    q, s2t_ids, s2t_score = read_lists(d / "s2t.parquet")
+    b, t2s_ids, t2s_score = read_lists(d / "t2s.parquet")
+    s2t, t2s = to_local(b, s2t_ids), to_local(q, t2s_ids)
     pair = KGPair.read(run / "ingest")
     valid = pair.links_of("valid")
     rows = np.searchsorted(q, valid["src"].to_numpy())

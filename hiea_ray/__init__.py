@@ -1,8 +1,10 @@
 """hiea-ray: entity alignment of large knowledge graphs on Ray.
 
 Layout: ``hiea_ray.kg`` (readers, synthetic generator), ``hiea_ray.core`` (Ray-free algorithms:
-verbalization, encoder, FAISS retrieval, decoding, metrics), ``hiea_ray.ray_layer`` (Ray Data
-stages and the pipeline runner), ``hiea_ray.cli`` (the ``hiea-ray`` command).
+verbalization, encoder, FAISS retrieval, decoding, fusion, metrics), ``hiea_ray.stages`` (one
+module per pipeline stage, and the registry), ``hiea_ray.train`` (the Ray Train loop and tasks),
+``hiea_ray.data`` (Ray Data plumbing), ``hiea_ray.io`` (the Parquet contracts between stages),
+``hiea_ray.pipeline`` (the runner), ``hiea_ray.cli`` (the ``hiea-ray`` command).
 """
 
 __version__ = "0.1.0"

@@ -57,8 +57,9 @@ def format_summary(pipe, metrics: dict) -> str:
         lines.append(f"{name:<11} {status:<8} {t['wall_s'] or 0:>7.1f}  {rps if rps is not None else '':>8}")
     allp = metrics["all_protocols"]["metrics"]
     lines += ["", f"{'protocol':<12} {'decoder':<9} {'hits@1':>7} {'hits@10':>8} {'mrr':>7} {'P':>7} {'R':>7} {'F1':>7}"]
-    for protocol, decs in allp.items():
-        for name, m in decs.items():
+    for protocol in pipe.cfg.evaluate.protocols:  # config order (metrics.json is key-sorted)
+        for name in pipe.cfg.decode.decoders:
+            m = allp[protocol][name]
             lines.append(
                 f"{protocol:<12} {name:<9} {m['hits@1']:>7.4f} {m.get('hits@10', 0):>8.4f} {m['mrr']:>7.4f} "
                 f"{m['precision']:>7.4f} {m['recall']:>7.4f} {m['f1']:>7.4f}"
@@ -68,7 +69,7 @@ def format_summary(pipe, metrics: dict) -> str:
 
 def _align(data: Path, out: Path, args) -> int:
     from hiea_ray.config import load_config
-    from hiea_ray.ray_layer.pipeline import STAGES, Pipeline
+    from hiea_ray.pipeline import STAGES, Pipeline
 
     cfg = load_config(args.config, args.set)
     if args.until not in STAGES:

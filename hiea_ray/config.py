@@ -1,8 +1,12 @@
 """One typed configuration for every stage.
 
 Nested dataclasses, a comment on every field, unknown keys rejected, ``--set a.b=v`` overrides.
-Loaded from YAML (``load_config``); each stage hashes only the sections it depends on
-(``section_hash``), so changing a decoder option does not re-embed.
+Loaded from YAML (``load_config``). Each stage declares the config sections it reads
+(``hiea_ray.stages``); its key hashes those whole sections (``section_hash``) except the fields
+marked ``runtime`` here: they only place work (actor counts, CPUs, batch rows) and never change
+an output, so changing them does not re-run anything.
+
+Keys renamed since earlier releases (``MOVED``) are still read, with a warning naming the new key.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +24,13 @@ from typing import Any
 import yaml
 
 from hiea_ray.errors import UserError
+
+log = logging.getLogger("hiea_ray")
+
+
+def runtime(default):
+    """A field that only places work (resources, batch rows): left out of every stage key."""
+    return field(default=default, metadata={"runtime": True})
 
 
 @dataclass
@@ -54,9 +66,9 @@ class VerbalizeConfig:
     # Verbalize attribute name/value pairs.
     include_attributes: bool = True
     # Rows per Ray Data batch of the verbalize stage.
-    batch_size: int = 4096
+    batch_size: int = runtime(4096)
     # Verbalize actors (Ray Data ActorPoolStrategy size); raise on clusters.
-    num_actors: int = 1
+    num_actors: int = runtime(1)
 
 
 @dataclass
@@ -74,17 +86,18 @@ class EmbedConfig:
     # The fused vector is normalize(w * e(name) + (1 - w) * e(text)).
     name_weight: float = 0.0
     # Number of encoder actors (Ray Data ActorPoolStrategy size).
-    num_actors: int = 1
+    num_actors: int = runtime(1)
     # Logical CPUs Ray reserves per encoder actor. Keep it below the node's CPU count so Ray Data
     # read/write tasks can run beside the actors.
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = runtime(1.0)
     # torch intra-op threads per actor; 0 = all cores of the node (right for one actor per node,
     # the laptop case; set it when several CPU actors share a node).
-    torch_threads: int = 0
-    # GPUs per encoder actor (0 on CPU machines; 1 on GPU nodes).
+    torch_threads: int = runtime(0)
+    # GPUs per encoder actor (0 on CPU machines; 1 on GPU nodes). Hashed: a GPU (with amp)
+    # computes other vectors than a CPU.
     gpus_per_actor: float = 0.0
     # Rows per Ray Data batch handed to one actor call.
-    rows_per_batch: int = 2048
+    rows_per_batch: int = runtime(2048)
     # Mixed precision on GPU: "bf16", "fp16" or "none" (ignored on CPU).
     amp: str = "bf16"
 
@@ -93,19 +106,21 @@ class EmbedConfig:
 class RetrieveConfig:
     # Candidates kept per source entity.
     k: int = 50
-    # FAISS index: flat (exact inner product), ivf (IVF-Flat) or hnsw. Below 2000 target rows
-    # the exact flat index is always used.
+    # FAISS index, as a faiss.index_factory string over inner product: "Flat" (exact),
+    # "IVF4096,Flat", "HNSW32", "IVF65536,PQ32", "OPQ16,IVF4096,PQ16" ... Aliases: flat = "Flat",
+    # ivf = "IVF<ivf_nlist>,Flat" (nlist clamped to n/39), hnsw = "HNSW<hnsw_m>". Below 2000
+    # target rows the exact flat index is always used. Trained indexes train on the targets.
     index: str = "flat"
-    # IVF: number of lists (clamped to n/39) and lists probed per query.
+    # IVF indexes: lists probed per query (clamped to nlist); ivf_nlist is the alias's list count.
     ivf_nlist: int = 1024
     ivf_nprobe: int = 32
-    # HNSW: neighbours per node and search breadth.
+    # HNSW indexes: neighbours per node of the alias, and search breadth (>= k).
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     # Use a GPU index: "auto" (when faiss sees a GPU), "yes" or "no".
     gpu: str = "auto"
     # Queries per FAISS search call (bounds memory: batch x k).
-    query_batch: int = 16384
+    query_batch: int = runtime(16384)
 
 
 @dataclass
@@ -138,6 +153,10 @@ class DecodeConfig:
     # held fixed as the best match of their entities, so a test entity's seed neighbours vouch
     # for its candidates); [] = none. Never "test".
     structure_anchors: list[str] = field(default_factory=lambda: ["train", "valid"])
+    # With reranking (rerank.enabled): the decoders' score of a candidate edge, in cosine units,
+    #   score = (1 - fusion_weight) * retriever_cosine + fusion_weight * score_scale * reranker_logit
+    fusion_weight: float = 0.5
+    score_scale: float = 0.05
 
 
 @dataclass
@@ -149,8 +168,36 @@ class EvalConfig:
 
 
 @dataclass
+class TrainScaling:
+    """The Ray Train contract shared by every training task (retriever, reranker, LLM): how many
+    workers, on what, with what precision and sharding. Mirrors ``ray.train.ScalingConfig`` +
+    ``FailureConfig`` without importing Ray."""
+
+    # Ray Train workers (data parallel; the global batch is split over them).
+    num_workers: int = 1
+    # One GPU per worker (NCCL); else CPU workers over gloo.
+    use_gpu: bool = False
+    # Logical CPUs Ray reserves per worker.
+    cpus_per_worker: float = runtime(1.0)
+    # torch intra-op threads per worker (0 = Ray's OMP_NUM_THREADS).
+    torch_threads: int = 0
+    # bf16 autocast on GPU workers (ignored on CPU).
+    amp: bool = True
+    # Gradient checkpointing (GPU only: trades compute for activation memory).
+    gradient_checkpointing: bool = False
+    # DeepSpeed ZeRO: 0 = off (plain DDP), 1 = optimizer states sharded, 2 = also gradients,
+    # 3 = also parameters (the saved model is gathered from the shards). Runs on CPU over gloo.
+    zero_stage: int = 0
+    # Restarts of failed workers (Ray Train FailureConfig) before the run fails.
+    max_failures: int = runtime(1)
+    # Seed of the model init / data order / sampling of the task.
+    seed: int = 0
+
+
+@dataclass
 class TrainRetrieverConfig:
     # Fine-tune the bi-encoder on the train links before embedding (DERA's retriever training).
+    # The encoder, its pooling and max_length are embed.model / embed.pooling / embed.max_length.
     enabled: bool = False
     # Rounds of (mine hard negatives with the current model -> train epochs_per_round epochs).
     rounds: int = 2
@@ -173,20 +220,8 @@ class TrainRetrieverConfig:
     symmetric: bool = False
     # Validate (valid links: MRR, Hits@1) and checkpoint every N steps; the best checkpoint is kept.
     eval_every: int = 50
-    # Ray Train scaling: workers, GPU or not, CPUs per worker, torch threads per worker (0 = Ray's).
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    torch_threads: int = 0
-    # bf16 autocast (GPU only) and gradient checkpointing (GPU only).
-    amp: bool = True
-    gradient_checkpointing: bool = False
-    # DeepSpeed ZeRO stage for large encoders: 0 = off (plain DDP), 1 = optimizer states sharded,
-    # 2 = also gradients (runs on CPU workers too, over gloo).
-    zero_stage: int = 0
-    # Restarts of failed workers (Ray Train FailureConfig).
-    max_failures: int = 1
-    seed: int = 0
+    # Workers, devices, precision, ZeRO, failures, seed.
+    scaling: TrainScaling = field(default_factory=TrainScaling)
 
 
 @dataclass
@@ -219,25 +254,18 @@ class RerankConfig:
     # Validate (Hits@1 / MRR of the reranked top-k of validation links) every N steps; best kept.
     eval_every: int = 50
     valid_links: int = 300
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    # torch threads per train worker and per rerank actor (0 = Ray's setting / all cores).
-    torch_threads: int = 0
-    amp: bool = True
-    zero_stage: int = 0  # DeepSpeed ZeRO stage (0 = off, 1, 2), as train.zero_stage
-    max_failures: int = 1
-    seed: int = 0
+    # Training workers, devices, precision, ZeRO, failures, seed (the seed also samples the data).
+    scaling: TrainScaling = field(default_factory=TrainScaling)
     # Batch reranking (Ray Data actor pool over the candidate Parquet).
-    infer_batch_size: int = 64  # pairs per forward pass
-    rows_per_batch: int = 256  # sources per Ray Data batch
-    num_actors: int = 1
-    cpus_per_actor: float = 1.0
+    infer_batch_size: int = runtime(64)  # pairs per forward pass
+    rows_per_batch: int = runtime(256)  # sources per Ray Data batch
+    num_actors: int = runtime(1)
+    cpus_per_actor: float = runtime(1.0)
     gpus_per_actor: float = 0.0
-    # Fusion into the decoders' scores, in cosine units:
-    #   score = (1 - fusion_weight) * retriever_cosine + fusion_weight * score_scale * reranker_logit
-    fusion_weight: float = 0.5
-    score_scale: float = 0.05
+    # torch threads per rerank actor (0 = all cores).
+    torch_threads: int = runtime(0)
+    # bf16 autocast in the rerank actors on GPU (ignored on CPU).
+    amp: bool = True
 
 
 @dataclass
@@ -267,7 +295,6 @@ class Config:
             ("verbalize.mode", self.verbalize.mode, {"name", "template"}),
             ("embed.pooling", self.embed.pooling, {"auto", "mean", "cls"}),
             ("embed.amp", self.embed.amp, {"bf16", "fp16", "none"}),
-            ("retrieve.index", self.retrieve.index, {"flat", "ivf", "hnsw"}),
             ("retrieve.gpu", self.retrieve.gpu, {"auto", "yes", "no"}),
             ("decode.matcher", self.decode.matcher, {"greedy", "hungarian"}),
             ("rerank.candidates", self.rerank.candidates, {"retrieve", "sinkhorn"}),
@@ -275,6 +302,7 @@ class Config:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise UserError(f"config field {name}: {value!r} is not one of {sorted(allowed)}")
+        _check_index(self.retrieve.index)
         for d in self.decode.decoders:
             if d not in {"top1", "csls", "sinkhorn", "structure"}:
                 raise UserError(f"config field decode.decoders: unknown decoder {d!r}")
@@ -301,22 +329,40 @@ class Config:
                     f"config field decode.structure_anchors: {split!r} is not a seed split (train, valid); "
                     "test links are what is evaluated"
                 )
-        for name, z in (("train.zero_stage", self.train.zero_stage), ("rerank.zero_stage", self.rerank.zero_stage)):
-            if z not in (0, 1, 2):
-                raise UserError(f"config field {name}: {z} is not one of 0, 1, 2 (ZeRO-3 is not supported)")
+        for name, sc in (("train.scaling", self.train.scaling), ("rerank.scaling", self.rerank.scaling)):
+            if sc.zero_stage not in (0, 1, 2, 3):
+                raise UserError(f"config field {name}.zero_stage: {sc.zero_stage} is not one of 0, 1, 2, 3")
+            if sc.num_workers < 1:
+                raise UserError(f"config field {name}.num_workers: must be >= 1")
         r = self.rerank
         if r.enabled and not 1 <= r.k <= self.retrieve.k:
             raise UserError("config field rerank.k: must be in [1, retrieve.k]")
         if r.negatives < 1 or r.negative_depth < r.negatives + 1:
             raise UserError("config fields rerank.negatives/negative_depth: need 1 <= negatives < negative_depth")
-        if not 0.0 <= r.fusion_weight <= 1.0:
-            raise UserError("config field rerank.fusion_weight: must be in [0, 1]")
+        if not 0.0 <= self.decode.fusion_weight <= 1.0:
+            raise UserError("config field decode.fusion_weight: must be in [0, 1]")
         if self.decode.hungarian_max_block < 1:
             raise UserError("config field decode.hungarian_max_block: must be >= 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_index(spec: str) -> None:
+    """retrieve.index must be an alias or a faiss.index_factory string for some usual dimension
+    (the exact dimension is checked again when the index is built)."""
+    if spec.lower() in ("flat", "ivf", "hnsw"):
+        return
+    import faiss
+
+    for d in (64, 96, 128, 256, 384, 512, 768, 1024):
+        try:
+            faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+            return
+        except RuntimeError:
+            continue
+    raise UserError(f"config field retrieve.index: {spec!r} is neither flat / ivf / hnsw nor a faiss index_factory string")
 
 
 def _hints(cls) -> dict[str, Any]:
@@ -413,6 +459,35 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return tree
 
 
+# Keys renamed since earlier releases: old key -> new key (read with a warning).
+MOVED = {
+    **{f"train.{k}": f"train.scaling.{k}" for k in (
+        "num_workers", "use_gpu", "cpus_per_worker", "torch_threads", "amp", "gradient_checkpointing", "zero_stage",
+        "max_failures", "seed")},
+    **{f"rerank.{k}": f"rerank.scaling.{k}" for k in (
+        "num_workers", "use_gpu", "cpus_per_worker", "zero_stage", "max_failures", "seed")},
+    "rerank.fusion_weight": "decode.fusion_weight",
+    "rerank.score_scale": "decode.score_scale",
+}
+
+
+def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Moves renamed keys (``MOVED``) to their new place, warning once per key."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+    for old, new in MOVED.items():
+        sec, key = old.split(".")
+        if isinstance(out.get(sec), dict) and key in out[sec]:
+            value = out[sec].pop(key)
+            log.warning("%s: config key %s is now %s", source, old, new)
+            node = out
+            parts = new.split(".")
+            for part in parts[:-1]:
+                node[part] = dict(node.get(part) or {})
+                node = node[part]
+            node.setdefault(parts[-1], value)
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file <- --set overrides; unknown keys and bad values are user errors."""
     values: dict[str, Any] = {}
@@ -428,9 +503,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{p}: the config must be a mapping of sections")
-        values = loaded
+        values = migrate(loaded, str(p))
     if overrides:
-        values = _merge(values, parse_overrides(overrides))
+        values = _merge(values, migrate(parse_overrides(overrides), "--set"))
     try:
         return _build(Config, values).validate()
     except UserError as e:
@@ -439,10 +514,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise
 
 
-def section_hash(cfg: Config, *sections: str, extra: Any = None) -> str:
-    """Stable hash of the named config sections (plus anything extra a stage depends on)."""
-    d = cfg.to_dict()
-    payload = {s: d[s] for s in sections}
+def hashed_fields(obj) -> Any:
+    """A config value as hashed by stage keys: dataclasses without their ``runtime`` fields."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: hashed_fields(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("runtime")}
+    return obj
+
+
+def select(cfg: Config, selector: str) -> Any:
+    """``"embed"`` (a whole section) or ``"embed.model"`` (one field) -> its hashed value."""
+    node: Any = cfg
+    for part in selector.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise KeyError(f"no config field {selector!r}")
+        node = getattr(node, part)
+    return hashed_fields(node)
+
+
+def section_hash(cfg: Config, *selectors: str, extra: Any = None) -> str:
+    """Stable hash of config sections / fields (``select``) plus anything extra a stage depends on."""
+    payload = {s: select(cfg, s) for s in selectors}
     if extra is not None:
         payload["extra"] = extra
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

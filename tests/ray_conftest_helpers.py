@@ -14,11 +14,9 @@ from pathlib import Path
 def run_stages() -> list[str]:
     """The stages a default config runs, in order (retriever training and reranking are off by default)."""
     from hiea_ray.config import Config
-    from hiea_ray.ray_layer.pipeline import STAGES
+    from hiea_ray.stages import REGISTRY, STAGES
 
-    c = Config()
-    off = {"train": not c.train.enabled, "rerank_train": not (c.rerank.enabled and c.rerank.train), "rerank": not c.rerank.enabled}
-    return [s for s in STAGES if not off.get(s, False)]
+    return [s for s in STAGES if REGISTRY[s].enabled(Config())]
 
 
 # Small settings for a 2-core machine: one torch thread per encoder actor, several small blocks
@@ -103,7 +101,7 @@ def e2e_run(tmp_path_factory, data: Path, model: str | Path) -> dict:
     key = (str(data), str(model))
     if key not in _E2E:
         from hiea_ray.config import load_config
-        from hiea_ray.ray_layer.pipeline import Pipeline
+        from hiea_ray.pipeline import Pipeline
 
         cfg = load_config(overrides=tiny_overrides(model))
         run = tmp_path_factory.mktemp("e2e") / "run"

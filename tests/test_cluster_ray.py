@@ -15,7 +15,7 @@ import pytest
 from ray_conftest_helpers import copy_stages, manifest, shutdown_ray, tiny_overrides
 
 from hiea_ray.config import load_config
-from hiea_ray.ray_layer.pipeline import Pipeline
+from hiea_ray.pipeline import Pipeline
 
 NODE_CPUS = 3
 ACTOR_CPUS = 2
@@ -84,7 +84,7 @@ def test_embed_spreads_over_two_nodes_and_matches_single_actor(two_node_cluster,
     # (b) 1 actor (so one node) on the same texts: the same vectors, row for row.
     run1 = copy_stages(run2, tmp_path / "one_actor", ["ingest", "verbalize"])
     p1 = Pipeline(_cfg(tiny_encoder_dir, 1), synthetic_dir, run1)
-    p1.embed()
+    p1.run_stage("embed")
     assert p1.timings["embed"]["reused"] is False
     per_node1 = manifest(run1, "embed")["stats"]["rows_per_node"]
     print(f"1 actor: {per_node1}; timings {p1.timings}")

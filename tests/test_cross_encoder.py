@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hiea_ray.core import cross_encoder as ce
+from hiea_ray.core import fusion
 from hiea_ray.core.decode import transpose_lists
 
 
@@ -46,10 +47,10 @@ def test_group_metrics_rank_of_gold_and_misses():
 def test_fuse_weights_and_missing_scores():
     retr = np.array([[0.9, 0.8, -np.inf]], np.float32)
     rer = np.array([[1.0, 10.0, 2.0]], np.float32)
-    assert np.allclose(ce.fuse(retr, rer, 0.0, 0.05)[0, :2], [0.9, 0.8])
-    assert np.allclose(ce.fuse(retr, rer, 1.0, 0.05)[0, :2], [0.05, 0.5])
-    assert ce.fuse(retr, rer, 0.5, 0.05)[0, 2] == -np.inf
-    assert ce.fuse(np.array([[np.nan]]), np.array([[1.0]]), 0.5, 0.05)[0, 0] == -np.inf
+    assert np.allclose(fusion.fuse(retr, rer, 0.0, 0.05)[0, :2], [0.9, 0.8])
+    assert np.allclose(fusion.fuse(retr, rer, 1.0, 0.05)[0, :2], [0.05, 0.5])
+    assert fusion.fuse(retr, rer, 0.5, 0.05)[0, 2] == -np.inf
+    assert fusion.fuse(np.array([[np.nan]]), np.array([[1.0]]), 0.5, 0.05)[0, 0] == -np.inf
 
 
 def test_fuse_lists_keeps_the_whole_graph():
@@ -59,7 +60,7 @@ def test_fuse_lists_keeps_the_whole_graph():
     cos = np.array([[0.9, 0.8, 0.7, -np.inf], [0.6, 0.5, 0.4, 0.3], [0.9, 0.1, -np.inf, -np.inf]], np.float32)
     cand = np.array([[1, 0], [0, -1], [-1, -1]])  # source 0: targets 1 and 0; source 1: target 0
     logit = np.array([[10.0, 2.0], [4.0, -np.inf], [-np.inf, -np.inf]], np.float32)
-    f = ce.fuse_lists(idx, cos, cand, logit, 0.5, 0.1)
+    f = fusion.fuse_lists(idx, cos, cand, logit, 0.5, 0.1)
     want = np.array([
         [0.5 * 0.9 + 0.05 * 2, 0.5 * 0.8 + 0.05 * 10, 0.5 * 0.7 + 0.05 * 2, -np.inf],  # low of s0 = 2
         [0.5 * 0.6 + 0.05 * 4, 0.5 * 0.5 + 0.05 * 4, 0.5 * 0.4 + 0.05 * 4, 0.5 * 0.3 + 0.05 * 4],
@@ -68,13 +69,13 @@ def test_fuse_lists_keeps_the_whole_graph():
     np.testing.assert_allclose(f, want, rtol=1e-6)
     # by target: each edge gets the value its source row gave it
     t_idx, t_cos = transpose_lists(idx, cos, 4, 3)
-    ft = ce.fuse_lists(t_idx, t_cos, cand, logit, 0.5, 0.1, by_target=True)
+    ft = fusion.fuse_lists(t_idx, t_cos, cand, logit, 0.5, 0.1, by_target=True)
     value = {(s, t): f[s, j] for s in range(3) for j, t in enumerate(idx[s]) if t >= 0}
     for t in range(4):
         for j, s in enumerate(t_idx[t]):
             if s >= 0:
                 assert ft[t, j] == pytest.approx(value[(s, t)])
-    assert ce.fuse_lists(idx, cos, cand, logit, 0.0, 0.1)[0, 0] == pytest.approx(0.9)  # w = 0: the cosines
+    assert fusion.fuse_lists(idx, cos, cand, logit, 0.0, 0.1)[0, 0] == pytest.approx(0.9)  # w = 0: the cosines
 
 
 def test_dedupe_rows_keeps_the_first_entry():
@@ -144,12 +145,13 @@ def test_rerank_stage_scores_top_k_and_pads(tiny_encoder_dir):
     from dataclasses import asdict
 
     from hiea_ray.config import RerankConfig
-    from hiea_ray.ray_layer.stages import RerankStage, column_to_numpy, embeddings_column
+    from hiea_ray.io import column_to_numpy, embeddings_column
+    from hiea_ray.stages.rerank import Reranker
 
     texts = pa.table({"id": [10, 11, 20, 21, 22], "text": ["karo city", "mila person", "karo town", "mila", "tenvo"], "kg": [1, 1, 2, 2, 2]})
     cfg = RerankConfig(k=2, max_length=32, cpus_per_actor=1)
     torch.manual_seed(0)
-    stage = RerankStage(asdict(cfg), str(tiny_encoder_dir), texts)
+    stage = Reranker(asdict(cfg), str(tiny_encoder_dir), texts)
     batch = pa.table(
         {
             "src": [10, 11],

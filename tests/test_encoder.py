@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hiea_ray.core.encoder import Encoder, _pooling_mode, fuse, resolve_model
+from hiea_ray.core.encoder import Encoder, fuse, pooling_mode, resolve_model
 from hiea_ray.core.tiny import build_tiny_encoder, wordpiece_vocab
 from hiea_ray.errors import UserError
 
@@ -39,12 +39,12 @@ def test_resolve_local_folder(tiny_encoder_dir):
     assert resolve_model(tiny_encoder_dir) == tiny_encoder_dir
 
 
-def test_pooling_mode(tmp_path):
-    assert _pooling_mode(str(tmp_path), "auto") == "mean"
+def testpooling_mode(tmp_path):
+    assert pooling_mode(str(tmp_path), "auto") == "mean"
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    assert _pooling_mode(str(tmp_path), "auto") == "cls"
-    assert _pooling_mode(str(tmp_path), "mean") == "mean"
+    assert pooling_mode(str(tmp_path), "auto") == "cls"
+    assert pooling_mode(str(tmp_path), "mean") == "mean"
 
 
 def test_tiny_encoder_loads_and_encodes_unit_vectors(tiny_encoder, synthetic_texts):

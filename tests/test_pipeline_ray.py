@@ -30,7 +30,8 @@ from ray_conftest_helpers import (
 from hiea_ray.config import load_config
 from hiea_ray.core.metrics import ranking_metrics
 from hiea_ray.errors import UserError
-from hiea_ray.ray_layer.pipeline import Pipeline, _read_lists
+from hiea_ray.io import read_lists
+from hiea_ray.pipeline import Pipeline
 
 DECODERS = ("top1", "csls", "sinkhorn")
 STAGES = run_stages()
@@ -94,7 +95,7 @@ def test_end_to_end_metrics_and_hits_floor(e2e):
     pair = e2e["pipe"].pair()
     test = pair.links_of("test")
     gold_src, gold_tgt = test["src"].to_numpy(), test["tgt"].to_numpy()
-    q, cand, _ = _read_lists(run / "decode" / "standard" / f"{best}.parquet")
+    q, cand, _ = read_lists(run / "decode" / "standard" / f"{best}.parquet")
     rows = np.searchsorted(q, gold_src)
     assert np.array_equal(q[rows], gold_src)
     real = ranking_metrics(cand[rows], gold_tgt, (1,))["hits@1"]
@@ -142,8 +143,8 @@ def test_decode_change_reruns_only_decode_and_evaluate(e2e, tmp_path):
     assert manifest(run, "decode")["config_hash"] != manifest(e2e["run"], "decode")["config_hash"]
     assert manifest(run, "evaluate")["inputs"]["decode"] == manifest(run, "decode")["fingerprint"]
     # top1 does not depend on the changed options: same ranked lists as before.
-    _, c_old, _ = _read_lists(e2e["run"] / "decode" / "standard" / "top1.parquet")
-    _, c_new, _ = _read_lists(run / "decode" / "standard" / "top1.parquet")
+    _, c_old, _ = read_lists(e2e["run"] / "decode" / "standard" / "top1.parquet")
+    _, c_new, _ = read_lists(run / "decode" / "standard" / "top1.parquet")
     assert np.array_equal(c_old, c_new)
 
 
@@ -173,7 +174,7 @@ def test_embed_resumes_after_kill(e2e, tmp_path, caplog):
 
     pipe = Pipeline(cfg, e2e["data"], run)
     with caplog.at_level("INFO", logger="hiea_ray"):
-        pipe.embed()
+        pipe.run_stage("embed")
     assert pipe.timings["embed"]["reused"] is False
     stats = manifest(run, "embed")["stats"]
     assert stats["rows"] == total
@@ -190,7 +191,7 @@ def test_embed_resumes_after_kill(e2e, tmp_path, caplog):
     assert np.array_equal(ids, ids0) and np.array_equal(kg, kg0)
     assert np.allclose(vecs, vecs0, atol=1e-5)
     # The resumed embed stage is fresh now: later stages build on it as usual.
-    assert Pipeline(cfg, e2e["data"], run).embed().fresh()
+    assert Pipeline(cfg, e2e["data"], run).run_stage("embed").fresh()
 
 
 def _corrupt(src, dst, relpath: str, lineno: int, line: str):

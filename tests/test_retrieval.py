@@ -58,7 +58,8 @@ def test_small_base_uses_exact_index():
     q, b = unit(rng.standard_normal((20, 8))), unit(rng.standard_normal((100, 8)))
     for index in ("ivf", "hnsw"):
         cfg = RetrieveConfig(index=index, gpu="no")
-        assert isinstance(build_index(b, cfg), faiss.IndexFlatIP)
+        index = build_index(b, cfg)
+        assert isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
         np.testing.assert_array_equal(knn(q, b, 5, cfg)[1], brute(q, b, 5)[1])
 
 
@@ -79,7 +80,43 @@ def test_empty_inputs():
     assert (i == -1).all() and np.isneginf(s).all()
 
 
-def test_use_gpu_setting():
-    assert use_gpu("no") is False
-    if faiss.get_num_gpus() == 0:
-        assert use_gpu("auto") is False and use_gpu("yes") is False
+def test_use_gpu_decides_from_the_setting_and_the_gpus_faiss_sees(monkeypatch):
+    """The one GPU decision: with GPUs visible, auto/yes use them and no does not; without, none does."""
+    import hiea_ray.core.retrieval as r
+
+    monkeypatch.setattr(r.faiss, "get_num_gpus", lambda: 2, raising=False)
+    assert r.use_gpu("auto") is True and r.use_gpu("yes") is True and r.use_gpu("no") is False
+    monkeypatch.setattr(r.faiss, "get_num_gpus", lambda: 0, raising=False)
+    assert r.use_gpu("auto") is False and r.use_gpu("yes") is False and r.use_gpu("no") is False
+
+
+def test_build_index_moves_to_gpu_only_when_use_gpu_says_so(monkeypatch):
+    import hiea_ray.core.retrieval as r
+
+    moved = []
+    monkeypatch.setattr(r.faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(r.faiss, "index_cpu_to_all_gpus", lambda idx: moved.append(idx) or idx, raising=False)
+    b = unit(np.random.default_rng(0).standard_normal((50, 8)))
+    r.build_index(b, RetrieveConfig(gpu="auto"))
+    r.build_index(b, RetrieveConfig(gpu="no"))
+    assert len(moved) == 1
+
+
+@pytest.mark.parametrize("spec", ["Flat", "IVF16,Flat", "HNSW8", "IVF16,PQ4", "IVF16,SQ8"])
+def test_index_factory_strings(spec):
+    """Any faiss index_factory string works with no code; approximate ones still find near copies."""
+    rng = np.random.default_rng(4)
+    q, b = clustered(rng)
+    cfg = RetrieveConfig(index=spec, gpu="no", ivf_nprobe=16)
+    s, i = knn(q, b, 10, cfg)
+    _, exact = brute(q, b, 1)
+    assert np.mean(i[:, 0] == exact[:, 0]) >= 0.8, spec
+    assert (i >= 0).all()
+
+
+def test_bad_index_string_is_a_user_error():
+    from hiea_ray.errors import UserError
+
+    b = unit(np.random.default_rng(5).standard_normal((3000, 30)))
+    with pytest.raises(UserError, match="retrieve.index"):  # PQ8 needs a dimension divisible by 8
+        build_index(b, RetrieveConfig(index="IVF16,PQ8", gpu="no"))

@@ -1,4 +1,4 @@
-"""Ray Data stage classes called directly on pyarrow batches (no Ray)."""
+"""Ray Data callable classes of the stages, called directly on pyarrow batches (no Ray)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ import pytest
 from hiea_ray.config import EmbedConfig, VerbalizeConfig
 from hiea_ray.core.encoder import fuse
 from hiea_ray.core.verbalize import TEXTS, build_contexts, verbalize_table
-from hiea_ray.ray_layer.stages import (
-    EmbedStage,
-    VerbalizeStage,
-    column_to_numpy,
-    embed_spec,
-    embeddings_column,
-    verbalize_spec,
-)
+from hiea_ray.io import column_to_numpy, embeddings_column
+from hiea_ray.stages.embed import Embedder, embed_spec
+from hiea_ray.stages.verbalize import Verbalizer, verbalize_spec
 
 
 def test_ray_init_is_refused_outside_ray_tests():
@@ -34,13 +29,13 @@ def test_ray_init_is_refused_outside_ray_tests():
 def test_verbalize_stage_on_batches(synthetic_pair):
     contexts = build_contexts(synthetic_pair)
     cfg = VerbalizeConfig(max_words=20)
-    stage = VerbalizeStage(asdict(cfg))
+    stage = Verbalizer(asdict(cfg))
     want = verbalize_table(contexts, cfg)
     out = pa.concat_tables([stage(contexts.slice(s, 100)) for s in range(0, contexts.num_rows, 100)])
     assert out.schema == TEXTS
     assert out.equals(want)
     assert max(len(t.split()) for t in out["text"].to_pylist()) <= 20
-    names = VerbalizeStage(asdict(VerbalizeConfig(mode="name")))(contexts.slice(0, 50))
+    names = Verbalizer(asdict(VerbalizeConfig(mode="name")))(contexts.slice(0, 50))
     assert names["text"].to_pylist() == contexts["name"].to_pylist()[:50]
 
 
@@ -55,7 +50,7 @@ def text_batch(synthetic_texts):
 
 def test_embed_stage_output(tiny_encoder_dir, tiny_encoder, text_batch, monkeypatch):
     monkeypatch.delenv("HIEA_NODE_ID", raising=False)
-    stage = EmbedStage(_embed_cfg(tiny_encoder_dir))
+    stage = Embedder(_embed_cfg(tiny_encoder_dir))
     out = stage(text_batch)
     assert out.column_names == ["id", "kg", "embedding", "node"]
     assert out.num_rows == text_batch.num_rows
@@ -71,7 +66,7 @@ def test_embed_stage_output(tiny_encoder_dir, tiny_encoder, text_batch, monkeypa
 
 def test_embed_stage_name_weight(tiny_encoder_dir, tiny_encoder, text_batch, monkeypatch):
     monkeypatch.setenv("HIEA_NODE_ID", "node-a")
-    out = EmbedStage(_embed_cfg(tiny_encoder_dir, name_weight=0.4))(text_batch)
+    out = Embedder(_embed_cfg(tiny_encoder_dir, name_weight=0.4))(text_batch)
     assert set(out["node"].to_pylist()) == {"node-a"}
     v = column_to_numpy(out["embedding"])
     names = tiny_encoder.encode(text_batch["name"].to_pylist())
@@ -82,7 +77,7 @@ def test_embed_stage_name_weight(tiny_encoder_dir, tiny_encoder, text_batch, mon
 
 
 def test_embed_stage_empty_batch(tiny_encoder_dir, synthetic_texts):
-    out = EmbedStage(_embed_cfg(tiny_encoder_dir))(synthetic_texts.slice(0, 0))
+    out = Embedder(_embed_cfg(tiny_encoder_dir))(synthetic_texts.slice(0, 0))
     assert out.num_rows == 0 and column_to_numpy(out["embedding"]).shape == (0, 32)
 
 
@@ -104,10 +99,10 @@ def test_column_to_numpy_roundtrip():
 
 def test_specs():
     vs = verbalize_spec(VerbalizeConfig(batch_size=123))
-    assert vs.cls is VerbalizeStage and vs.map_batches_kwargs["batch_size"] == 123
+    assert vs.cls is Verbalizer and vs.map_batches_kwargs["batch_size"] == 123
     assert vs.map_batches_kwargs["batch_format"] == "pyarrow"
     assert VerbalizeConfig(**vs.constructor_kwargs["cfg"]) == VerbalizeConfig(batch_size=123)
     es = embed_spec(EmbedConfig(rows_per_batch=77, cpus_per_actor=0.5, gpus_per_actor=1.0))
-    assert es.cls is EmbedStage
+    assert es.cls is Embedder
     assert es.map_batches_kwargs == {"batch_size": 77, "batch_format": "pyarrow", "num_cpus": 0.5, "num_gpus": 1.0}
     assert EmbedConfig(**es.constructor_kwargs["cfg"]).rows_per_batch == 77

@@ -4,6 +4,7 @@ n x m allocation at n = m = 200k."""
 
 from __future__ import annotations
 
+import json
 import time
 import tracemalloc
 
@@ -176,7 +177,7 @@ def _toy_run(tmp_path):
     """Ingest + retrieve outputs of the toy pair: KG1 ids 0..7, KG2 ids 100..107, all test links."""
     from hiea_ray.kg.model import TABLES, KGPair
     from hiea_ray.manifest import Stage
-    from hiea_ray.ray_layer.pipeline import _write_lists
+    from hiea_ray.io import write_lists
 
     src_ids, tgt_ids = np.arange(8), np.arange(100, 108)
     h, t = np.array(TOY_EDGES).T
@@ -205,15 +206,16 @@ def _toy_run(tmp_path):
     st = Stage(tmp_path, "retrieve", "toy", {})
     out = st.begin() / "standard"
     out.mkdir()
-    _write_lists(out / "s2t.parquet", src_ids, tgt_ids[idx], score)
+    write_lists(out / "s2t.parquet", src_ids, tgt_ids[idx], score)
     t_idx = np.array([[j, (j - 1) % 8, (j - 2) % 8] for j in range(8)])  # the reverse lists
-    _write_lists(out / "t2s.parquet", tgt_ids, src_ids[t_idx], np.tile(np.float32([0.9, 0.2, 0.1]), (8, 1)))
+    write_lists(out / "t2s.parquet", tgt_ids, src_ids[t_idx], np.tile(np.float32([0.9, 0.2, 0.1]), (8, 1)))
     st.commit()
     return idx, score
 
 
 def test_pipeline_decode_stage_structure_and_hungarian(tmp_path):
-    from hiea_ray.ray_layer.pipeline import Pipeline, _read_lists
+    from hiea_ray.io import read_lists
+    from hiea_ray.pipeline import Pipeline
 
     idx, score = _toy_run(tmp_path)
     cfg = load_config(
@@ -227,13 +229,14 @@ def test_pipeline_decode_stage_structure_and_hungarian(tmp_path):
         ]
     )
     pipe = Pipeline(cfg, tmp_path / "no-data", tmp_path)
-    pipe.decode()
+    pipe.run_stage("decode")
     d = tmp_path / "decode" / "standard"
-    _, cand, _ = _read_lists(d / "top1.parquet")
+    _, cand, _ = read_lists(d / "top1.parquet")
     assert cand[:2, 0].tolist() == [101, 100]  # the planted swap
-    _, cand, _ = _read_lists(d / "structure.parquet")
+    _, cand, _ = read_lists(d / "structure.parquet")
     np.testing.assert_array_equal(cand[:, 0], np.arange(100, 108))
-    metrics = pipe.evaluate()
+    pipe.run_stage("evaluate")
+    metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
     assert metrics["structure"]["hits@1"] == 1.0 and metrics["structure"]["f1"] == 1.0
     assert metrics["top1"]["hits@1"] == 0.75
 
@@ -242,11 +245,12 @@ def test_pipeline_decode_unchanged_when_new_options_off(tmp_path):
     """Default options: the decode outputs equal the decoders + greedy_match called directly."""
     import pyarrow.parquet as pq
 
-    from hiea_ray.ray_layer.pipeline import Pipeline, _read_lists
+    from hiea_ray.io import read_lists
+    from hiea_ray.pipeline import Pipeline
 
     idx, score = _toy_run(tmp_path)
     cfg = load_config(overrides=["evaluate.protocols=[standard]", "decode.csls_k=3", "retrieve.k=3"])
-    Pipeline(cfg, tmp_path / "no-data", tmp_path).decode()
+    Pipeline(cfg, tmp_path / "no-data", tmp_path).run_stage("decode")
     d = tmp_path / "decode" / "standard"
     t_idx = np.array([[(j - i) % 8 for i in range(3)] for j in range(8)])
     t_score = np.tile(np.float32([0.9, 0.2, 0.1]), (8, 1))
@@ -256,7 +260,7 @@ def test_pipeline_decode_unchanged_when_new_options_off(tmp_path):
         "sinkhorn": dec.sinkhorn(idx, score, t_idx, t_score, 8, cfg.decode.sinkhorn_tau, cfg.decode.sinkhorn_iters),
     }
     for name, (w_idx, w_score) in want.items():
-        _, cand, sc = _read_lists(d / f"{name}.parquet")
+        _, cand, sc = read_lists(d / f"{name}.parquet")
         np.testing.assert_array_equal(cand, np.where(w_idx >= 0, w_idx + 100, -1))
         np.testing.assert_array_equal(sc, w_score.astype(np.float32))
         r, c, w = dec.greedy_match(w_idx, w_score)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hiea_ray.core.encoder import pool
 from hiea_ray.core.losses import contrastive_loss, world_scale
 
 
@@ -19,12 +20,7 @@ def embed_with_grad(model, tokenizer, texts: list[str], max_length: int, device,
     """texts (n,) -> (n, D) unit rows, differentiable."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
     out = model(**batch).last_hidden_state
-    if pooling == "cls":
-        pooled = out[:, 0]
-    else:
-        mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
-        pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return F.normalize(pooled.float(), dim=-1)
+    return F.normalize(pool(out, batch["attention_mask"], pooling).float(), dim=-1)
 
 
 def train_step(model, tokenizer, optimizer, scheduler, batch: dict, opts: dict, device, amp_dtype=None) -> float:
@@ -35,7 +31,7 @@ def train_step(model, tokenizer, optimizer, scheduler, batch: dict, opts: dict, 
     n_neg = len(negs[0]) if negs is not None and len(negs) and opts["hard_negatives"] > 0 else 0
     texts = src + tgt + ([t for row in negs for t in list(row)[:n_neg]] if n_neg else [])
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        emb = embed_with_grad(model, tokenizer, texts, opts["max_length"], device, opts.get("pooling", "mean"))
+        emb = embed_with_grad(model, tokenizer, texts, opts["max_length"], device, opts["pooling"])
     b = len(src)
     hard = emb[2 * b :].view(b, n_neg, -1) if n_neg else None
     loss = contrastive_loss(
@@ -67,7 +63,8 @@ def apply_gradients(model, optimizer, scheduler, loss: torch.Tensor, max_norm: f
 
 
 @torch.inference_mode()
-def evaluate(model, tokenizer, src_texts: list[str], tgt_texts: list[str], max_length: int, device, batch_size: int = 128) -> dict:
+def evaluate(model, tokenizer, src_texts: list[str], tgt_texts: list[str], max_length: int, device, batch_size: int = 128,
+             pooling: str = "mean") -> dict:
     """Validation: source i's gold target is tgt_texts[i]; rank it among all tgt_texts."""
     model.eval()
 
@@ -76,7 +73,7 @@ def evaluate(model, tokenizer, src_texts: list[str], tgt_texts: list[str], max_l
         out = torch.empty(len(texts), model.config.hidden_size)
         for i in range(0, len(texts), batch_size):
             idx = order[i : i + batch_size]
-            out[idx] = embed_with_grad(model, tokenizer, [texts[j] for j in idx], max_length, device).float().cpu()
+            out[idx] = embed_with_grad(model, tokenizer, [texts[j] for j in idx], max_length, device, pooling).float().cpu()
         return out
 
     s, t = enc(src_texts), enc(tgt_texts)

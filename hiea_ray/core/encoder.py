@@ -43,7 +43,9 @@ def resolve_model(name: str) -> str:
     return name  # a hub id
 
 
-def _pooling_mode(folder: str, requested: str) -> str:
+def pooling_mode(folder: str, requested: str = "auto") -> str:
+    """mean | cls: ``requested``, or with "auto" the sentence-transformers pooling config of the
+    folder (``1_Pooling/config.json``; also written by retriever training), else mean."""
     if requested != "auto":
         return requested
     cfg = Path(folder) / "1_Pooling" / "config.json"
@@ -52,6 +54,23 @@ def _pooling_mode(folder: str, requested: str) -> str:
         if d.get("pooling_mode_cls_token"):
             return "cls"
     return "mean"
+
+
+def write_pooling(folder: str | Path, mode: str, dim: int) -> None:
+    """Records a model folder's pooling as sentence-transformers does, so "auto" finds it."""
+    d = Path(folder) / "1_Pooling"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": dim, "pooling_mode_cls_token": mode == "cls", "pooling_mode_mean_tokens": mode == "mean"},
+        indent=2))
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, T, D) token states -> (B, D): the [CLS] state or the mean over real tokens."""
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 class Encoder:
@@ -75,7 +94,7 @@ class Encoder:
             raise UserError(f"embed.model={model!r}: cannot load the encoder ({e})") from None
         self.device = device or pick_device()
         self.model.to(self.device).eval()
-        self.pooling = _pooling_mode(path, pooling)
+        self.pooling = pooling_mode(path, pooling)
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if self.device.type == "cuda" else None
@@ -86,12 +105,7 @@ class Encoder:
         ).to(self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.model(**batch).last_hidden_state
-        out = out.float()
-        if self.pooling == "cls":
-            pooled = out[:, 0]
-        else:
-            mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
-            pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = pool(out.float(), batch["attention_mask"], self.pooling)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
     @torch.inference_mode()

@@ -79,3 +79,49 @@ def threshold_sweep(
     r = good / gold_count if gold_count else np.zeros(len(t))
     f1 = np.divide(2 * p * r, p + r, out=np.zeros(len(t)), where=(p + r) > 0)
     return {"threshold": t, "predicted": kept, "correct": good, "precision": p, "recall": r, "f1": f1}
+
+
+# -- evaluation protocols ------------------------------------------------------------------------
+PROTOCOLS = {
+    "standard": "rank among the test links' target entities",
+    "all-targets": "rank among every KG2 entity; 1-to-1 matching over all KG1 x KG2 entities",
+}
+
+
+def protocol_sets(protocol: str, test_src: np.ndarray, test_tgt: np.ndarray, ids: np.ndarray, kg: np.ndarray):
+    """(sources, targets), both sorted, of a protocol: the test links' ends (standard) or every
+    KG1 / KG2 entity (all-targets); ids / kg are every embedded entity and its side."""
+    if protocol == "standard":
+        q, b = test_src, np.unique(test_tgt)
+    elif protocol == "all-targets":
+        q, b = ids[kg == 1], ids[kg == 2]
+    else:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    return np.sort(q), np.sort(b)
+
+
+def decoder_metrics(q: np.ndarray, cand: np.ndarray, match_src: np.ndarray, match_tgt: np.ndarray,
+                    gold_src: np.ndarray, gold_tgt: np.ndarray, hits_at) -> dict:
+    """Ranking metrics of one decoder's lists (sources q sorted, cand (len(q), k) ids) at the
+    gold links' sources, plus P/R/F1 of its one-to-one output."""
+    rows = np.minimum(np.searchsorted(q, gold_src), max(len(q) - 1, 0))
+    if len(gold_src) and (len(q) == 0 or not np.array_equal(q[rows], gold_src)):
+        raise KeyError("test sources missing from the decoded lists")
+    m = ranking_metrics(cand[rows], gold_tgt, hits_at)
+    m.update(matching_metrics(match_src, match_tgt, gold_src, gold_tgt))
+    return m
+
+
+def metrics_document(metrics: dict, k: int, decoders: list[str], protocols: list[str]) -> dict:
+    """The run's metrics.json: decoder -> metrics of the primary (first) protocol, the protocol's
+    name, and every protocol in full under ``all_protocols``."""
+    primary = protocols[0]
+    flat = {name: metrics[primary][name] for name in decoders}
+    flat["protocol"] = primary
+    flat["all_protocols"] = {
+        "protocols": dict(PROTOCOLS),
+        "note": "ranks beyond the top-k candidate list count as misses (reciprocal rank 0)",
+        "k": k,
+        "metrics": metrics,
+    }
+    return flat

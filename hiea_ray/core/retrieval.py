@@ -1,7 +1,8 @@
 """FAISS nearest-neighbour retrieval over unit vectors (inner product = cosine); Ray-free.
 
-``knn(queries, base, k, ...)`` builds an index over ``base`` (flat, IVF-Flat or HNSW; moved to
-all GPUs when faiss has them and the config allows) and searches ``queries`` in batches, so the
+``knn(queries, base, k, ...)`` builds an index over ``base`` from a ``faiss.index_factory``
+string (``retrieve.index``: "Flat", "IVF4096,Flat", "HNSW32", "IVF65536,PQ32", ...; the aliases
+flat / ivf / hnsw; moved to all GPUs when faiss has them and the config allows) and searches ``queries`` in batches, so the
 memory beyond the index is O(query_batch * k). Returns (scores float32 (n, k), indices int64
 (n, k)) with -1 / -inf padding where the base has fewer than k rows.
 """
@@ -14,6 +15,7 @@ import faiss
 import numpy as np
 
 from hiea_ray.config import RetrieveConfig
+from hiea_ray.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +28,56 @@ def use_gpu(setting: str) -> bool:
     return setting != "no" and n > 0
 
 
+def factory_string(cfg: RetrieveConfig, n: int) -> str:
+    """The index_factory string of ``retrieve.index`` for n base rows (aliases expanded; exact
+    search below 2000 rows, where training a quantizer is pointless)."""
+    name = cfg.index
+    if name.lower() == "flat" or n < 2000:
+        return "Flat"
+    if name.lower() == "ivf":
+        return f"IVF{max(1, min(cfg.ivf_nlist, n // 39))},Flat"
+    if name.lower() == "hnsw":
+        return f"HNSW{cfg.hnsw_m}"
+    return name
+
+
 def build_index(base: np.ndarray, cfg: RetrieveConfig) -> faiss.Index:
     base = np.ascontiguousarray(base, dtype=np.float32)
     n, d = base.shape
-    if cfg.index == "flat" or n < 2000:
-        index = faiss.IndexFlatIP(d)
-    elif cfg.index == "ivf":
-        nlist = max(1, min(cfg.ivf_nlist, n // 39))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    spec = factory_string(cfg, n)
+    try:
+        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise UserError(f"config field retrieve.index: {cfg.index!r} is not a faiss index_factory string for "
+                        f"{d}-dim vectors ({msg})") from None
+    if not index.is_trained:
+        if n < 39 * _nlist(index):
+            log.warning("retrieve.index %s: %d training vectors for %d lists (faiss wants >= 39 per list)", spec, n,
+                        _nlist(index))
         index.train(base)
-        index.nprobe = min(cfg.ivf_nprobe, nlist)
-    else:
-        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(cfg.hnsw_ef_search, cfg.k)
-    if use_gpu(cfg.gpu) and not isinstance(index, faiss.IndexHNSWFlat):
+    ivf = _ivf(index)
+    if ivf is not None:
+        ivf.nprobe = min(cfg.ivf_nprobe, ivf.nlist)
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if hnsw is not None:
+        hnsw.efSearch = max(cfg.hnsw_ef_search, cfg.k)
+    if use_gpu(cfg.gpu) and hnsw is None:  # faiss has no GPU HNSW
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(base)
     return index
+
+
+def _ivf(index: faiss.Index):
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _nlist(index: faiss.Index) -> int:
+    ivf = _ivf(index)
+    return ivf.nlist if ivf is not None else 1
 
 
 def knn(queries: np.ndarray, base: np.ndarray, k: int, cfg: RetrieveConfig, progress=None):

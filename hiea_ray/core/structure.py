@@ -157,7 +157,7 @@ def consistency(
     return out.reshape(n, k)
 
 
-def _best_matches(idx, score, m, src, tgt, n_s, n_t, anchors):
+def best_matches(idx, score, m, src, tgt, n_s, n_t, anchors):
     """Best target of every adj_s row and best source of every adj_t row (-1: none) from the
     lists (local targets) mapped through src / tgt, the anchors held fixed."""
     bt, bs = best_targets(idx, score), best_sources(idx, score, m)
@@ -205,7 +205,7 @@ def structure_sinkhorn(
     g_t2s = np.where(t2s >= 0, src[np.maximum(t2s, 0)], -1)
     b = np.float32(beta)
     for _ in range(rounds):
-        best_t, best_s = _best_matches(*cur, m, src, tgt, adj_s.shape[0], adj_t.shape[0], anchors)
+        best_t, best_s = best_matches(*cur, m, src, tgt, adj_s.shape[0], adj_t.shape[0], anchors)
         c_s = consistency(g_s2t, best_t, best_s, adj_s, adj_t, src_rows=src)
         c_t = consistency(g_t2s, best_s, best_t, adj_t, adj_s, src_rows=tgt)  # c is symmetric
         f_s = np.where(s2t >= 0, s2t_score + b * c_s, -np.inf).astype(np.float32)

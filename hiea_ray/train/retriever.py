@@ -5,12 +5,12 @@
 - Mining: the current model embeds the train sources and every KG2 entity (the pipeline's Ray
   Data embed chain), FAISS ranks KG2 for each source, and ``hard_negatives`` targets are sampled
   per source from ranks ``hard_rank_from..hard_rank_to`` (the gold target excluded).
-- Training: ``train_loop.fit`` (shared with the reranker job) runs the TorchTrainer; each worker
-  reads its Ray Data shard of (src, tgt, neg) rows and runs the plain ``train_step``
-  (``hiea_ray.core.bi_encoder_train``) in DDP, validates every ``eval_every`` steps and reports
-  metrics with a checkpoint through ``ray.train.report``. A restarted run resumes from
-  ``ray.train.get_checkpoint()`` at the saved step; ``FailureConfig(max_failures)`` restarts failed
-  workers. The best checkpoint by validation MRR becomes a normal HF folder used by the embed stage.
+- Training: ``loop.fit`` with a ``RetrieverTask`` (the shared Ray Train loop and contract,
+  ``train.scaling``): each worker reads its Ray Data shard of (src, tgt, neg) rows and runs the
+  plain ``train_step`` (``hiea_ray.core.bi_encoder_train``) with the pooling the embed stage
+  uses (``embed.pooling``, resolved against the base model's folder), rank 0 validates every
+  ``eval_every`` steps; a restarted run resumes at the saved step. The best checkpoint by
+  validation MRR becomes a normal HF folder (pooling recorded) used by the embed stage.
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hiea_ray.config import Config, TrainRetrieverConfig
-from hiea_ray.core.encoder import resolve_model
+from hiea_ray.core.encoder import pooling_mode, resolve_model
+from hiea_ray.io import column_to_numpy, read_dir
+
+from hiea_ray.plots import plot_retriever_curve
+from hiea_ray.train.tasks import RetrieverTask
 
 log = logging.getLogger("hiea_ray")
 
@@ -47,7 +51,7 @@ def link_texts(texts: pa.Table, links: pa.Table) -> pa.Table:
 def mine_hard_negatives(model: str, texts: pa.Table, train: pa.Table, cfg: Config, tc: TrainRetrieverConfig, seed: int) -> pa.Table:
     """Adds a ``neg`` column: hard_negatives texts per train link, from ranks [from, to] of the current model."""
     from hiea_ray.core.retrieval import knn
-    from hiea_ray.ray_layer.pipeline import _read_dir, column_to_numpy, embed_dataset
+    from hiea_ray.stages.embed import embed_dataset
 
     kg2 = texts.filter(pc.equal(texts["kg"], 2)).sort_by("id")
     srcs = texts.filter(pc.is_in(texts["id"], value_set=train["src_id"]))
@@ -60,7 +64,7 @@ def mine_hard_negatives(model: str, texts: pa.Table, train: pa.Table, cfg: Confi
         for i in range(0, both.num_rows, step):
             pq.write_table(both.slice(i, step), tdir / f"p{i // step:05d}.parquet")
         embed_dataset(tdir, Path(tmp) / "parts", e)
-        emb = _read_dir(Path(tmp) / "parts").sort_by("id")
+        emb = read_dir(Path(tmp) / "parts").sort_by("id")
     ids = emb["id"].to_numpy()
     vecs = column_to_numpy(emb["embedding"])
     kg2_ids = kg2["id"].to_numpy()
@@ -84,15 +88,21 @@ def mine_hard_negatives(model: str, texts: pa.Table, train: pa.Table, cfg: Confi
     return train.append_column("neg", pa.array(negs, pa.list_(pa.string())))
 
 
-def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fail_at_step: int | None = None) -> dict:
+def retriever_task(cfg: Config) -> RetrieverTask:
+    """The task with the pooling the embed stage will use for the base model (auto resolved)."""
+    return RetrieverTask(pooling_mode(resolve_model(cfg.embed.model), cfg.embed.pooling), cfg.embed.max_length)
+
+
+def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path) -> dict:
     """Runs all rounds; writes the best model to ``out/model`` and the history to ``out/history.json``."""
-    from hiea_ray.ray_layer.train_loop import fit
+    from hiea_ray.train.loop import fit
 
     tc = cfg.train
     train = link_texts(texts, links.filter(pc.equal(links["split"], "train")))
     valid = link_texts(texts, links.filter(pc.equal(links["split"], "valid")))
     model = resolve_model(cfg.embed.model)
-    initial = valid_metrics(model, valid, cfg.embed.max_length)
+    task = retriever_task(cfg)
+    initial = valid_metrics(model, valid, task)
     log.info("retriever before training: valid MRR %.4f, Hits@1 %.4f", initial["valid_mrr"], initial["valid_hits@1"])
     history = []
     storage = (out / "ray").resolve()
@@ -105,22 +115,20 @@ def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fa
             continue
         t_round = time.time()
         if tc.hard_negatives > 0:
-            data = mine_hard_negatives(model, texts, train, cfg, tc, seed=tc.seed + r)
+            data = mine_hard_negatives(model, texts, train, cfg, tc, seed=tc.scaling.seed + r)
         else:
             data = train
-        data = data.take(np.random.default_rng(tc.seed + 100 + r).permutation(data.num_rows))
+        data = data.take(np.random.default_rng(tc.scaling.seed + 100 + r).permutation(data.num_rows))
         mined_s = time.time() - t_round
         res = fit(
-            "retriever",
-            {**asdict(tc), "epochs": tc.epochs_per_round, "max_length": cfg.embed.max_length},
-            {k: getattr(tc, k) for k in ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")},
+            task,
+            {**asdict(tc), "epochs": tc.epochs_per_round},
             model,
             data.select([c for c in ("src", "tgt", "neg") if c in data.column_names]),
-            {"src": valid["src"].to_pylist(), "tgt": valid["tgt"].to_pylist()},
+            valid.select(["src", "tgt"]),
             f"round{r}",
             storage,
             best_dir,
-            fail_at_step,
         )
         model = str(best_dir)
         entry = {"round": r, "mine_s": round(mined_s, 1), "wall_s": round(time.time() - t_round, 1),
@@ -132,42 +140,13 @@ def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path, fa
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(model, final)
     (out / "history.json").write_text(json.dumps({"initial": initial, "rounds": history}, indent=2, default=str))
-    plot_curve(initial, history, out / "curve.png")
+    plot_retriever_curve(initial, history, out / "curve.png")
     return {"model": str(final), "initial": initial, "history": history}
 
 
-def valid_metrics(model: str, valid: pa.Table, max_length: int) -> dict:
+def valid_metrics(model: str, valid: pa.Table, task: RetrieverTask) -> dict:
     """Validation MRR / Hits@1 of a model folder, on the driver (validation sets are small)."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
-    from hiea_ray.core.bi_encoder_train import evaluate
-
-    m = AutoModel.from_pretrained(model)
-    tok = AutoTokenizer.from_pretrained(model)
-    return evaluate(m, tok, valid["src"].to_pylist(), valid["tgt"].to_pylist(), max_length, torch.device("cpu"))
-
-
-def plot_curve(initial: dict, history: list[dict], path: Path) -> None:
-    """Training loss per step and the best validation MRR per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    offset = 0
-    for h in history:
-        c = np.array(h.get("curve") or [[0, np.nan]], dtype=float)
-        a.plot(c[:, 0] + offset, c[:, 1], lw=0.8, label=f"round {h['round']}")
-        offset += c[-1, 0]
-    a.set_xlabel("step")
-    a.set_ylabel("InfoNCE loss")
-    a.legend(fontsize=7)
-    mrr = [initial["valid_mrr"]] + [h["best"]["valid_mrr"] for h in history]
-    b.plot(range(len(mrr)), mrr, marker="o")
-    b.set_xticks(range(len(mrr)), ["base"] + [f"round {h['round']}" for h in history])
-    b.set_ylabel("validation MRR")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    m, tok = task.load(model)
+    return task.evaluate(m, tok, valid, {}, torch.device("cpu"))

@@ -1,22 +1,29 @@
-"""The Ray Train loop shared by the retriever (bi-encoder) and the reranker (cross-encoder) jobs.
+"""The one Ray Train loop: every training task (retriever, reranker, and the LLM tier next) runs here.
 
-``train_loop_per_worker`` runs on every worker: it loads the model (or the checkpoint Ray Train
-hands back after a failure / restart), wraps it in DDP with ``prepare_model``, reads its Ray Data
-shard, runs the task's plain ``train_step`` (``hiea_ray.core.bi_encoder_train`` or
-``hiea_ray.core.cross_encoder``), validates every ``eval_every`` steps and reports metrics with a
-checkpoint (model folder + optimizer/scheduler/step) through ``ray.train.report``. A restarted run
-skips the batches it trained before and continues at the saved step.
+``fit(task, opts, scaling, init_model, data, valid, name, storage, best_dir)`` builds the
+``TorchTrainer`` from the shared contract (``config.TrainScaling``: workers, GPU, CPUs, threads,
+AMP, ZeRO stage, failures, seed) and copies the best checkpoint's model (by the task's own
+``metric``) into ``best_dir``. The task (``hiea_ray.train.tasks``) supplies what differs: how to
+load, step, validate and save its model.
 
-With ``zero_stage`` 1 or 2, DeepSpeed's engine replaces DDP (ZeRO-sharded optimizer states and
-gradients); each worker saves its shard into the reported checkpoint and loads it on resume.
+On every worker ``train_loop_per_worker`` loads the model (or the checkpoint Ray Train hands back
+after a failure / restart), wraps it in DDP (``prepare_model``) or a DeepSpeed ZeRO engine
+(stage 1-3), reads its shard of the "train" Ray Dataset, runs the task's plain step, and every
+``eval_every`` steps validates on rank 0 only (the "valid" dataset, not split) and reports the
+metrics with a checkpoint through ``ray.train.report``. Under ZeRO-3 the parameters are sharded:
+validation and the model save run inside ``deepspeed.zero.GatheredParameters`` (all ranks gather,
+rank 0 uses the full weights), so the saved model is complete, not the empty shells of the local
+partitions. A restarted run skips the batches it trained before and continues at the saved step;
+the same run name + storage path lets Ray Train restore a killed run from its latest checkpoint.
 
-``fit`` builds the ``TorchTrainer`` (``ScalingConfig``, ``FailureConfig``, ``CheckpointConfig``
-keeping the best by validation MRR) and copies the best checkpoint's model into a normal HF folder.
-The same run name + storage path lets Ray Train restore a killed run from its latest checkpoint.
+Environment variables ``HIEA_*`` of the driver are passed to the workers; ``HIEA_FAIL_AT_STEP=N``
+makes rank 0 fail once at step N of a fresh (not restored) run — the failure tests use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -25,77 +32,52 @@ from pathlib import Path
 
 import numpy as np
 
-
-class _Task:
-    """What differs between the two jobs: model class, step function, validation."""
-
-    name = ""
-
-    def load(self, path: str):
-        raise NotImplementedError
-
-    def step(self, model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype) -> float:
-        raise NotImplementedError
-
-    def evaluate(self, model, tokenizer, valid, opts, device) -> dict:
-        raise NotImplementedError
+log = logging.getLogger("hiea_ray")
 
 
-class RetrieverTask(_Task):
-    name = "retriever"
-
-    def load(self, path):
-        from transformers import AutoModel, AutoTokenizer
-
-        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-
-    def step(self, *args):
-        from hiea_ray.core.bi_encoder_train import train_step
-
-        return train_step(*args)
-
-    def evaluate(self, model, tokenizer, valid, opts, device):
-        from hiea_ray.core.bi_encoder_train import evaluate
-
-        return evaluate(model, tokenizer, valid["src"], valid["tgt"], opts["max_length"], device)
-
-
-class RerankerTask(_Task):
-    name = "reranker"
-
-    def load(self, path):
-        from hiea_ray.core.cross_encoder import load_reranker
-
-        return load_reranker(path)
-
-    def step(self, *args):
-        from hiea_ray.core.cross_encoder import train_step
-
-        return train_step(*args)
-
-    def evaluate(self, model, tokenizer, valid, opts, device):
-        from hiea_ray.core.cross_encoder import evaluate
-
-        return evaluate(model, tokenizer, valid, opts["max_length"], device)
-
-
-TASKS = {t.name: t for t in (RetrieverTask(), RerankerTask())}
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker. config: task, opts (the config section + max_length),
-    init_model, n_train, valid, fail_at_step (tests)."""
-    import ray.train
-    import ray.train.torch
+def _optimizer(model, opts: dict, total: int):
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    task = TASKS[config["task"]]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts["lr"], weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, min(opts["warmup_steps"], total // 10), total)
+    return optimizer, scheduler
+
+
+def _gathered(model, zero: int):
+    """Full parameters on every rank for the duration (ZeRO-3); a no-op otherwise."""
+    if zero == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()
+
+
+def _valid_table(rank: int):
+    """The validation set (rank 0 only): the "valid" dataset as one Arrow table."""
+    import pyarrow as pa
+    import ray.train
+
+    if rank != 0:
+        return None
+    it = ray.train.get_dataset_shard("valid")
+    return pa.concat_tables(list(it.iter_batches(batch_size=None, batch_format="pyarrow")))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Runs on every Ray Train worker. config: task (a ``tasks.TrainTask``), opts (the task's
+    config section as a dict, with ``scaling``), init_model, n_train."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    task = config["task"]
     opts = config["opts"]
+    sc = opts["scaling"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(opts["seed"])
-    torch.set_num_threads(max(1, opts["torch_threads"] or int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    torch.manual_seed(sc["seed"])
+    torch.set_num_threads(max(1, sc["torch_threads"] or int(os.environ.get("OMP_NUM_THREADS", "1"))))
     device = ray.train.torch.get_device()
     start_step = 0
     ckpt = ray.train.get_checkpoint()
@@ -107,22 +89,21 @@ def train_loop_per_worker(config: dict) -> None:
         start_step = state["step"]
     else:
         model, tokenizer = task.load(config["init_model"])
-    if opts.get("gradient_checkpointing") and device.type == "cuda":
+    if sc.get("gradient_checkpointing") and device.type == "cuda":
         model.gradient_checkpointing_enable()
-    zero = opts.get("zero_stage", 0)
+    zero = sc.get("zero_stage", 0)
     per_worker = max(1, opts["batch_size"] // world)
     steps_per_epoch = config["n_train"] // (per_worker * world)
     epochs = opts["epochs"]
     total = max(1, steps_per_epoch * epochs)
-    amp_dtype = torch.bfloat16 if (opts["amp"] and device.type == "cuda") else None
+    amp_dtype = torch.bfloat16 if (sc["amp"] and device.type == "cuda") else None
     if zero:
         # DeepSpeed ZeRO: the engine replaces DDP and does backward, clipping, optimizer and
-        # scheduler steps; optimizer states (and gradients at stage 2) are sharded over workers.
+        # scheduler steps; optimizer states (stage 1), gradients (2) and parameters (3) are sharded.
         import deepspeed
 
         model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=0.01)
-        scheduler = get_linear_schedule_with_warmup(optimizer, min(opts["warmup_steps"], total // 10), total)
+        optimizer, scheduler = _optimizer(model, opts, total)
         ds_config = {
             "train_micro_batch_size_per_gpu": per_worker,
             "gradient_accumulation_steps": 1,
@@ -140,36 +121,37 @@ def train_loop_per_worker(config: dict) -> None:
                 model.load_checkpoint(str(Path(d) / "deepspeed"), tag="ckpt")
         raw = model.module
     else:
-        # The bi-encoder's pooler head gets no gradient (we pool token states): DDP must allow that.
+        # Parameters that get no gradient (e.g. a bi-encoder's unused pooler head) are allowed.
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
         raw = model.module if hasattr(model, "module") else model
-        optimizer = torch.optim.AdamW(model.parameters(), lr=opts["lr"], weight_decay=0.01)
-        scheduler = get_linear_schedule_with_warmup(optimizer, min(opts["warmup_steps"], total // 10), total)
+        optimizer, scheduler = _optimizer(model, opts, total)
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-    valid = config["valid"]
+    valid = _valid_table(rank)
     shard = ray.train.get_dataset_shard("train")
     step = start_step
     losses: list[float] = []
     curve: list[list[float]] = state.get("curve", []) if state is not None else []  # (step, loss)
     resumed = (state.get("resumed", []) + [start_step]) if state is not None else []  # steps resumed at
+    fail_at = int(os.environ.get("HIEA_FAIL_AT_STEP", "0") or 0)
     t0 = time.time()
 
     def report(final: bool = False):
         metrics = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan")}
         metrics["pairs_per_s"] = round(len(losses) * per_worker * world / max(time.time() - t0, 1e-9), 2)
-        metrics.update(task.evaluate(raw, tokenizer, valid, opts, device))
         metrics["final"] = final
         metrics["resumed"] = list(resumed)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if zero:  # every worker writes its optimizer shard; Ray Train merges them into one checkpoint
+            if zero:  # every worker writes its shard; Ray Train merges them into one checkpoint
                 model.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="ckpt")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            with _gathered(raw, zero):
+                if rank == 0:
+                    metrics.update(task.evaluate(raw, tokenizer, valid, opts, device))
+                    task.save(raw, tokenizer, Path(tmp) / "model")
             if rank == 0:
-                raw.save_pretrained(Path(tmp) / "model")
-                tokenizer.save_pretrained(Path(tmp) / "model")
                 torch.save(
                     {"step": step, "curve": curve, "resumed": resumed,
                      **({} if zero else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})},
@@ -191,8 +173,8 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0 and step % 10 == 0:
                 rate = len(losses) * per_worker * world / max(time.time() - t0, 1e-9)
                 print(f"[{task.name}] step {step}/{total} loss {np.mean(losses[-10:]):.4f} {rate:.1f} links/s", flush=True)
-            if config.get("fail_at_step") == step and ckpt is None and rank == 0:
-                raise RuntimeError(f"injected failure at step {step}")
+            if fail_at == step and ckpt is None and rank == 0:
+                raise RuntimeError(f"injected failure at step {step} (HIEA_FAIL_AT_STEP)")
             if step % opts["eval_every"] == 0 and step < total:
                 report()
                 losses.clear()
@@ -200,42 +182,39 @@ def train_loop_per_worker(config: dict) -> None:
     report(final=True)
 
 
-def fit(task: str, opts: dict, scaling: dict, init_model: str, data, valid: dict, name: str, storage: Path,
-        best_dir: Path, fail_at_step: int | None = None) -> dict:
-    """One TorchTrainer run; copies the best checkpoint's model to ``best_dir``.
+def fit(task, opts: dict, init_model: str, data, valid, name: str, storage: Path, best_dir: Path) -> dict:
+    """One TorchTrainer run; copies the best checkpoint's model (by ``task.metric``) to ``best_dir``.
 
-    scaling: num_workers, use_gpu, cpus_per_worker, max_failures. data: a ``pyarrow.Table`` of
-    training rows (one per link). Returns best / last metrics and the loss curve."""
+    opts: the task's config section as a dict (with ``scaling``, a ``TrainScaling`` as a dict) and
+    ``epochs``. data / valid: ``pyarrow.Table``s of training rows and validation rows. Returns
+    best / last metrics and the loss curve."""
     import ray.data
     import ray.train
     import torch
     from ray.train.torch import TorchTrainer
 
+    sc = opts["scaling"]
+    env = {k: v for k, v in os.environ.items() if k.startswith("HIEA_")}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "task": task,
-            "opts": opts,
-            "init_model": init_model,
-            "n_train": data.num_rows,
-            "valid": valid,
-            "fail_at_step": fail_at_step,
-        },
+        train_loop_config={"task": task, "opts": opts, "init_model": init_model, "n_train": data.num_rows},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"], resources_per_worker={"CPU": scaling["cpus_per_worker"]}
+            num_workers=sc["num_workers"], use_gpu=sc["use_gpu"], resources_per_worker={"CPU": sc["cpus_per_worker"]}
         ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=scaling["max_failures"]),
+            failure_config=ray.train.FailureConfig(max_failures=sc["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute="valid_mrr", checkpoint_score_order="max"
+                num_to_keep=2, checkpoint_score_attribute=task.metric, checkpoint_score_order="max"
             ),
+            worker_runtime_env={"env_vars": env} if env else None,
         ),
-        datasets={"train": ray.data.from_arrow(data)},
+        datasets={"train": ray.data.from_arrow(data), "valid": ray.data.from_arrow(valid)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )  # same run name + storage path: Ray Train restores a killed run from its latest checkpoint
     result = trainer.fit()
-    best = max(result.best_checkpoints, key=lambda cm: cm[1]["valid_mrr"])
+    best = max(result.best_checkpoints, key=lambda cm: cm[1][task.metric])
     with result.checkpoint.as_directory() as d:
         curve = torch.load(Path(d) / "state.pt", weights_only=False)["curve"]
     shutil.rmtree(best_dir, ignore_errors=True)

@@ -4,7 +4,7 @@
   entity for each train / validation source with FAISS. Each train link becomes one row
   (src text, gold text, ``negatives`` texts sampled from the top ``negative_depth``, gold excluded);
   each validation source keeps its top ``rerank.k`` list and the gold's position in it.
-- Training: ``train_loop.fit`` with the ``reranker`` task (listwise softmax cross-entropy over
+- Training: ``loop.fit`` with a ``RerankerTask`` (the shared Ray Train loop, ``rerank.scaling``) (listwise softmax cross-entropy over
   1 positive + N negatives, ``hiea_ray.core.cross_encoder``), validation Hits@1 / MRR of the
   reranked top-k every ``eval_every`` steps, best checkpoint by validation MRR, resume and
   ``FailureConfig`` as in the retriever job. The retriever's own Hits@1 on the same lists is the
@@ -27,15 +27,17 @@ import pyarrow.compute as pc
 from hiea_ray.config import Config
 from hiea_ray.core import cross_encoder as ce
 from hiea_ray.core.retrieval import knn
-from hiea_ray.ray_layer.stages import TextLookup
+from hiea_ray.io import TextLookup
+from hiea_ray.plots import plot_reranker_curve
+from hiea_ray.train.tasks import RerankerTask
 
 log = logging.getLogger("hiea_ray")
 
 
 def reranker_data(cfg: Config, texts: pa.Table, links: pa.Table, ids: np.ndarray, kg: np.ndarray, vecs: np.ndarray):
-    """-> (train rows table: src, pos, neg; valid dict: src, cand, gold_pos)."""
+    """-> (train rows: src, pos, neg; validation rows: src, cand (k texts), gold_pos), as tables."""
     rc = cfg.rerank
-    rng = np.random.default_rng(rc.seed)
+    rng = np.random.default_rng(rc.scaling.seed)
     text = TextLookup(texts)
     kg2 = ids[kg == 2]
     kg2_vecs = vecs[kg == 2]
@@ -65,54 +67,31 @@ def reranker_data(cfg: Config, texts: pa.Table, links: pa.Table, ids: np.ndarray
     hit = cand == vgold[:, None]
     gold_pos = np.where(hit.any(1), hit.argmax(1), -1)
     cand_text = np.array(text(np.maximum(cand.ravel(), 0)), dtype=object).reshape(cand.shape)
-    vdict = {"src": text(vsrc), "cand": [list(r) for r in cand_text], "gold_pos": gold_pos.tolist()}
-    return rows, vdict
+    vrows = pa.table({"src": text(vsrc), "cand": pa.array([list(r) for r in cand_text], pa.list_(pa.string())),
+                      "gold_pos": pa.array(gold_pos.astype(np.int64))})
+    return rows, vrows
 
 
-def train_reranker(cfg: Config, texts: pa.Table, links: pa.Table, ids, kg, vecs, out: Path, fail_at_step: int | None = None) -> dict:
+def train_reranker(cfg: Config, texts: pa.Table, links: pa.Table, ids, kg, vecs, out: Path) -> dict:
     """Trains the reranker; the best model goes to ``out/model``, the history to ``out/history.json``."""
     from hiea_ray.core.encoder import resolve_model
-    from hiea_ray.ray_layer.train_loop import fit
+    from hiea_ray.train.loop import fit
+    from hiea_ray.train.tasks import valid_lists
 
     rc = cfg.rerank
     t0 = time.time()
     data, valid = reranker_data(cfg, texts, links, ids, kg, vecs)
-    baseline = ce.retriever_metrics(valid)
+    baseline = ce.retriever_metrics(valid_lists(valid))
     log.info(
         "reranker: %d train links x (1 + %d), %d validation lists; retriever valid Hits@1 %.4f",
-        data.num_rows, rc.negatives, len(valid["src"]), baseline["valid_hits@1"],
+        data.num_rows, rc.negatives, valid.num_rows, baseline["valid_hits@1"],
     )
-    opts = asdict(rc)
-    scaling = {k: getattr(rc, k) for k in ("num_workers", "use_gpu", "cpus_per_worker", "max_failures")}
-    res = fit("reranker", opts, scaling, resolve_model(rc.model), data, valid, "reranker", (out / "ray").resolve(),
-              out / "best", fail_at_step)
+    res = fit(RerankerTask(rc.max_length), asdict(rc), resolve_model(rc.model), data, valid, "reranker",
+              (out / "ray").resolve(), out / "best")
     final = out / "model"
     shutil.rmtree(final, ignore_errors=True)
     shutil.move(str(out / "best"), final)
     history = {"retriever_valid": baseline, "wall_s": round(time.time() - t0, 1), "train_links": data.num_rows, **res}
     (out / "history.json").write_text(json.dumps(history, indent=2, default=str))
-    plot_curve(history, out / "curve.png")
+    plot_reranker_curve(history, out / "curve.png")
     return {"model": str(final), **history}
-
-
-def plot_curve(history: dict, path: Path) -> None:
-    """Listwise loss per step, and validation Hits@1 of the best checkpoint vs the retriever's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    c = np.array(history.get("curve") or [[0, np.nan]], dtype=float)
-    a.plot(c[:, 0], c[:, 1], lw=0.8)
-    a.set_xlabel("step")
-    a.set_ylabel("listwise loss")
-    vals = [history["retriever_valid"]["valid_hits@1"], history["best"]["valid_hits@1"]]
-    b.bar(["retriever", "reranker"], vals, color=["#999", "#37c"])
-    for x, v in enumerate(vals):
-        b.text(x, v + 0.01, f"{v:.3f}", ha="center")
-    b.set_ylim(0, 1.1)
-    b.set_ylabel("validation Hits@1 (top-k lists)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,0 +1,109 @@
+"""Ray Data plumbing: joining Ray, and the resumable map over Parquet parts that embed, rerank (and
+later the LLM stages) share.
+
+    read Parquet -> drop rows already written (resume) -> repartition into blocks
+                 -> the stage's callable class on an actor pool -> Parquet part files
+
+The callable classes themselves are plain Python (``hiea_ray.stages.*``), tested without Ray;
+a ``MapSpec`` says how to chain one: the class, its constructor arguments, ``map_batches``
+options (batch size and format, CPUs / GPUs per actor). Ray is imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def init_ray(cfg) -> None:
+    """Join the cluster at ray.address / $RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, **kwargs)
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+    else:
+        # "local": always a new instance; never attach to another one found on this machine.
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+    ray.data.DataContext.get_current().enable_progress_bars = True
+
+
+@dataclass
+class MapSpec:
+    """How to chain one callable class: the class, its arguments, ``map_batches`` options."""
+
+    cls: type
+    constructor_kwargs: dict = field(default_factory=dict)
+    map_batches_kwargs: dict = field(default_factory=dict)
+
+
+def resolve(obj):
+    """An object ref (under Ray) or the object itself."""
+    if type(obj).__name__ == "ObjectRef":
+        import ray
+
+        return ray.get(obj)
+    return obj
+
+
+class DropDone:
+    """Filters out rows whose id (``column``) was already processed (resume)."""
+
+    def __init__(self, done, column: str = "id"):
+        self.done = pa.array(resolve(done))
+        self.column = column
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.invert(pc.is_in(batch[self.column], value_set=self.done)))
+
+
+def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per_block: int,
+                done: np.ndarray | None = None, column: str = "id") -> None:
+    """A resumable Ray Data stage: read Parquet -> drop rows whose ``column`` is in ``done`` ->
+    the stage class on an actor pool -> Parquet part files in ``parts``."""
+    import ray
+
+    ds = ray.data.read_parquet(str(src))
+    if done is not None and len(done):
+        ds = ds.map_batches(
+            DropDone,
+            fn_constructor_kwargs={"done": ray.put(done), "column": column},
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=0,
+        )
+    # The Parquet reader bundles small files into one read task (one block), and an actor pool
+    # hands whole blocks to actors: without this, every row went to a single actor whatever
+    # num_actors was, and the stage wrote a single part file (nothing to resume).
+    # Streaming repartition: blocks of <= rows_per_block rows, spread over the actors/nodes.
+    ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
+    ds = ds.map_batches(
+        spec.cls,
+        fn_constructor_kwargs=spec.constructor_kwargs,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        **spec.map_batches_kwargs,
+    )
+    ds.write_parquet(str(parts))
+
+
+def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int) -> None:
+    """In-memory Arrow blocks -> the stage class on an actor pool -> Parquet files in ``out``
+    (one file per block: a later stage's actor pool spreads them over the nodes)."""
+    import ray
+
+    ds = ray.data.from_arrow(blocks).map_batches(
+        spec.cls,
+        fn_constructor_kwargs=spec.constructor_kwargs,
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        **spec.map_batches_kwargs,
+    )
+    ds.write_parquet(str(out))

@@ -1,0 +1,42 @@
+"""retrieve (FAISS on the driver): top ``retrieve.k`` candidates per source and per target.
+
+For each evaluation protocol (``core.metrics.protocol_sets``): ``<protocol>/s2t.parquet`` (each
+source's ranked targets) and ``t2s.parquet`` (each target's ranked sources), in the ranked-list
+contract of ``hiea_ray.io``. Memory: the vectors plus O(query_batch * k).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from hiea_ray.core.metrics import protocol_sets
+from hiea_ray.core.retrieval import knn
+from hiea_ray.io import ids_or_pad, rows_of, write_lists
+from hiea_ray.stages.base import RunContext, StageDef
+
+
+def run(ctx: RunContext, tmp: Path) -> dict:
+    test = ctx.pair().links_of("test")
+    ids, kg, vecs = ctx.embeddings()
+    k = ctx.cfg.retrieve.k
+    rows = 0
+    t0 = time.time()
+    for protocol in ctx.cfg.evaluate.protocols:
+        q, b = protocol_sets(protocol, test["src"].to_numpy(), test["tgt"].to_numpy(), ids, kg)
+        Q, B = vecs[rows_of(ids, q)], vecs[rows_of(ids, b)]
+        d = tmp / protocol
+        d.mkdir(parents=True, exist_ok=True)
+        with tqdm(total=len(q) + len(b), desc=f"retrieve {protocol}", unit="ent", leave=False) as bar:
+            s, i = knn(Q, B, k, ctx.cfg.retrieve, progress=bar.update)
+            s2, i2 = knn(B, Q, k, ctx.cfg.retrieve, progress=bar.update)
+        write_lists(d / "s2t.parquet", q, ids_or_pad(b, i), s)
+        write_lists(d / "t2s.parquet", b, ids_or_pad(q, i2), s2)
+        rows += len(q) + len(b)
+    wall = time.time() - t0
+    return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "k": k}
+
+
+STAGE = StageDef(name="retrieve", body=run, reads=("embed",), config=("retrieve", "evaluate.protocols"))

@@ -1,0 +1,96 @@
+"""Training tasks: what differs between the jobs the one Ray Train loop (``train.loop``) runs.
+
+A task is a small picklable object made on the driver and shipped to the workers. It names its
+checkpoint ``metric``, loads its model, runs one optimizer step on a batch, validates on an Arrow
+table of validation rows, and saves a model folder that the next stage loads. The steps
+themselves are the Ray-free functions of ``hiea_ray.core``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TrainTask:
+    name = ""
+    # The validation metric that picks the best checkpoint (higher is better).
+    metric = "valid_mrr"
+
+    def load(self, path: str):
+        """-> (model, tokenizer)."""
+        raise NotImplementedError
+
+    def step(self, model, tokenizer, optimizer, scheduler, batch, opts: dict, device, amp_dtype) -> float:
+        raise NotImplementedError
+
+    def evaluate(self, model, tokenizer, valid, opts: dict, device) -> dict:
+        """valid: a ``pyarrow.Table`` of validation rows -> metrics (must contain ``metric``)."""
+        raise NotImplementedError
+
+    def save(self, model, tokenizer, folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
+class RetrieverTask(TrainTask):
+    """The bi-encoder: InfoNCE steps, validation MRR of the valid links' targets; trains, validates
+    and saves with the same pooling the embed stage uses (``pooling``: mean | cls, resolved)."""
+
+    name = "retriever"
+
+    def __init__(self, pooling: str, max_length: int):
+        self.pooling = pooling
+        self.max_length = max_length
+
+    def load(self, path):
+        from transformers import AutoModel, AutoTokenizer
+
+        return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+    def step(self, model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype):
+        from hiea_ray.core.bi_encoder_train import train_step
+
+        return train_step(model, tokenizer, optimizer, scheduler, batch,
+                          {**opts, "pooling": self.pooling, "max_length": self.max_length}, device, amp_dtype)
+
+    def evaluate(self, model, tokenizer, valid, opts, device):
+        from hiea_ray.core.bi_encoder_train import evaluate
+
+        return evaluate(model, tokenizer, valid["src"].to_pylist(), valid["tgt"].to_pylist(), self.max_length, device,
+                        pooling=self.pooling)
+
+    def save(self, model, tokenizer, folder):
+        from hiea_ray.core.encoder import write_pooling
+
+        super().save(model, tokenizer, folder)
+        write_pooling(folder, self.pooling, int(model.config.hidden_size))
+
+
+class RerankerTask(TrainTask):
+    """The cross-encoder: listwise steps, validation MRR of the reranked top-k lists."""
+
+    name = "reranker"
+
+    def __init__(self, max_length: int):
+        self.max_length = max_length
+
+    def load(self, path):
+        from hiea_ray.core.cross_encoder import load_reranker
+
+        return load_reranker(path)
+
+    def step(self, model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype):
+        from hiea_ray.core.cross_encoder import train_step
+
+        return train_step(model, tokenizer, optimizer, scheduler, batch, {**opts, "max_length": self.max_length}, device,
+                          amp_dtype)
+
+    def evaluate(self, model, tokenizer, valid, opts, device):
+        from hiea_ray.core.cross_encoder import evaluate
+
+        return evaluate(model, tokenizer, valid_lists(valid), self.max_length, device)
+
+
+def valid_lists(valid) -> dict:
+    """Reranker validation rows (src, cand list, gold_pos) as the dict ``cross_encoder.evaluate`` takes."""
+    return {"src": valid["src"].to_pylist(), "cand": valid["cand"].to_pylist(), "gold_pos": valid["gold_pos"].to_pylist()}
