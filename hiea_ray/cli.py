@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hiea_ray.errors import UserError
+from hiea_ray.errors import Terminated, UserError, file_system_error, handle_sigterm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,19 +50,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def format_summary(pipe, metrics: dict) -> str:
-    lines = ["", "stage       status    wall_s   rows/s"]
+    lines = ["", "stage         status    wall_s   rows/s"]
     for name, t in pipe.timings.items():
         status = "reused" if t["reused"] else "ran"
         rps = t.get("rows_per_s")
-        lines.append(f"{name:<11} {status:<8} {t['wall_s'] or 0:>7.1f}  {rps if rps is not None else '':>8}")
+        lines.append(f"{name:<13} {status:<8} {t['wall_s'] or 0:>7.1f}  {rps if rps is not None else '':>8}")
     allp = metrics["all_protocols"]["metrics"]
-    lines += ["", f"{'protocol':<12} {'decoder':<9} {'hits@1':>7} {'hits@10':>8} {'mrr':>7} {'P':>7} {'R':>7} {'F1':>7}"]
+    h_at = sorted(pipe.cfg.evaluate.hits_at)
+    hits = [f"hits@{h}" for h in (h_at[:1] + h_at[-1:] if len(h_at) > 1 else h_at)]  # the smallest and largest
+    lines += ["", f"{'protocol':<12} {'decoder':<9} " + " ".join(f"{h:>8}" for h in hits)
+              + f" {'mrr':>7} {'P':>7} {'R':>7} {'F1':>7}"]
     for protocol in pipe.cfg.evaluate.protocols:  # config order (metrics.json is key-sorted)
         for name in pipe.cfg.decode.decoders:
             m = allp[protocol][name]
             lines.append(
-                f"{protocol:<12} {name:<9} {m['hits@1']:>7.4f} {m.get('hits@10', 0):>8.4f} {m['mrr']:>7.4f} "
-                f"{m['precision']:>7.4f} {m['recall']:>7.4f} {m['f1']:>7.4f}"
+                f"{protocol:<12} {name:<9} " + " ".join(f"{m[h]:>8.4f}" for h in hits)
+                + f" {m['mrr']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f} {m['f1']:>7.4f}"
             )
     return "\n".join(lines)
 
@@ -77,7 +80,10 @@ def _align(data: Path, out: Path, args) -> int:
     t0 = time.time()
     pipe = Pipeline(cfg, data, out)
     result = pipe.run_all(until=args.until)
-    (out / "config.resolved.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    resolved = out / "config.resolved.json"
+    text = json.dumps(cfg.to_dict(), indent=2)
+    if not resolved.is_file() or resolved.read_text() != text:  # a finished read-only run still reports
+        resolved.write_text(text)
     if args.until == "evaluate":
         print(format_summary(pipe, result))
         print(f"\nmetrics: {out / 'metrics.json'}  plot: {out / 'evaluate' / 'metrics.png'}  total {time.time() - t0:.1f}s")
@@ -93,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    handle_sigterm()
     try:
         if args.cmd == "synth":
             from hiea_ray.kg.synthetic import generate
@@ -111,9 +118,29 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"hiea-ray: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hiea-ray: interrupted; finished stages are kept, re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"hiea-ray: {what}; finished stages are kept, re-run the same command to resume", file=sys.stderr)
+        _shutdown_ray()
+        return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:  # noqa: BLE001 - only file-system trouble is turned into one line; the rest re-raises
+        fs = file_system_error(e)
+        if fs is None:
+            raise
+        print(f"hiea-ray: error: {fs.filename or ''}{': ' if fs.filename else ''}{fs.strerror} "
+              "(nothing half-written is kept; free space or fix permissions and re-run)", file=sys.stderr)
+        _shutdown_ray()
+        return 2
+
+
+def _shutdown_ray() -> None:
+    """Stop the local Ray this process started (quietly), so an interrupted run exits cleanly."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ class DataConfig:
     seed: int = 0
     # Skip malformed lines (counted in the ingest report) instead of stopping at the first one.
     skip_bad_lines: bool = False
+    # Keep gold links whose source (or target) is linked to another entity already (1-to-many
+    # gold); counted in the ingest report. Off: such a link is an error naming both lines.
+    one_to_many: bool = False
     # OpenEA only: which 721_5fold/N split to use.
     openea_fold: int = 1
 
@@ -303,6 +306,9 @@ class Config:
             if value not in allowed:
                 raise UserError(f"config field {name}: {value!r} is not one of {sorted(allowed)}")
         _check_index(self.retrieve.index)
+        for h in self.evaluate.hits_at:
+            if h < 1:
+                raise UserError(f"config field evaluate.hits_at: {h} must be >= 1")
         for d in self.decode.decoders:
             if d not in {"top1", "csls", "sinkhorn", "structure"}:
                 raise UserError(f"config field decode.decoders: unknown decoder {d!r}")
@@ -343,10 +349,42 @@ class Config:
             raise UserError("config field decode.fusion_weight: must be in [0, 1]")
         if self.decode.hungarian_max_block < 1:
             raise UserError("config field decode.hungarian_max_block: must be >= 1")
+        for name, values in (("evaluate.protocols", self.evaluate.protocols), ("decode.decoders", self.decode.decoders),
+                             ("evaluate.hits_at", self.evaluate.hits_at)):
+            if not values:
+                raise UserError(f"config field {name}: must not be empty")
+            if len(set(values)) != len(values):
+                raise UserError(f"config field {name}: {values} lists an entry twice")
+        for name, lo, strict in _RANGES:
+            value = select(self, name)
+            if value is not None and (value <= lo if strict else value < lo) or value != value:
+                raise UserError(f"config field {name}: {value!r} must be {'>' if strict else '>='} {lo}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# Numeric fields and their lower bound: (field, bound, strictly greater).
+_RANGES = [
+    *[(f, 1, False) for f in (
+        "verbalize.max_words", "verbalize.batch_size", "verbalize.num_actors", "embed.batch_size", "embed.max_length",
+        "embed.num_actors", "embed.rows_per_batch", "retrieve.query_batch", "retrieve.ivf_nlist", "retrieve.ivf_nprobe",
+        "retrieve.hnsw_ef_search", "decode.sinkhorn_iters", "data.openea_fold", "train.rounds", "train.epochs_per_round",
+        "train.batch_size", "train.eval_every", "rerank.k", "rerank.max_length", "rerank.epochs", "rerank.batch_size",
+        "rerank.eval_every", "rerank.valid_links", "rerank.infer_batch_size", "rerank.rows_per_batch", "rerank.num_actors",
+        "ray.num_cpus")],
+    *[(f, 0, False) for f in (
+        "verbalize.max_neighbors", "embed.torch_threads", "embed.gpus_per_actor", "train.warmup_steps",
+        "train.hard_negatives", "rerank.max_train_links", "rerank.warmup_steps", "rerank.gpus_per_actor",
+        "rerank.torch_threads", "train.scaling.torch_threads", "rerank.scaling.torch_threads")],
+    *[(f, 0, True) for f in (
+        "embed.cpus_per_actor", "decode.sinkhorn_tau", "train.lr", "train.temperature", "rerank.lr", "rerank.cpus_per_actor",
+        "train.scaling.cpus_per_worker", "rerank.scaling.cpus_per_worker", "decode.score_scale")],
+    ("retrieve.hnsw_m", 2, False),
+    ("train.scaling.max_failures", -1, False),
+    ("rerank.scaling.max_failures", -1, False),
+]
 
 
 def _check_index(spec: str) -> None:
@@ -496,7 +534,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise UserError(f"{p}: config file not found")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise UserError(f"{p}: cannot read ({e.strerror})") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""

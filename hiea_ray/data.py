@@ -11,6 +11,7 @@ options (batch size and format, CPUs / GPUs per actor). Ray is imported only ins
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,24 @@ import pyarrow.compute as pc
 
 
 def init_ray(cfg) -> None:
-    """Join the cluster at ray.address / $RAY_ADDRESS (as under `ray job submit`), else start a local one."""
+    """Join the cluster at ray.address / $RAY_ADDRESS (as under `ray job submit`), else start a local one.
+
+    When the ``hiea_ray`` logger is quieter than INFO (``hiea-ray -q``), Ray's own INFO lines,
+    progress bars and worker output are kept off the terminal too (they stay in Ray's log files)."""
     import ray
+
+    from hiea_ray.errors import handle_sigterm
 
     if ray.is_initialized():
         return
-    kwargs = {"ignore_reinit_error": True, "log_to_driver": True}
+    quiet = not logging.getLogger("hiea_ray").isEnabledFor(logging.INFO)
+    if quiet:
+        for name in ("ray", "ray.data", "ray.train", "ray.serve"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": not quiet}
+    if quiet:
+        kwargs["logging_level"] = logging.ERROR
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the C++ core's stderr lines
     if cfg.ray.address:
         ray.init(address=cfg.ray.address, **kwargs)
     elif os.environ.get("RAY_ADDRESS"):
@@ -34,7 +47,13 @@ def init_ray(cfg) -> None:
     else:
         # "local": always a new instance; never attach to another one found on this machine.
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-    ray.data.DataContext.get_current().enable_progress_bars = True
+    handle_sigterm()  # ray.init installs its own SIGTERM handler in the driver
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = not quiet
+    if quiet:
+        ctx.print_on_execution_start = False
+        for name in ("ray", "ray.data", "ray.train"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @dataclass

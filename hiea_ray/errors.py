@@ -12,3 +12,45 @@ class UserError(Exception):
 
 def line_error(path, lineno: int, message: str) -> UserError:
     return UserError(f"{path}:{lineno}: {message}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what cluster schedulers and `kill` send), ended like Ctrl-C."""
+
+
+def handle_sigterm() -> None:
+    """Turn SIGTERM into ``Terminated`` in the main thread (re-installed after ``ray.init``, which
+    sets its own handler)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _raise(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+# errno values of file-system trouble a user can fix (permissions, a full or read-only disk).
+_FS_ERRNOS = {"EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "EFBIG", "EMFILE", "ENAMETOOLONG", "ENOTDIR", "EISDIR"}
+
+
+def file_system_error(exc: BaseException) -> OSError | None:
+    """The OSError of file-system trouble behind an exception (its cause chain, or the cause a Ray
+    task error carries), or None."""
+    import errno
+
+    codes = {getattr(errno, n) for n in _FS_ERRNOS if hasattr(errno, n)}
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in codes:
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,16 +27,52 @@ from pathlib import Path
 from hiea_ray.kg.model import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
+log = logging.getLogger("hiea_ray")
 
 
-def fingerprint_files(folder: Path) -> str:
-    """Cheap content fingerprint of an input folder: relative path, size, mtime of every file."""
+def fingerprint_files(path: Path, cache: Path | None = None) -> str:
+    """Content fingerprint of an input file or folder: every file's relative path and the sha256
+    of its bytes. Digests are cached in the JSON file ``cache`` by (size, mtime, ctime, inode):
+    any write changes the ctime, which no ``touch`` can set back, so a same-size rewrite with its
+    mtime restored is hashed again, never served from the cache."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    known = _load_cache(cache)
+    fresh: dict[str, list] = {}
     h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for f in files:
+        st = f.stat()
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        key = str(f.resolve())
+        entry = known.get(key)
+        if entry is None or entry[:4] != stamp:
+            with open(f, "rb") as fh:
+                entry = stamp + [hashlib.file_digest(fh, "sha256").hexdigest()]
+        fresh[key] = entry
+        rel = f.name if f == path else str(f.relative_to(path))
+        h.update(f"{rel}\0{entry[4]}\n".encode())
+    if cache is not None and any(known.get(k) != v for k, v in fresh.items()):
+        _save_cache(cache, {**known, **fresh})
     return h.hexdigest()[:16]
+
+
+def _load_cache(cache: Path | None) -> dict:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        return json.loads(cache.read_text())
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+def _save_cache(cache: Path, entries: dict) -> None:
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.part")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, cache)
+    except OSError:  # a read-only run folder: fingerprints are recomputed next time
+        pass
 
 
 class Stage:
@@ -57,9 +94,27 @@ class Stage:
             return None
 
     def fresh(self) -> bool:
+        """Same key as the finished stage, and its outputs still on disk as the manifest lists
+        them (every file, same size); a damaged stage is reported and not fresh (it re-runs)."""
         self._finish_interrupted_commit()
         m = self.manifest()
-        return m is not None and all(m.get(k) == v for k, v in self.key.items())
+        if m is None or not all(m.get(k) == v for k, v in self.key.items()):
+            return False
+        damaged = self.damaged(m)
+        if damaged:
+            log.warning("stage %s: %s; re-running it", self.name, damaged)
+            return False
+        return True
+
+    def damaged(self, m: dict) -> str | None:
+        """What is wrong with a finished stage's outputs against its manifest, or None."""
+        for rel, size in (m.get("outputs") or {}).items():
+            p = self.final / rel
+            if not p.is_file():
+                return f"output {p} is missing"
+            if p.stat().st_size != size:
+                return f"output {p} has {p.stat().st_size} bytes, its manifest says {size}"
+        return None
 
     def _finish_interrupted_commit(self) -> None:
         """A kill between commit's two renames leaves a complete tmp folder and no final one."""

@@ -26,9 +26,11 @@ Run folder layout::
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from hiea_ray.config import Config, section_hash
+from hiea_ray.errors import UserError
 from hiea_ray.manifest import Stage
 from hiea_ray.stages import REGISTRY, STAGES, RunContext, StageDef
 
@@ -68,7 +70,11 @@ class Pipeline(RunContext):
             if sd.check is not None:
                 sd.check(self)
             tmp = st.begin()
-            stats = sd.body(self, tmp)
+            try:
+                stats = sd.body(self, tmp)
+            except UserError:  # a mistake in the input: nothing of this stage is kept
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             st.commit(stats, keep_if_identical=sd.early_cutoff)
         m = st.manifest() or {}
         self.timings[name] = {

@@ -18,7 +18,9 @@ def plot_metrics(metrics: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(protocols), figsize=(5 * len(protocols), 3.5), squeeze=False)
     for ax, p in zip(axes[0], protocols):
         names = list(metrics[p])
-        keys = ["hits@1", "hits@10", "mrr", "f1"]
+        hits = sorted({k for n in names for k in metrics[p][n] if k.startswith("hits@")}, key=lambda k: int(k[5:]))
+        keys = hits[:1] + hits[-1:] if len(hits) > 1 else hits
+        keys += ["mrr", "f1"]
         width = 0.8 / len(keys)
         for j, key in enumerate(keys):
             vals = [metrics[p][n].get(key, 0) for n in names]

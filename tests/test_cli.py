@@ -164,7 +164,7 @@ def test_align_end_to_end_prints_summary(ray_for_cli, synthetic_dir, tiny_encode
     assert main(argv) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
-    header = lines.index("stage       status    wall_s   rows/s")
+    header = lines.index("stage         status    wall_s   rows/s")
     stage_rows = [ln.split() for ln in lines[header + 1 : header + 1 + len(STAGES)]]
     assert [r[0] for r in stage_rows] == STAGES
     ray_stages = {"ingest", "verbalize", "embed"}
@@ -203,6 +203,6 @@ def test_align_end_to_end_prints_summary(ray_for_cli, synthetic_dir, tiny_encode
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "config.resolved.json"}
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    header = lines.index("stage       status    wall_s   rows/s")
+    header = lines.index("stage         status    wall_s   rows/s")
     assert [ln.split()[1] for ln in lines[header + 1 : header + 1 + len(STAGES)]] == ["reused"] * len(STAGES)
     assert {p: p.stat().st_mtime_ns for p in before} == before

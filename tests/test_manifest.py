@@ -96,26 +96,40 @@ def test_commit_replaces_old_final_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embed"]  # no .embed.old / .embed.tmp
 
 
-def test_fingerprint_files(tmp_path):
+def test_fingerprint_files_follows_content_not_mtimes(tmp_path):
     d = tmp_path / "data"
     (d / "sub").mkdir(parents=True)
     (d / "a").write_text("hello")
     (d / "sub" / "b").write_text("world")
-    f0 = fingerprint_files(d)
-    assert fingerprint_files(d) == f0
+    cache = tmp_path / "cache.json"
+    f0 = fingerprint_files(d, cache)
+    assert fingerprint_files(d, cache) == f0 == fingerprint_files(d)
     (d / "a").write_text("hello!")  # size changes
-    f1 = fingerprint_files(d)
+    f1 = fingerprint_files(d, cache)
     assert f1 != f0
     st = (d / "a").stat()
-    os.utime(d / "a", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # same size, newer mtime
-    f2 = fingerprint_files(d)
-    assert f2 != f1
+    os.utime(d / "a", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # same bytes, newer mtime (a copy)
+    assert fingerprint_files(d, cache) == f1
     (d / "sub" / "c").write_text("")  # a new file
-    assert fingerprint_files(d) != f2
+    assert fingerprint_files(d, cache) != f1
     (d / "sub" / "c").unlink()
-    assert fingerprint_files(d) == f2
+    assert fingerprint_files(d, cache) == f1
     (d / "sub" / "b").rename(d / "sub" / "b2")  # a rename
-    assert fingerprint_files(d) != f2
+    assert fingerprint_files(d, cache) != f1
+
+
+def test_same_size_rewrite_with_restored_mtime_is_seen(tmp_path):
+    """`touch -r`: the bytes change, size and mtime stay; the cached digest must not be served."""
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"A" * 1000)
+    cache = tmp_path / "cache.json"
+    before = fingerprint_files(f, cache)
+    st = f.stat()
+    with open(f, "r+b") as fh:  # in place: same inode, same size
+        fh.write(b"B")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_size == st.st_size and f.stat().st_mtime_ns == st.st_mtime_ns
+    assert fingerprint_files(f, cache) != before
 
 
 def test_early_cutoff_keeps_the_fingerprint_of_identical_outputs(tmp_path):

@@ -84,7 +84,7 @@ def test_stage_inputs_are_the_enabled_upstream_stages(tmp_path):
         st.commit()
     off = RunContext(load_config(), tmp_path, tmp_path)
     on = RunContext(load_config(overrides=["train.enabled=true", "rerank.enabled=true", "rerank.train=false"]), tmp_path, tmp_path)
-    assert set(stage_key(REGISTRY["embed"], off)[1]) == {"verbalize"}
+    assert set(stage_key(REGISTRY["embed"], off)[1]) == {"verbalize", "model"}  # the encoder by content
     assert set(stage_key(REGISTRY["embed"], on)[1]) == {"verbalize", "train"}
     assert set(stage_key(REGISTRY["decode"], off)[1]) == {"retrieve"}
     assert set(stage_key(REGISTRY["decode"], on)[1]) == {"retrieve", "rerank"}

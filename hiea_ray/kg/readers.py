@@ -62,17 +62,29 @@ class _Lines:
         self.skipped = skipped
 
     def need(self, path: Path) -> Path:
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: is a directory, expected a file")
         if not path.is_file():
             raise UserError(f"{path}: required file is missing")
         return path
 
+    @staticmethod
+    def optional(path: Path) -> bool:
+        """An optional file: absent is fine, present must be a file."""
+        if path.exists() and not path.is_file():
+            raise UserError(f"{path}: is a directory, expected a file")
+        return path.is_file()
+
     def rows(self, path: Path, min_fields: int, max_fields: int | None = None):
-        """Yield (lineno, fields) for each non-empty line with an allowed number of fields."""
+        """Yield (lineno, fields) for each non-empty line with an allowed number of fields.
+        A UTF-8 byte order mark at the top of the file is not part of the first field."""
         self.need(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as e:
             raise UserError(f"{path}: not UTF-8 text ({e})") from None
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror})") from None
         for lineno, line in enumerate(text.split("\n"), 1):
             line = line.rstrip("\r")
             if not line.strip():
@@ -100,6 +112,7 @@ class _RawPair:
         self.triples = {1: [], 2: []}  # (head idx, relation, tail idx)
         self.attrs = {1: [], 2: []}  # (entity idx, attribute, value)
         self.links = []  # (kg1 idx, kg2 idx, split)
+        self.one_to_many = 0  # links kept although their source or target was linked already
 
     def add_entity(self, kg: int, key: str, uri: str) -> int:
         idx = self.keys[kg].get(key)
@@ -108,6 +121,31 @@ class _RawPair:
             self.uris[kg].append(uri)
             self.names[kg].append(uri_name(uri))
         return idx
+
+
+class _Links:
+    """One-to-one check of the gold links: a source linked to two targets (or a target to two
+    sources) is an error naming both lines, unless ``data.one_to_many`` allows it (then counted)."""
+
+    def __init__(self, lines: _Lines, cfg: DataConfig):
+        self.lines = lines
+        self.allow = cfg.one_to_many
+        self.by_src: dict[str, tuple[str, str]] = {}  # src -> (tgt, "file:line")
+        self.by_tgt: dict[str, tuple[str, str]] = {}
+        self.extra = 0
+
+    def add(self, a: str, b: str, path: Path, lineno: int) -> bool:
+        for key, other, index, side in ((a, b, self.by_src, "source"), (b, a, self.by_tgt, "target")):
+            prev = index.get(key)
+            if prev is not None and prev[0] != other:
+                if not self.allow:
+                    self.lines.bad(path, lineno, f"{side} {key} is already linked to {prev[0]} ({prev[1]}); links must be "
+                                   "one-to-one (set data.one_to_many=true to keep such links)")
+                    return False
+                self.extra += 1
+        self.by_src.setdefault(a, (b, f"{path.name}:{lineno}"))
+        self.by_tgt.setdefault(b, (a, f"{path.name}:{lineno}"))
+        return True
 
 
 def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair, Counter]:
@@ -140,10 +178,12 @@ def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair,
                 lines.bad(path, lineno, f"relation id {r} is not in rel_ids_1/rel_ids_2")
                 continue
             raw.triples[kg].append((ids[h], relations[r], ids[t]))
+        if not raw.triples[kg]:
+            raise UserError(f"{path}: no relation triples (KG{kg} would have no structure)")
     if cfg.names == "translated":
         for kg in (1, 2):
             path = folder / f"ent_names_translated_{kg}"
-            if not path.is_file():
+            if not lines.optional(path):
                 continue
             ids = raw.keys[kg]
             for lineno, fields in lines.rows(path, 1, 2):
@@ -158,25 +198,36 @@ def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair,
         link_files = [("sup_pairs", "train"), ("ref_pairs", "test")]
     else:
         link_files = [("sup_ent_ids", "train"), ("ref_ent_ids", "all")]
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], tuple[str, str]] = {}  # link -> (split, file)
+    links = _Links(lines, cfg)
     for fname, split in link_files:
         path = folder / fname
+        n_read = 0
         for lineno, (a, b) in lines.rows(path, 2, 2):
             if owner.get(a) != 1 or owner.get(b) != 2:
                 bad = a if owner.get(a) != 1 else b
                 side = "ent_ids_1" if bad == a else "ent_ids_2"
                 lines.bad(path, lineno, f"link entity id {bad} is not in {side}")
                 continue
+            n_read += 1
             if (a, b) in seen:
-                if seen[(a, b)] == split:
-                    lines.bad(path, lineno, f"link {a} {b} appears twice")
-                continue  # SRPRS: ref_ent_ids repeats the train links; they stay train
-            seen[(a, b)] = "test" if split == "all" else split
-    raw.links = [(raw.keys[1][a], raw.keys[2][b], s) for (a, b), s in seen.items()]
+                first_split, first_file = seen[(a, b)]
+                if first_file == fname:
+                    lines.bad(path, lineno, f"link {a} {b} appears twice in {fname}")
+                elif fmt == "dbp15k":
+                    lines.bad(path, lineno, f"link {a} {b} is in both {first_file} ({first_split}) and {fname} ({split})")
+                continue  # SRPRS: ref_ent_ids lists all links, the train ones included; they stay train
+            if not links.add(a, b, path, lineno):
+                continue
+            seen[(a, b)] = ("test" if split == "all" else split, fname)
+        if n_read == 0:
+            raise UserError(f"{path}: no alignment links")
+    raw.links = [(raw.keys[1][a], raw.keys[2][b], s) for (a, b), (s, _) in seen.items()]
+    raw.one_to_many = links.extra
     if fmt == "srprs":
         for kg in (1, 2):
             path = folder / f"training_attrs_{kg}"
-            if not path.is_file():
+            if not lines.optional(path):
                 continue
             by_uri = {uri: i for i, uri in enumerate(raw.uris[kg])}
             for lineno, fields in lines.rows(path, 1):
@@ -196,8 +247,10 @@ def _read_openea(folder: Path, cfg: DataConfig) -> tuple[_RawPair, Counter]:
         path = folder / f"rel_triples_{kg}"
         for lineno, (h, r, t) in lines.rows(path, 3, 3):
             raw.triples[kg].append((raw.add_entity(kg, h, h), r, raw.add_entity(kg, t, t)))
+        if not raw.triples[kg]:
+            raise UserError(f"{path}: no relation triples (KG{kg} would have no entities)")
         path = folder / f"attr_triples_{kg}"
-        if path.is_file():
+        if lines.optional(path):
             for lineno, fields in lines.rows(path, 3):
                 e, a, v = fields[0], fields[1], "\t".join(fields[2:])
                 raw.attrs[kg].append((raw.add_entity(kg, e, e), a, v))
@@ -205,18 +258,27 @@ def _read_openea(folder: Path, cfg: DataConfig) -> tuple[_RawPair, Counter]:
     split_files = [(fold / f"{s}_links", s) for s in ("train", "valid", "test")]
     if not fold.is_dir():
         raise UserError(f"{fold}: split folder missing (set data.openea_fold to an existing fold)")
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], str] = {}  # link -> the file it was first read from
+    links = _Links(lines, cfg)
     for path, split in split_files:
+        n_read = 0
         for lineno, (a, b) in lines.rows(path, 2, 2):
             if a not in raw.keys[1] or b not in raw.keys[2]:
                 bad = a if a not in raw.keys[1] else b
                 lines.bad(path, lineno, f"link entity {bad!r} appears in no triple of its KG")
                 continue
+            n_read += 1
             if (a, b) in seen:
-                lines.bad(path, lineno, f"link {a} {b} appears in two splits")
+                where = f"twice in {path.name}" if seen[(a, b)] == path.name else f"in both {seen[(a, b)]} and {path.name}"
+                lines.bad(path, lineno, f"link {a} {b} appears {where}")
                 continue
-            seen.add((a, b))
+            if not links.add(a, b, path, lineno):
+                continue
+            seen[(a, b)] = path.name
             raw.links.append((raw.keys[1][a], raw.keys[2][b], split))
+        if n_read == 0 and split in ("train", "test"):
+            raise UserError(f"{path}: no alignment links")
+    raw.one_to_many = links.extra
     # ent_links must be readable even though the fold files carry the split.
     for _ in lines.rows(folder / "ent_links", 2, 2):
         pass
@@ -311,6 +373,7 @@ def read_pair(folder: str | Path, cfg: DataConfig | None = None) -> KGPair:
         "attr_triples": {"kg1": len(raw.attrs[1]), "kg2": len(raw.attrs[2])},
         "links": dict(sorted(splits.items())),
         "skipped_lines": dict(sorted(skipped.items())),
+        **({"one_to_many_links": raw.one_to_many} if cfg.one_to_many else {}),
         "names": cfg.names,
     }
     return pair

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hiea_ray.errors import UserError
+
 SYL = ["ka", "lo", "mi", "ra", "ten", "vo", "shi", "dan", "el", "por", "ru", "bek", "ia", "zor",
        "nel", "ha", "qui", "ost", "la", "mar", "ti", "fen", "go", "wyn", "cha", "ul", "ber", "sa",
        "phi", "dro", "yen", "kas", "mo", "thu", "ver", "li", "ang", "bo", "cel", "ou"]
@@ -26,6 +28,8 @@ WORK_ADJ = ["Silent", "Broken", "Golden", "Last", "Hidden", "Red", "Endless", "N
 WORK_NOUN = ["River", "Garden", "Empire", "Song", "Winter", "Machine", "Harbor", "Dream", "Mirror", "Road"]
 
 TYPES = ["person", "city", "country", "org", "work"]
+# Fewer entities leave no train / valid / test links to split (and the world generator fails).
+MIN_ENTITIES = 50
 TYPE_SHARE = [0.4, 0.2, 0.03, 0.15, 0.22]
 # (name, head type, tail type): relation vocabularies differ between the views.
 RELATIONS = [
@@ -139,6 +143,8 @@ def generate(
 ) -> dict:
     """Write a synthetic pair in OpenEA format to ``out``; returns its counts."""
     rng = np.random.default_rng(seed)
+    if n_entities < MIN_ENTITIES:
+        raise UserError(f"--entities {n_entities}: a synthetic pair needs at least {MIN_ENTITIES} entities")
     w = make_world(n_entities, rng)
     n = len(w.names)
     side = rng.random(n)

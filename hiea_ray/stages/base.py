@@ -68,6 +68,21 @@ class RunContext:
     def fingerprint(self, name: str) -> str:
         return self.stage(name).fingerprint()
 
+    def content_fingerprint(self, path: str | Path) -> str:
+        """Content fingerprint of an input file or folder (digests cached in the run folder)."""
+        from hiea_ray.manifest import fingerprint_files
+
+        return fingerprint_files(Path(path), self.run / ".cache" / "digests.json")
+
+    def model_fingerprint(self, model: str) -> str:
+        """A model named in the config, by content when it is a folder (the packaged default
+        included), so new weights at the same path re-run what used the old ones; a hub id by
+        its name (its files live in the HF cache)."""
+        from hiea_ray.core.encoder import resolve_model
+
+        path = Path(resolve_model(model))
+        return self.content_fingerprint(path) if path.exists() else f"hub:{model}"
+
     def pair(self) -> KGPair:
         return KGPair.read(self.run / "ingest")
 

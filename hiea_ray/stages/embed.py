@@ -117,4 +117,10 @@ def check(ctx: RunContext) -> None:
     resolve_model(ctx.encoder_model())
 
 
-STAGE = StageDef(name="embed", body=run, reads=("verbalize", "train"), config=("embed",), check=check)
+def model_inputs(ctx: RunContext) -> dict:
+    """The encoder's content (the train stage's fingerprint covers a trained one)."""
+    return {} if ctx.cfg.train.enabled else {"model": ctx.model_fingerprint(ctx.cfg.embed.model)}
+
+
+STAGE = StageDef(name="embed", body=run, reads=("verbalize", "train"), config=("embed",), check=check,
+                 external=model_inputs)

@@ -1,8 +1,9 @@
 """ingest: a DBP15K / SRPRS / OpenEA folder -> the four Arrow tables (ids shuffled, validation carved).
 
 Output: ``entities``, ``rel_triples``, ``attr_triples``, ``links`` (.parquet) and ``report.json``.
-Early cutoff: a dataset copied anew (new mtimes, same bytes) keeps the fingerprint, so trained
-models downstream stay fresh.
+The key holds the data folder's content fingerprint (bytes, not mtimes: a copy with new mtimes
+is the same input, a same-size edit is not); early cutoff keeps the stage's fingerprint when its
+outputs come out byte-identical, so trained models downstream stay fresh.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from hiea_ray.kg.readers import read_pair
-from hiea_ray.manifest import fingerprint_files
 from hiea_ray.stages.base import RunContext, StageDef
 
 
@@ -24,6 +24,6 @@ STAGE = StageDef(
     name="ingest",
     body=run,
     config=("data",),
-    external=lambda ctx: {"data": fingerprint_files(ctx.data)},
+    external=lambda ctx: {"data": ctx.content_fingerprint(ctx.data)},
     early_cutoff=True,
 )

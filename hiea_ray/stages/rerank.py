@@ -147,4 +147,6 @@ STAGE = StageDef(
     config=("rerank",),
     extra=_extra,
     enabled=lambda cfg: cfg.rerank.enabled,
+    # a given (not trained here) reranker by content; a trained one through rerank_train's fingerprint
+    external=lambda ctx: {} if ctx.cfg.rerank.train else {"model": ctx.model_fingerprint(ctx.cfg.rerank.model)},
 )

@@ -7,6 +7,7 @@ contract of ``hiea_ray.io``. Memory: the vectors plus O(query_batch * k).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from hiea_ray.core.metrics import protocol_sets
 from hiea_ray.core.retrieval import knn
 from hiea_ray.io import ids_or_pad, rows_of, write_lists
 from hiea_ray.stages.base import RunContext, StageDef
+
+log = logging.getLogger("hiea_ray")
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
@@ -29,7 +32,8 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         Q, B = vecs[rows_of(ids, q)], vecs[rows_of(ids, b)]
         d = tmp / protocol
         d.mkdir(parents=True, exist_ok=True)
-        with tqdm(total=len(q) + len(b), desc=f"retrieve {protocol}", unit="ent", leave=False) as bar:
+        with tqdm(total=len(q) + len(b), desc=f"retrieve {protocol}", unit="ent", leave=False,
+                  disable=not log.isEnabledFor(logging.INFO)) as bar:
             s, i = knn(Q, B, k, ctx.cfg.retrieve, progress=bar.update)
             s2, i2 = knn(B, Q, k, ctx.cfg.retrieve, progress=bar.update)
         write_lists(d / "s2t.parquet", q, ids_or_pad(b, i), s)

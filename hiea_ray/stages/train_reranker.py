@@ -30,4 +30,5 @@ STAGE = StageDef(
     reads=("embed", "verbalize"),
     config=("rerank", "retrieve"),
     enabled=lambda cfg: cfg.rerank.enabled and cfg.rerank.train,
+    external=lambda ctx: {"base_model": ctx.model_fingerprint(ctx.cfg.rerank.model)},
 )

@@ -34,4 +34,5 @@ STAGE = StageDef(
     reads=("verbalize",),
     config=("train", "embed.model", "embed.pooling", "embed.max_length"),
     enabled=lambda cfg: cfg.train.enabled,
+    external=lambda ctx: {"base_model": ctx.model_fingerprint(ctx.cfg.embed.model)},
 )

@@ -172,7 +172,9 @@ def train_loop_per_worker(config: dict) -> None:
             curve.append([step, losses[-1]])
             if rank == 0 and step % 10 == 0:
                 rate = len(losses) * per_worker * world / max(time.time() - t0, 1e-9)
-                print(f"[{task.name}] step {step}/{total} loss {np.mean(losses[-10:]):.4f} {rate:.1f} links/s", flush=True)
+                # Ray Train routes worker logging to the driver (and its structured log files); a
+                # print() is patched into that logger *and* teed to stdout, so it would show twice.
+                log.info("[%s] step %d/%d loss %.4f %.1f links/s", task.name, step, total, np.mean(losses[-10:]), rate)
             if fail_at == step and ckpt is None and rank == 0:
                 raise RuntimeError(f"injected failure at step {step} (HIEA_FAIL_AT_STEP)")
             if step % opts["eval_every"] == 0 and step < total:
