@@ -72,8 +72,11 @@ class Pipeline(RunContext):
             tmp = st.begin()
             try:
                 stats = sd.body(self, tmp)
-            except UserError:  # a mistake in the input: nothing of this stage is kept
-                shutil.rmtree(tmp, ignore_errors=True)
+            except BaseException as e:
+                # nothing half-written is kept: a mistake in the input keeps nothing; other failures
+                # keep only what a resumable stage continues from
+                if isinstance(e, UserError) or not sd.resumable:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 raise
             st.commit(stats, keep_if_identical=sd.early_cutoff)
         m = st.manifest() or {}

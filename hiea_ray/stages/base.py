@@ -47,6 +47,9 @@ class StageDef:
     check: Callable[["RunContext"], None] | None = None
     # Fingerprints of inputs from outside the run (ingest: the data folder).
     external: Callable[["RunContext"], dict] | None = None
+    # Its tmp folder holds work a re-run continues from (finished parts, training checkpoints):
+    # kept when the stage fails; other stages' tmp folders are removed on failure.
+    resumable: bool = False
     # A commit whose outputs are byte-identical to the previous ones keeps the old fingerprint.
     early_cutoff: bool = False
     # Called after the stage is committed or found fresh (evaluate: metrics.json to the run root).

@@ -122,5 +122,5 @@ def model_inputs(ctx: RunContext) -> dict:
     return {} if ctx.cfg.train.enabled else {"model": ctx.model_fingerprint(ctx.cfg.embed.model)}
 
 
-STAGE = StageDef(name="embed", body=run, reads=("verbalize", "train"), config=("embed",), check=check,
+STAGE = StageDef(name="embed", body=run, reads=("verbalize", "train"), config=("embed",), check=check, resumable=True,
                  external=model_inputs)

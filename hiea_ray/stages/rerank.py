@@ -140,6 +140,7 @@ def check(ctx: RunContext) -> None:
 
 
 STAGE = StageDef(
+    resumable=True,
     name="rerank",
     check=check,
     body=run,

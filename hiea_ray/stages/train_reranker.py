@@ -25,6 +25,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 
 
 STAGE = StageDef(
+    resumable=True,
     name="rerank_train",
     body=run,
     reads=("embed", "verbalize"),

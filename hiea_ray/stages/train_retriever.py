@@ -29,6 +29,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 
 
 STAGE = StageDef(
+    resumable=True,
     name="train",
     body=run,
     reads=("verbalize",),

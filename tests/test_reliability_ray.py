@@ -1,0 +1,65 @@
+"""Reliability of the `hiea-ray` command on Ray, run as a user runs it (a subprocess with its own
+local Ray): SIGTERM ends like Ctrl-C and the run resumes; `-q` keeps Ray quiet; a finished run on
+a read-only file system still reports its results."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_reliability import _read_only_mount
+
+pytestmark = pytest.mark.ray
+
+SUMMARY_LINES = 18  # the summary `demo -q` prints on stdout (stage table + metrics table + paths)
+
+
+def _demo(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hiea_ray.cli", "demo", "--out", str(run), "--entities", "300", "-q",
+            "--set", "embed.torch_threads=1", *extra]
+
+
+def test_sigterm_ends_like_ctrl_c_and_the_run_resumes_quietly(tmp_path):
+    run = tmp_path / "run"
+    p = subprocess.Popen(_demo(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (run / "verbalize" / "manifest.json").is_file() and time.time() - t0 < 180 and p.poll() is None:
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()
+    ingest = (run / "ingest" / "manifest.json").read_text()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143, err
+    assert "Traceback" not in err and "Aborted" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "hiea-ray: terminated; finished stages are kept, re-run the same command to resume")
+    assert not (run / "metrics.json").exists()
+
+    r = subprocess.run(_demo(run), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (run / "ingest" / "manifest.json").read_text() == ingest  # finished stages were kept
+    out, err = r.stdout.strip().splitlines(), r.stderr.strip().splitlines()
+    assert len(out) <= SUMMARY_LINES and out[-1].startswith("metrics: "), out
+    # -q: no Ray INFO lines, no progress, no "Dataset job will hang"; at most the one line Ray's
+    # C++ core prints when it reads its log level from the environment
+    assert len(err) <= 1 and not any("Dataset" in ln or " INFO " in ln for ln in err), err
+
+
+def test_a_finished_run_on_a_read_only_file_system_reports_its_results(tmp_path):
+    run = tmp_path / "ro-src" / "run"
+    r = subprocess.run(_demo(run), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    metrics = (run / "metrics.json").read_text()
+    ro = _read_only_mount(tmp_path)
+    r = subprocess.run(_demo(ro / "run"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    stages = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] and ln.split()[0] in
+              ("ingest", "verbalize", "embed", "retrieve", "decode", "evaluate")]
+    assert len(stages) == 6 and all(s[1] == "reused" for s in stages), r.stdout
+    assert (ro / "run" / "metrics.json").read_text() == metrics
+    assert json.loads(metrics)["sinkhorn"]["hits@1"] > 0.5
