@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from hiea_ray.errors import Terminated, UserError, file_system_error, handle_sigterm
+from hiea_ray.errors import Terminated, UserError, describe_file_system_error, file_system_error, handle_sigterm
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         fs = file_system_error(e)
         if fs is None:
             raise
-        print(f"hiea-ray: error: {fs.filename or ''}{': ' if fs.filename else ''}{fs.strerror} "
+        print(f"hiea-ray: error: {describe_file_system_error(fs, getattr(args, 'out', None))} "
               "(nothing half-written is kept; free space or fix permissions and re-run)", file=sys.stderr)
         _shutdown_ray()
         return 2

@@ -48,12 +48,36 @@ def init_ray(cfg) -> None:
         # "local": always a new instance; never attach to another one found on this machine.
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
     handle_sigterm()  # ray.init installs its own SIGTERM handler in the driver
+    import ray.data  # its log handlers exist once it is imported
+
+    _drop_file_system_tracebacks()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = not quiet
     if quiet:
         ctx.print_on_execution_start = False
         for name in ("ray", "ray.data", "ray.train"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _FileSystemErrorFilter(logging.Filter):
+    """Drops Ray's own ERROR records (tracebacks) of a file-system error (a full disk, a read-only
+    folder): the driver reports it in one line (``hiea_ray.cli``) instead of hundreds."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from hiea_ray.errors import file_system_error
+
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Exception occurred in Ray Data"):
+            return False  # the preamble of the traceback record below; the CLI says what happened
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or file_system_error(exc) is None
+
+
+def _drop_file_system_tracebacks() -> None:
+    f = _FileSystemErrorFilter()
+    for name in ("", "ray", "ray.data", "ray.train"):
+        for h in logging.getLogger(name).handlers:
+            if not any(isinstance(x, _FileSystemErrorFilter) for x in h.filters):
+                h.addFilter(f)
 
 
 @dataclass

