@@ -162,3 +162,16 @@ def test_default_llm_is_smollm2_converted_once_from_its_gguf(tmp_path, monkeypat
         logp = option_logprobs(model, batch["input_ids"], batch["attention_mask"], option_token_ids(tok, 3))
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-4)
     assert int(logp.argmax()) == 1, logp.exp()
+
+
+def test_neighbourhoods_show_bridges_first():
+    from hiea_ray.core.prompt import Neighbourhoods
+
+    ids = np.array([10, 11, 12, 13])
+    nb = Neighbourhoods(ids, ["Yao", "Shanghai", "Rockets", "Coach"], head=np.array([10, 10, 13]),
+                        relation=["born in", "team", "coach"], tail=np.array([11, 12, 10]),
+                        counterpart={12: "Houston Rockets"})
+    v = nb.view(10)
+    assert v.name == "Yao" and v.facts[0] == "team: Rockets (= Houston Rockets)"
+    assert set(v.facts) == {"team: Rockets (= Houston Rockets)", "born in: Shanghai", "coach of: Coach"}
+    assert nb.view(11).facts == ["born in of: Yao"]

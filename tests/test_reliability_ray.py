@@ -19,16 +19,16 @@ pytestmark = pytest.mark.ray
 SUMMARY_LINES = 18  # the summary `demo -q` prints on stdout (stage table + metrics table + paths)
 
 
-def _demo(run: Path, *extra: str) -> list[str]:
+def _demo(run: Path, model, *extra: str) -> list[str]:
     return [sys.executable, "-m", "hiea_ray.cli", "demo", "--out", str(run), "--entities", "300", "-q",
-            "--set", "embed.torch_threads=1", *extra]
+            "--set", "embed.torch_threads=1", "--set", f"embed.model={model}", *extra]
 
 
-def test_sigterm_ends_like_ctrl_c_the_run_resumes_quietly_and_reports_read_only(tmp_path):
+def test_sigterm_ends_like_ctrl_c_the_run_resumes_quietly_and_reports_read_only(tmp_path, tiny_encoder_dir):
     """SIGTERM mid-run -> exit 143, one line; the same command resumes (with -q: only the summary);
     the finished run, mounted read-only, still reports its results (every stage reused)."""
     run = tmp_path / "ro-src" / "run"
-    p = subprocess.Popen(_demo(run), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(_demo(run, tiny_encoder_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
     while not (run / "verbalize" / "manifest.json").is_file() and time.time() - t0 < 180 and p.poll() is None:
         time.sleep(0.2)
@@ -42,7 +42,7 @@ def test_sigterm_ends_like_ctrl_c_the_run_resumes_quietly_and_reports_read_only(
         "hiea-ray: terminated; finished stages are kept, re-run the same command to resume")
     assert not (run / "metrics.json").exists()
 
-    r = subprocess.run(_demo(run), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(_demo(run, tiny_encoder_dir), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert (run / "ingest" / "manifest.json").read_text() == ingest  # finished stages were kept
     out, err = r.stdout.strip().splitlines(), r.stderr.strip().splitlines()
@@ -53,27 +53,27 @@ def test_sigterm_ends_like_ctrl_c_the_run_resumes_quietly_and_reports_read_only(
 
     metrics = (run / "metrics.json").read_text()
     ro = _read_only_mount(tmp_path)
-    r = subprocess.run(_demo(ro / "run"), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(_demo(ro / "run", tiny_encoder_dir), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     stages = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] and ln.split()[0] in
               ("ingest", "verbalize", "embed", "retrieve", "decode", "evaluate")]
     assert len(stages) == 6 and all(s[1] == "reused" for s in stages), r.stdout
     assert (ro / "run" / "metrics.json").read_text() == metrics
-    assert json.loads(metrics)["sinkhorn"]["hits@1"] > 0.5
+    assert json.loads(metrics)["sinkhorn"]["hits@1"] > 0.05
 
 
-def test_a_full_disk_during_a_ray_stage_is_one_line(tmp_path, synthetic_dir):
-    """--out on a 400 KiB tmpfs: ingest and verbalize fit, the embed stage's Ray Data write runs out
+def test_a_full_disk_during_a_ray_stage_is_one_line(tmp_path, synthetic_dir, tiny_encoder_dir):
+    """--out on a 300 KiB tmpfs: ingest and verbalize fit, the embed stage's Ray Data write runs out
     of space in a worker; the driver ends with one line naming the run folder and the OS error."""
     small = tmp_path / "small"
     small.mkdir()
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(small)], check=True, capture_output=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(small)], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("cannot mount a small tmpfs here")
     try:
         r = subprocess.run([sys.executable, "-m", "hiea_ray.cli", "align", "--data", str(synthetic_dir), "--out",
-                            str(small / "run"), "-q", "--set", "embed.torch_threads=1"], capture_output=True, text=True,
+                            str(small / "run"), "-q", "--set", "embed.torch_threads=1", "--set", f"embed.model={tiny_encoder_dir}"], capture_output=True, text=True,
                            timeout=600)
         err = [ln for ln in r.stderr.strip().splitlines() if "RAY_BACKEND_LOG_LEVEL" not in ln]
         assert r.returncode == 2, r.stderr

@@ -100,8 +100,8 @@ def test_reranker_training_learns_on_ray_train(ray_shared, synthetic_dir, tiny_e
     vecs = Encoder("default", max_length=32, device=torch.device("cpu")).encode(texts["text"].to_pylist(), 64)
     cfg = load_config(
         overrides=[
-            "rerank.enabled=true", "rerank.k=5", "rerank.max_length=40", "rerank.max_train_links=96",
-            "rerank.negatives=3", "rerank.negative_depth=20", "rerank.valid_links=60", "rerank.epochs=1", "rerank.lr=3e-4",
+            "rerank.enabled=true", "rerank.k=5", "rerank.max_length=40", "rerank.max_train_links=64",
+            "rerank.negatives=3", "rerank.negative_depth=20", "rerank.valid_links=40", "rerank.epochs=1", "rerank.lr=3e-4",
             "rerank.warmup_steps=0", "rerank.eval_every=100", "rerank.batch_size=8", "rerank.scaling.torch_threads=2",
         ]
     )
@@ -154,7 +154,8 @@ def test_pipeline_reranks_fuses_and_decodes(e2e, tmp_path):
 
 def test_rerank_stage_resumes_after_kill(e2e, tmp_path, caplog):
     clean = copy_stages(e2e["run"], tmp_path / "clean", UPSTREAM)
-    cfg = _rerank_cfg(e2e["model"])
+    cfg = _rerank_cfg(e2e["model"], "evaluate.protocols=[standard]")  # one protocol is enough here
+    Pipeline(cfg, e2e["data"], clean).run_stage("retrieve")
     Pipeline(cfg, e2e["data"], clean).run_stage("rerank")
     parts = sorted((clean / "rerank" / "standard" / "parts").glob("*.parquet"))
     assert len(parts) >= 3
@@ -170,6 +171,7 @@ def test_rerank_stage_resumes_after_kill(e2e, tmp_path, caplog):
     done = sum(pq.ParquetFile(f).metadata.num_rows for f in parts[:2])
 
     pipe = Pipeline(cfg, e2e["data"], run)
+    pipe.run_stage("retrieve")
     with caplog.at_level("INFO", logger="hiea_ray"):
         pipe.run_stage("rerank")
     assert any("resuming" in r.getMessage() and f"{done} of" in r.getMessage() for r in caplog.records)

@@ -130,3 +130,46 @@ def facts_of(entity: int, out_edges: dict, in_edges: dict, names: dict, counterp
         facts.append(f"{rel} of: {show(n)}")
     facts.sort(key=lambda f: "(= " not in f)  # stable: bridges first, then the rest in order
     return facts[:limit]
+
+
+class Neighbourhoods:
+    """Entity id -> ``EntityView`` (name + facts) over a KG pair's tables, for prompts; CSR arrays
+    (memory O(triples)), facts built on demand for the entities a prompt shows.
+
+    ``counterpart``: entity id -> the name of its certain counterpart in the other KG (seed links,
+    and the small models' certain answers): shown as bridges, first."""
+
+    def __init__(self, ids: np.ndarray, names: list[str], head: np.ndarray, relation: list[str], tail: np.ndarray,
+                 counterpart: dict[int, str] | None = None, max_facts: int = 12):
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.asarray(ids)[order]
+        self.names = [names[i] for i in order]
+        self.rel_names, rel_idx = np.unique(np.asarray(relation, dtype=object), return_inverse=True)
+        self.counterpart = counterpart or {}
+        self.max_facts = max_facts
+        h, t = np.searchsorted(self.ids, head), np.searchsorted(self.ids, tail)
+        # both directions: (entity row, relation, neighbour row, outgoing?)
+        ent = np.concatenate([h, t])
+        self.nbr = np.concatenate([t, h])
+        self.rel = np.concatenate([rel_idx, rel_idx])
+        self.out = np.concatenate([np.ones(len(h), bool), np.zeros(len(t), bool)])
+        o = np.argsort(ent, kind="stable")
+        ent, self.nbr, self.rel, self.out = ent[o], self.nbr[o], self.rel[o], self.out[o]
+        self.start = np.searchsorted(ent, np.arange(len(self.ids) + 1))
+
+    def name(self, entity: int) -> str:
+        return self.names[int(np.searchsorted(self.ids, entity))]
+
+    def view(self, entity: int, relation_label=lambda r: r) -> EntityView:
+        r = int(np.searchsorted(self.ids, entity))
+        lo, hi = self.start[r], self.start[r + 1]
+        facts = []
+        for j in range(lo, hi):
+            nid = int(self.ids[self.nbr[j]])
+            shown = self.names[self.nbr[j]]
+            if nid in self.counterpart:
+                shown = f"{shown} (= {self.counterpart[nid]})"
+            rel = relation_label(str(self.rel_names[self.rel[j]]))
+            facts.append((nid not in self.counterpart, f"{rel}: {shown}" if self.out[j] else f"{rel} of: {shown}"))
+        facts.sort(key=lambda f: f[0])  # bridges first, then the KG's order
+        return EntityView(int(entity), self.names[r], [f for _, f in facts[: self.max_facts]])

@@ -1,6 +1,6 @@
 """The one Ray Train loop: every training task (retriever, reranker, and the LLM tier next) runs here.
 
-``fit(task, opts, scaling, init_model, data, valid, name, storage, best_dir)`` builds the
+``fit(task, opts, init_model, data, valid, name, storage, best_dir)`` builds the
 ``TorchTrainer`` from the shared contract (``config.TrainScaling``: workers, GPU, CPUs, threads,
 AMP, ZeRO stage, failures, seed) and copies the best checkpoint's model (by the task's own
 ``metric``) into ``best_dir``. The task (``hiea_ray.train.tasks``) supplies what differs: how to
@@ -9,7 +9,8 @@ load, step, validate and save its model.
 On every worker ``train_loop_per_worker`` loads the model (or the checkpoint Ray Train hands back
 after a failure / restart), wraps it in DDP (``prepare_model``) or a DeepSpeed ZeRO engine
 (stage 1-3), reads its shard of the "train" Ray Dataset, runs the task's plain step, and every
-``eval_every`` steps validates on rank 0 only (the "valid" dataset, not split) and reports the
+``eval_every`` steps validates on rank 0 only (the validation rows, a Parquet file in the run's
+storage path) and reports the
 metrics with a checkpoint through ``ray.train.report``. Under ZeRO-3 the parameters are sharded:
 validation and the model save run inside ``deepspeed.zero.GatheredParameters`` (all ranks gather,
 rank 0 uses the full weights), so the saved model is complete, not the empty shells of the local
@@ -53,15 +54,12 @@ def _gathered(model, zero: int):
     return contextlib.nullcontext()
 
 
-def _valid_table(rank: int):
-    """The validation set (rank 0 only): the "valid" dataset as one Arrow table."""
-    import pyarrow as pa
-    import ray.train
+def _valid_table(rank: int, path: str):
+    """The validation set (rank 0 only), from the Parquet file ``fit`` wrote beside the checkpoints
+    (the run's storage path: shared storage on a cluster)."""
+    import pyarrow.parquet as pq
 
-    if rank != 0:
-        return None
-    it = ray.train.get_dataset_shard("valid")
-    return pa.concat_tables(list(it.iter_batches(batch_size=None, batch_format="pyarrow")))
+    return pq.read_table(path) if rank == 0 else None
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -128,7 +126,7 @@ def train_loop_per_worker(config: dict) -> None:
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-    valid = _valid_table(rank)
+    valid = _valid_table(rank, config["valid_path"])
     shard = ray.train.get_dataset_shard("train")
     step = start_step
     losses: list[float] = []
@@ -195,11 +193,17 @@ def fit(task, opts: dict, init_model: str, data, valid, name: str, storage: Path
     import torch
     from ray.train.torch import TorchTrainer
 
+    import pyarrow.parquet as pq
+
     sc = opts["scaling"]
     env = {k: v for k, v in os.environ.items() if k.startswith("HIEA_")}
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    valid_path = Path(storage) / f"{name}-valid.parquet"
+    pq.write_table(valid, valid_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"task": task, "opts": opts, "init_model": init_model, "n_train": data.num_rows},
+        train_loop_config={"task": task, "opts": opts, "init_model": init_model, "n_train": data.num_rows,
+                           "valid_path": str(valid_path)},
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc["num_workers"], use_gpu=sc["use_gpu"], resources_per_worker={"CPU": sc["cpus_per_worker"]}
         ),
@@ -212,8 +216,7 @@ def fit(task, opts: dict, init_model: str, data, valid, name: str, storage: Path
             ),
             worker_runtime_env={"env_vars": env} if env else None,
         ),
-        datasets={"train": ray.data.from_arrow(data), "valid": ray.data.from_arrow(valid)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={"train": ray.data.from_arrow(data)},
     )  # same run name + storage path: Ray Train restores a killed run from its latest checkpoint
     result = trainer.fit()
     best = max(result.best_checkpoints, key=lambda cm: cm[1][task.metric])
