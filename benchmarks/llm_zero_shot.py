@@ -9,7 +9,8 @@ lists). Each prompt shows the source and its top-k candidates in a seeded random
 of these", names and facts within the token budget, the train links as bridges. Reports the
 LLM's Hits@1 (its arg-max option), the small model's Hits@1 on the same sources, how often the
 gold is among the k, prompt tokens and forward passes per second on this machine. Writes
-benchmarks/results/llm_zero_shot_<run name>.json. A baseline for the LoRA + adapter training of
+benchmarks/results/llm_zero_shot_<run name>.json (and 20 example prompts beside the run, not in
+the repo: they show dataset content). A baseline for the LoRA + adapter training of
 the HIEA tier, not a result of it.
 """
 
@@ -112,12 +113,13 @@ def main(argv=None) -> int:
         "llm_option_histogram": np.bincount(picks, minlength=n_opt).tolist(),
         "prompt_tokens_mean": round(float(np.mean(tokens)), 1), "prompt_tokens_max": int(np.max(tokens)),
         "forward_passes_per_s": round(len(src) / wall, 2), "threads": args.threads,
-        "example_prompt": prompts[0],
     }
     out = ROOT / "benchmarks" / "results" / f"llm_zero_shot_{run.name}.json"
-    out.write_text(json.dumps(res, indent=2, ensure_ascii=False))
-    print(json.dumps({k: v for k, v in res.items() if k != "example_prompt"}, indent=2))
-    print(f"wrote {out}")
+    out.write_text(json.dumps(res, indent=2))
+    # the prompts show dataset content: they stay beside the run, never in the repo
+    (run / "llm_zero_shot_prompts.txt").write_text("\n\n".join(prompts[:20]))
+    print(json.dumps(res, indent=2))
+    print(f"wrote {out} (example prompts: {run / 'llm_zero_shot_prompts.txt'})")
     return 0
 
 
