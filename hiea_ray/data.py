@@ -33,11 +33,9 @@ def init_ray(cfg) -> None:
     if ray.is_initialized():
         return
     quiet = not logging.getLogger("hiea_ray").isEnabledFor(logging.INFO)
-    if quiet:
-        for name in ("ray", "ray.data", "ray.train", "ray.serve"):
-            logging.getLogger(name).setLevel(logging.ERROR)
     kwargs = {"ignore_reinit_error": True, "log_to_driver": not quiet}
     if quiet:
+        _quiet_ray_loggers()
         kwargs["logging_level"] = logging.ERROR
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the C++ core's stderr lines
     if cfg.ray.address:
@@ -55,8 +53,12 @@ def init_ray(cfg) -> None:
     ctx.enable_progress_bars = not quiet
     if quiet:
         ctx.print_on_execution_start = False
-        for name in ("ray", "ray.data", "ray.train"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        _quiet_ray_loggers()  # again: importing ray.data configures its loggers
+
+
+def _quiet_ray_loggers() -> None:
+    for name in ("ray", "ray.data", "ray.train", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class _FileSystemErrorFilter(logging.Filter):

@@ -65,8 +65,5 @@ def describe_file_system_error(e: OSError, where: str | None = None) -> str:
     """One line: the file (or the folder being written, ``where``) and the OS's words for the error."""
     import os
 
-    name = e.filename if isinstance(e.filename, str) else None
-    if name and ("\n" in name or os.sep not in name):  # Ray's wrapped errors carry a message here
-        name = None
-    place = name or where
+    place = e.filename if _path(e) else where  # Ray's wrapped errors carry a message in filename
     return f"{place}: {os.strerror(e.errno)}" if place else os.strerror(e.errno)

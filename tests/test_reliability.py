@@ -100,7 +100,7 @@ def test_empty_ref_pairs_is_an_error(tmp_path):
 def test_link_in_both_train_and_test_is_an_error(tmp_path):
     d = make_dbp15k(tmp_path)
     _write(d, "ref_pairs", [(3, 103), (0, 100), (4, 104)])  # 0-100 is in sup_pairs
-    assert _err(d) .startswith(f"{d / 'ref_pairs'}:2: link 0 100 is in both sup_pairs (train) and ref_pairs (test)")
+    assert _err(d).startswith(f"{d / 'ref_pairs'}:2: link 0 100 is in both sup_pairs (train) and ref_pairs (test)")
 
 
 def test_one_source_linked_to_two_targets_is_an_error_unless_allowed(tmp_path):

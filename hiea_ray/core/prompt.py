@@ -107,29 +107,22 @@ def build_prompt(
     return Prompt(text, order, [e.id for e in entities], answer, used)
 
 
+def fact(relation: str, neighbour: str, outgoing: bool, counterpart: str | None = None) -> str:
+    """One fact as the prompt shows it: "relation: neighbour" (outgoing) or "relation of:
+    neighbour" (incoming), with "(= counterpart)" when the neighbour's counterpart is known."""
+    shown = f"{neighbour} (= {counterpart})" if counterpart is not None else neighbour
+    return f"{relation}: {shown}" if outgoing else f"{relation} of: {shown}"
+
+
 def facts_of(entity: int, out_edges: dict, in_edges: dict, names: dict, counterpart: dict | None = None,
              limit: int = 16) -> list[str]:
-    """An entity's facts as prompt strings: "relation: neighbour" for outgoing edges and
-    "neighbour relation: (this)" style "relation of: neighbour" for incoming ones; a neighbour with
-    a certain counterpart (``counterpart``: id -> name on the other side) shows it in "(= ...)".
-
-    out_edges / in_edges: entity id -> list of (relation label, neighbour id)."""
+    """An entity's facts (``fact``) from edge dicts, neighbours with a certain counterpart
+    (``counterpart``: id -> name on the other side) first. out_edges / in_edges: entity id ->
+    list of (relation label, neighbour id)."""
     counterpart = counterpart or {}
-    facts = []
-
-    def show(n: int) -> str:
-        name = names.get(n, str(n))
-        return f"{name} (= {counterpart[n]})" if n in counterpart else name
-
-    # neighbours with a known counterpart first: they carry the most evidence
-    out = sorted(out_edges.get(entity, []), key=lambda rn: (rn[1] not in counterpart, rn[0]))
-    inc = sorted(in_edges.get(entity, []), key=lambda rn: (rn[1] not in counterpart, rn[0]))
-    for rel, n in out:
-        facts.append(f"{rel}: {show(n)}")
-    for rel, n in inc:
-        facts.append(f"{rel} of: {show(n)}")
-    facts.sort(key=lambda f: "(= " not in f)  # stable: bridges first, then the rest in order
-    return facts[:limit]
+    edges = [(rel, n, True) for rel, n in out_edges.get(entity, [])] + [(rel, n, False) for rel, n in in_edges.get(entity, [])]
+    edges.sort(key=lambda e: (e[1] not in counterpart, not e[2], e[0]))  # bridges first, then out, then in
+    return [fact(rel, names.get(n, str(n)), out, counterpart.get(n)) for rel, n, out in edges][:limit]
 
 
 class Neighbourhoods:
@@ -166,10 +159,8 @@ class Neighbourhoods:
         facts = []
         for j in range(lo, hi):
             nid = int(self.ids[self.nbr[j]])
-            shown = self.names[self.nbr[j]]
-            if nid in self.counterpart:
-                shown = f"{shown} (= {self.counterpart[nid]})"
             rel = relation_label(str(self.rel_names[self.rel[j]]))
-            facts.append((nid not in self.counterpart, f"{rel}: {shown}" if self.out[j] else f"{rel} of: {shown}"))
+            facts.append((nid not in self.counterpart,
+                          fact(rel, self.names[self.nbr[j]], bool(self.out[j]), self.counterpart.get(nid))))
         facts.sort(key=lambda f: f[0])  # bridges first, then the KG's order
         return EntityView(int(entity), self.names[r], [f for _, f in facts[: self.max_facts]])

@@ -62,9 +62,7 @@ class _Lines:
         self.skipped = skipped
 
     def need(self, path: Path) -> Path:
-        if path.exists() and not path.is_file():
-            raise UserError(f"{path}: is a directory, expected a file")
-        if not path.is_file():
+        if not self.optional(path):
             raise UserError(f"{path}: required file is missing")
         return path
 
