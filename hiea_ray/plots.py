@@ -83,3 +83,59 @@ def plot_reranker_curve(history: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_route(report: dict, path: Path) -> None:
+    """Precision of the certain set against its share of the sources (labelled out-of-fold and
+    test), one panel per protocol, the chosen threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    protocols = list(report["protocols"])
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5 * len(protocols), 3.5), squeeze=False)
+    for ax, p in zip(axes[0], protocols):
+        rep = report["protocols"][p]
+        for key, label in (("labelled_curve", "labelled (out-of-fold)"), ("test_curve", "test (evaluation only)")):
+            pts = [(c["certain_fraction"], c["precision"]) for c in rep[key] if c["precision"] is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=label)
+        ax.axhline(report["target_precision"], color="grey", ls=":", lw=1, label="target precision")
+        ax.axvline(1 - rep["llm_fraction"], color="red", ls="--", lw=1, label="chosen: certain share")
+        ax.set_xlabel("share of sources answered by the small models")
+        ax.set_ylabel("precision of that share")
+        ax.set_title(f"route {p}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_llm_curve(history: dict, path: Path) -> None:
+    """LoRA + adapter training: loss per step, and validation accuracy of the best checkpoint
+    against the small model's on the same examples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    curve = np.asarray(history.get("curve") or [[0, np.nan]], float)
+    a.plot(curve[:, 0], curve[:, 1], lw=0.6, alpha=0.5, label="loss")
+    if len(curve) >= 10:
+        w = max(5, len(curve) // 20)
+        a.plot(curve[w - 1 :, 0], np.convolve(curve[:, 1], np.ones(w) / w, mode="valid"), label=f"mean of {w}")
+    a.set_xlabel("step")
+    a.set_title("answer-token cross-entropy")
+    a.legend(fontsize=7)
+    best = history.get("best", {})
+    vals = [history.get("valid_small_acc", 0.0), best.get("valid_acc", 0.0)]
+    b.bar(["small model", "LLM (best ckpt)"], vals, color=["#999", "#36c"])
+    for x, v in enumerate(vals):
+        b.text(x, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+    b.set_ylim(0, 1.1)
+    b.set_title("validation accuracy (same examples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_stage_order_is_the_documented_one():
-    assert STAGES == ["ingest", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "evaluate"]
+    assert STAGES == ["ingest", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "route",
+                      "llm_train", "llm", "evaluate"]
     for name, sd in REGISTRY.items():
         assert sd.name == name
         assert all(STAGES.index(up) < STAGES.index(name) for up in sd.reads), name  # reads only upstream stages

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hiea_ray.core.router import Router, choose_threshold, confidence_features, heldout_split
+from hiea_ray.core.router import Router, choose_threshold, confidence_features
 
 
 def _synthetic_lists(n: int, k: int, rng: np.random.Generator):
@@ -41,12 +41,6 @@ def test_features_names_and_values():
     assert np.isnan(single[0, 1])  # no second candidate: margin missing, not infinite
 
 
-def test_heldout_labels_are_never_anchors():
-    assert heldout_split(["train", "valid"]) == ("valid", ["train"])
-    assert heldout_split(["train"]) == ("valid", ["train"])
-    assert heldout_split([]) == ("valid", [])
-
-
 def test_choose_threshold_on_a_known_ranking():
     prob = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
     right = np.array([1, 1, 1, 0, 1, 0])
@@ -72,5 +66,7 @@ def test_threshold_meets_its_target_precision_on_held_out_sources():
     print(f"\nsmall-model accuracy {right[te].mean():.3f}; certain share {certain.mean():.3f} at precision {precision:.4f}")
     assert precision >= 0.97 - 0.01
     assert certain.mean() > 0.2 and not certain.all()  # a useful, not trivial, certain set
-    with pytest.raises(ValueError, match="right and wrong"):
-        Router().fit(X[:10], np.ones(10, bool))
+    # labelled sources all right: every source is certain (P = 1); all wrong: none is
+    assert np.all(Router().fit(X[:10], np.ones(10, bool)).predict(X[:5]) == 1.0)
+    assert np.all(Router().fit(X[:10], np.zeros(10, bool)).predict(X[:5]) == 0.0)
+    assert np.all(Router().cross_fit(X[:10], np.ones(10, bool)) == 1.0)

@@ -19,10 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from hiea_ray.core.prompt import LETTERS
+from hiea_ray.core.prompt import LETTERS, SLOT
 
 
 def option_token_ids(tokenizer, n_options: int) -> list[int]:
@@ -66,18 +67,156 @@ class KnowledgeAdapter(nn.Module):
         return self.net(vectors).view(*vectors.shape[:-1], self.n_tokens, self.hidden)
 
 
-def inject(embeds: torch.Tensor, input_ids: torch.Tensor, slot_id: int, soft: torch.Tensor) -> torch.Tensor:
+def inject(embeds: torch.Tensor, input_ids: torch.Tensor, slot_id: int, soft: torch.Tensor,
+           slot_valid: torch.Tensor | None = None) -> torch.Tensor:
     """Replace the slot tokens' embeddings: embeds (B, T, H); soft (B, S, n, H), the soft tokens
     of the S slot entities of each prompt in order; each prompt must hold S * n slot tokens
-    (each slot written n times). Returns new embeddings (differentiable in ``soft``)."""
+    (each slot written n times), or with ``slot_valid`` (B, S) bool (prompts with fewer entities
+    padded) valid * n. Returns new embeddings (differentiable in ``soft``)."""
     b, s, n, h = soft.shape
+    if slot_valid is None:
+        slot_valid = torch.ones(b, s, dtype=torch.bool, device=soft.device)
     mask = input_ids == slot_id
     counts = mask.sum(dim=1)
-    if not torch.all(counts == s * n):
-        raise ValueError(f"each prompt needs {s * n} slot tokens ({s} entities x {n}); found {counts.tolist()}")
+    need = slot_valid.sum(dim=1) * n
+    if not torch.all(counts == need):
+        raise ValueError(f"each prompt needs {need.tolist()} slot tokens (entities x {n}); found {counts.tolist()}")
     out = embeds.clone()
-    out[mask] = soft.reshape(b * s * n, h).to(embeds.dtype)
+    out[mask] = soft[slot_valid].reshape(-1, h).to(embeds.dtype)
     return out
+
+
+class HieaLLM(nn.Module):
+    """The LLM tier's trainable model: a causal LM with LoRA (peft) + the knowledge adapter.
+
+    ``forward`` is one pass over a batch of prompts: the slot tokens get the adapter's soft
+    tokens of their entities' vectors, and the next-token logits at each prompt's end, restricted
+    to the option letters (``option_ids``) of the options it shows, give a distribution over
+    its candidates and "none". DDP wraps this module whole (LoRA and adapter train together)."""
+
+    def __init__(self, lm, adapter: KnowledgeAdapter | None, slot_id: int, option_ids: list[int]):
+        super().__init__()
+        self.lm = lm
+        self.adapter = adapter
+        self.slot_id = slot_id
+        self.option_ids = list(option_ids)
+
+    def forward(self, input_ids, attention_mask, slot_vectors=None, slot_valid=None, option_mask=None):
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        if self.adapter is not None:
+            soft = self.adapter(slot_vectors.to(embeds.device, torch.float32))
+            embeds = inject(embeds, input_ids, self.slot_id, soft.to(embeds.dtype), slot_valid)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask).logits
+        last = last_positions(attention_mask)
+        at = logits[torch.arange(len(last), device=logits.device), last][:, self.option_ids].float()
+        if option_mask is not None:
+            at = at.masked_fill(~option_mask, float("-inf"))
+        return torch.log_softmax(at, dim=-1)
+
+    def save_pretrained(self, folder) -> None:
+        """LoRA weights (peft's adapter folder), the knowledge adapter and what rebuilds them."""
+        import json
+
+        folder = Path(folder)
+        # the slot token's embedding row is re-made identically on load (the mean row): LoRA weights only
+        self.lm.save_pretrained(folder, save_embedding_layers=False)
+        meta = {"slot_token": SLOT, "option_ids": self.option_ids, "adapter": None}
+        if self.adapter is not None:
+            torch.save(self.adapter.state_dict(), folder / "knowledge_adapter.pt")
+            a = self.adapter
+            meta["adapter"] = {"in_dim": a.in_dim, "hidden": a.hidden, "n_tokens": a.n_tokens}
+        (folder / "hiea_llm.json").write_text(json.dumps(meta, indent=2))
+
+
+class PromptFormat:
+    """How prompts meet one tokenizer: the chat template (instruct models) around the prompt,
+    token counts that include it, the slot string, and the option letters' token ids."""
+
+    def __init__(self, tokenizer, adapter_tokens: int):
+        self.tok = tokenizer
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self.slot = " ".join([SLOT] * max(1, adapter_tokens))
+        self.overhead = len(tokenizer(self.wrap(""), add_special_tokens=False)["input_ids"])
+
+    def wrap(self, body: str) -> str:
+        if not self.chat:
+            return body
+        return self.tok.apply_chat_template([{"role": "user", "content": body}], add_generation_prompt=True,
+                                            tokenize=False)
+
+    def count(self, body: str) -> int:
+        return len(self.tok(body, add_special_tokens=False)["input_ids"]) + self.overhead
+
+    def option_ids(self, n: int) -> list[int]:
+        """After a chat template's assistant header the answer starts bare ("A"); after
+        "Answer:" in plain text it follows a space (" A")."""
+        if self.chat:
+            ids = [self.tok.encode(c, add_special_tokens=False) for c in LETTERS[:n]]
+            if all(len(i) == 1 for i in ids):
+                return [i[0] for i in ids]
+        return option_token_ids(self.tok, n)
+
+
+def load_tokenizer(path: str):
+    """The LLM's tokenizer with the slot token (added when missing) and a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if SLOT not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [SLOT]})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, trainable: bool):
+    """(HieaLLM, tokenizer): the base causal LM (``resolve_llm``-resolved) with LoRA + adapter,
+    fresh (``opts``: lora_r, lora_alpha, lora_dropout, lora_targets, adapter_tokens, candidates)
+    or from a saved folder ``trained``. ``vector_dim``: the run's entity vectors' dimension — a
+    saved adapter of another dimension is a user error."""
+    import json
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from hiea_ray.errors import UserError
+
+    meta = None
+    if trained is not None:
+        mp = Path(trained) / "hiea_llm.json"
+        if not mp.is_file():
+            raise UserError(f"{trained}: not an llm_train model folder (no hiea_llm.json)")
+        meta = json.loads(mp.read_text())
+        a = meta.get("adapter")
+        if a is not None and a["in_dim"] != vector_dim:
+            raise UserError(f"{trained}: its knowledge adapter takes {a['in_dim']}-dim entity vectors; this run's "
+                            f"encoder gives {vector_dim}-dim vectors (train the LLM tier on this encoder)")
+    tok = load_tokenizer(trained or base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    old = model.get_input_embeddings().num_embeddings
+    if old < len(tok):  # the slot token: a new row, the mean of the others (deterministic on every load)
+        model.resize_token_embeddings(len(tok), mean_resizing=False)
+        with torch.no_grad():
+            for m in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
+                m.weight[old:] = m.weight[:old].mean(0)
+    if trained is not None:
+        lm = PeftModel.from_pretrained(model, trained, is_trainable=trainable)
+    else:
+        lm = get_peft_model(model, LoraConfig(r=opts["lora_r"], lora_alpha=opts["lora_alpha"],
+                                              lora_dropout=opts["lora_dropout"], target_modules=list(opts["lora_targets"]),
+                                              task_type="CAUSAL_LM"))
+    hidden = model.config.hidden_size
+    adapter = None
+    n_tokens = meta["adapter"]["n_tokens"] if meta is not None and meta["adapter"] else opts["adapter_tokens"]
+    if (meta is None and opts["adapter_tokens"] > 0) or (meta is not None and meta["adapter"]):
+        adapter = KnowledgeAdapter(vector_dim, hidden, n_tokens)
+        if trained is not None:
+            adapter.load_state_dict(torch.load(Path(trained) / "knowledge_adapter.pt", weights_only=True))
+        adapter.requires_grad_(trainable)
+    fmt = PromptFormat(tok, n_tokens if adapter is not None else 1)
+    option_ids = fmt.option_ids(opts["candidates"] + 1)
+    return HieaLLM(lm, adapter, tok.convert_tokens_to_ids(SLOT), option_ids), tok
 
 
 # -- model loading ---------------------------------------------------------------------------------
@@ -163,3 +302,72 @@ def convert_gguf(gguf: Path, out: Path) -> None:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- batches, training step, scoring (the Ray Train task and the llm stage's actors call these) -----
+def encode(tokenizer, texts, vectors: np.ndarray, n_options: np.ndarray, slots: int, device):
+    """Tensors of one batch: token ids / mask (right padded), slot vectors (B, slots, D), which
+    slots and options each prompt has (a prompt with n options shows n - 1 candidates + none and
+    n entity slots: the source and the candidates)."""
+    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    b = len(texts)
+    vec = torch.as_tensor(np.asarray(np.stack(list(vectors)), np.float32)).view(b, slots, -1)
+    n = torch.as_tensor(np.asarray(n_options, np.int64))
+    have = torch.arange(slots)[None, :] < n[:, None]
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), vec.to(device), have.to(device)
+
+
+def _autocast(device, amp_dtype):
+    import contextlib
+
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+
+def train_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device, amp_dtype) -> float:
+    """One LoRA + adapter step: cross-entropy of the answer letter (the only supervised token)."""
+    slots = opts["candidates"] + 1
+    ids, mask, vec, have = encode(tokenizer, batch["text"], batch["vectors"], batch["n_options"], slots, device)
+    answer = torch.as_tensor(np.asarray(batch["answer"], np.int64), device=device)
+    model.train()
+    with _autocast(device, amp_dtype):
+        logp = model(ids, mask, vec, have, have)
+    loss = torch.nn.functional.nll_loss(logp.float(), answer)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def score(model, tokenizer, texts, vectors, n_options, slots: int, device, batch_size: int = 8,
+          amp_dtype=None) -> np.ndarray:
+    """(n, slots) log-probabilities over each prompt's options (-inf where it has fewer), one
+    forward pass per prompt, batched."""
+    model.eval()
+    out = []
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
+    for i in range(0, len(texts), batch_size):
+        sel = order[i : i + batch_size]
+        ids, mask, vec, have = encode(tokenizer, [texts[j] for j in sel], [vectors[j] for j in sel],
+                                      [n_options[j] for j in sel], slots, device)
+        with _autocast(device, amp_dtype):
+            out.append(model(ids, mask, vec, have, have).float().cpu().numpy())
+    logp = np.concatenate(out) if out else np.zeros((0, slots), np.float32)
+    res = np.empty_like(logp)
+    res[order] = logp
+    return res
+
+
+def evaluate(model, tokenizer, valid, opts: dict, device) -> dict:
+    """Accuracy of the arg-max option on validation examples (a pyarrow table with text, vectors,
+    n_options, answer, small: the option the small model ranks first)."""
+    slots = opts["candidates"] + 1
+    vectors = [np.asarray(v, np.float32) for v in valid["vectors"].to_pylist()]
+    logp = score(model, tokenizer, valid["text"].to_pylist(), vectors, valid["n_options"].to_pylist(), slots, device,
+                 opts.get("infer_batch_size", 8))
+    answer = valid["answer"].to_numpy()
+    pick = logp.argmax(1)
+    return {"valid_acc": float(np.mean(pick == answer)), "valid_small_acc": float(np.mean(valid["small"].to_numpy() == answer)),
+            "valid_picked_none": float(np.mean(pick == valid["n_options"].to_numpy() - 1))}

@@ -53,9 +53,9 @@ class Prompt:
     tokens: int
 
 
-def _line(prefix: str, e: EntityView, n_facts: int) -> str:
+def _line(prefix: str, e: EntityView, n_facts: int, slot: str = SLOT) -> str:
     facts = "; ".join(e.facts[:n_facts])
-    return f"{prefix}{e.name} {SLOT}" + (f" | {facts}" if facts else "")
+    return f"{prefix}{e.name} {slot}" + (f" | {facts}" if facts else "")
 
 
 def build_prompt(
@@ -65,10 +65,12 @@ def build_prompt(
     budget: int,
     rng: np.random.Generator,
     gold: int | None = None,
+    slot: str = SLOT,
 ) -> Prompt:
     """The prompt for one source and its candidates, within ``budget`` tokens (``count_tokens``).
 
-    gold: the candidate id that is right (training / evaluation), or None. Raises ValueError when
+    gold: the candidate id that is right (training / evaluation), or None. slot: what marks each
+    entity's soft tokens (``SLOT`` once per adapter token). Raises ValueError when
     even the names do not fit the budget, or when there are more options than letters."""
     if len(candidates) + 1 > len(LETTERS):
         raise ValueError(f"{len(candidates)} candidates: at most {len(LETTERS) - 1} fit the option letters")
@@ -78,8 +80,8 @@ def build_prompt(
     n_facts = [0] * len(entities)
 
     def render() -> str:
-        lines = [HEADER, _line("Source: ", source, n_facts[0])]
-        lines += [_line(f"{LETTERS[i]}. ", e, n_facts[i + 1]) for i, e in enumerate(shown)]
+        lines = [HEADER, _line("Source: ", source, n_facts[0], slot)]
+        lines += [_line(f"{LETTERS[i]}. ", e, n_facts[i + 1], slot) for i, e in enumerate(shown)]
         lines += [f"{LETTERS[len(shown)]}. {NONE}", "Answer:"]
         return "\n".join(lines)
 
@@ -164,3 +166,37 @@ class Neighbourhoods:
                           fact(rel, self.names[self.nbr[j]], bool(self.out[j]), self.counterpart.get(nid))))
         facts.sort(key=lambda f: f[0])  # bridges first, then the KG's order
         return EntityView(int(entity), self.names[r], [f for _, f in facts[: self.max_facts]])
+
+
+@dataclass
+class Example:
+    """One prompt as the LLM tier trains on / scores it."""
+
+    src: int
+    text: str
+    slot_ids: list[int]
+    # letter index of the answer (the gold's option, or the "none" option), -1 when unknown
+    answer: int
+    # options shown (candidates + "none")
+    n_options: int
+    tokens: int
+    # candidate ids in option order (without "none")
+    options: list[int]
+
+
+def training_candidates(ranked: np.ndarray, gold: np.ndarray, c: int, none_fraction: float,
+                        rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(candidates (n, c), has_gold (n,)) for training examples from each source's ranked list
+    (-1 padded): the top c, the gold put at a random slot when the list missed it; for a share
+    ``none_fraction`` the gold is removed (the next ranked entity fills its slot; answer "none")."""
+    n = len(gold)
+    out = np.full((n, c), -1, np.int64)
+    has_gold = rng.random(n) >= none_fraction
+    for i in range(n):
+        row = [int(x) for x in ranked[i] if x >= 0 and x != gold[i]]
+        pick = row[:c]
+        if has_gold[i]:
+            pick = row[: c - 1]
+            pick.insert(int(rng.integers(0, len(pick) + 1)), int(gold[i]))
+        out[i, : len(pick)] = pick
+    return out, has_gold

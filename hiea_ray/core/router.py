@@ -10,8 +10,8 @@ match, the entity's degree (long tail) and its name-only similarity. Missing val
 (the gradient-boosting classifier handles them).
 
 Training labels must come from sources whose lists were made exactly as the test sources' are:
-links that served as structure anchors have trivially right answers (``heldout_split``: which
-split to label, and the anchors to decode it with). ``choose_threshold`` picks the lowest
+links that served as structure anchors have trivially right answers (``anchor_folds``: each fold
+of the seed links is labelled from a decode whose anchors are the other folds). ``choose_threshold`` picks the lowest
 probability that keeps the certain set's precision at ``target_precision`` on labelled sources
 (out-of-fold predictions, ``Router.cross_fit``), optionally capped so that at most
 ``max_llm_fraction`` of the sources go to the LLM.
@@ -73,11 +73,63 @@ def confidence_features(
     return np.stack(cols, axis=1).astype(np.float32), names, p
 
 
-def heldout_split(anchor_splits: list[str]) -> tuple[str, list[str]]:
-    """(the link split whose sources label the router, the anchors to decode them with): the
-    validation links, decoded without themselves as anchors, so their features are made as the
-    test sources' are (test links are never anchors)."""
-    return "valid", [s for s in anchor_splits if s != "valid"]
+def anchor_folds(n: int, folds: int, seed: int) -> np.ndarray:
+    """Fold (0..folds-1) of each of n seed links, seeded: fold j's sources are labelled from a
+    decode whose anchors are the other folds' links, so their features are made as the test
+    sources' are (a test link is never an anchor; an anchor's own answer is trivially right)."""
+    f = np.arange(n) % max(1, folds)
+    return np.random.default_rng(seed).permutation(f)
+
+
+def primary_decoder(primary: str, decoders: list[str]) -> str:
+    """``route.primary``: "auto" = structure, else sinkhorn, else the last decoder."""
+    if primary != "auto":
+        return primary
+    for name in ("structure", "sinkhorn"):
+        if name in decoders:
+            return name
+    return decoders[-1]
+
+
+def neighbour_consistency(best: np.ndarray, src_rows: np.ndarray, adj_s, adj_t, anchors: np.ndarray) -> np.ndarray:
+    """Per source: the share of its neighbours whose own match (anchors, else the sources' best
+    targets ``best``, -1 = none; rows of adj_t) is a neighbour of its best target; NaN when it has
+    no matched neighbour. Sparse: O(edges)."""
+    import scipy.sparse as sp
+
+    n_s, n_t = adj_s.shape[0], adj_t.shape[0]
+    m_row = np.concatenate([src_rows[best >= 0], anchors[:, 0]]) if len(anchors) else src_rows[best >= 0]
+    m_col = np.concatenate([best[best >= 0], anchors[:, 1]]) if len(anchors) else best[best >= 0]
+    m_row, keep = np.unique(m_row, return_index=True)  # one match per source row (anchors win ties last)
+    M = sp.csr_matrix((np.ones(len(m_row)), (m_row, m_col[keep])), shape=(n_s, n_t))
+    nb = (adj_s[src_rows] > 0).astype(np.float64)
+    mapped = nb @ M  # (n, n_t): the matches of each source's neighbours
+    matched = np.asarray(mapped.sum(1)).ravel()
+    tgt = adj_t[np.maximum(best, 0)] > 0
+    agree = np.asarray(mapped.multiply(tgt).sum(1)).ravel()
+    out = np.where(matched > 0, agree / np.maximum(matched, 1), np.nan)
+    return np.where(best >= 0, out, np.nan)
+
+
+def certain_set_report(prob: np.ndarray, right: np.ndarray, threshold: float) -> dict:
+    """Share certain, and precision / recall of the certain set (recall: of the right answers)."""
+    c = prob >= threshold
+    y = np.asarray(right, bool)
+    return {"sources": int(len(y)), "certain": int(c.sum()), "certain_fraction": round(float(c.mean()), 4) if len(y) else 0.0,
+            "precision": round(float(y[c].mean()), 4) if c.any() else None,
+            "recall": round(float((c & y).sum() / max(y.sum(), 1)), 4),
+            "small_model_hits@1": round(float(y.mean()), 4) if len(y) else None}
+
+
+def coverage_curve(prob: np.ndarray, right: np.ndarray, points: int = 21) -> list[dict]:
+    """Precision of the certain set when the top share s of sources (by P) is certain, s = 0..1."""
+    order = np.argsort(-prob, kind="stable")
+    y = np.asarray(right, np.float64)[order]
+    out = []
+    for s in np.linspace(0, 1, points):
+        m = int(round(s * len(y)))
+        out.append({"certain_fraction": round(float(s), 3), "precision": round(float(y[:m].mean()), 4) if m else None})
+    return out
 
 
 def choose_threshold(prob: np.ndarray, right: np.ndarray, target_precision: float,
@@ -118,19 +170,25 @@ class Router:
 
     def fit(self, X: np.ndarray, right: np.ndarray) -> "Router":
         y = np.asarray(right, dtype=int)
-        if len(np.unique(y)) < 2:
-            raise ValueError("the router needs labelled sources the small model gets right and wrong")
+        if len(np.unique(y)) < 2:  # the small model is always right (or always wrong) on them
+            from sklearn.dummy import DummyClassifier
+
+            self.model = DummyClassifier(strategy="constant", constant=int(y[0])).fit(X, y)
+            return self
         self.model = self._new().fit(X, y)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(X)[:, 1]
+        p = self.model.predict_proba(X)
+        return p[:, list(self.model.classes_).index(1)] if 1 in self.model.classes_ else np.zeros(len(X))
 
     def cross_fit(self, X: np.ndarray, right: np.ndarray, folds: int = 5) -> np.ndarray:
         """Out-of-fold probabilities of the labelled sources (what the threshold is chosen on)."""
         from sklearn.model_selection import StratifiedKFold
 
         y = np.asarray(right, dtype=int)
+        if len(np.unique(y)) < 2:
+            return np.full(len(y), float(y[0]) if len(y) else 0.0)
         out = np.zeros(len(y), np.float64)
         k = max(2, min(folds, int(np.bincount(y, minlength=2).min())))
         for tr, te in StratifiedKFold(k, shuffle=True, random_state=self.seed).split(X, y):

@@ -1,6 +1,7 @@
 """The pipeline's stages, one module each, in run order (the registry).
 
-    ingest -> verbalize -> [train] -> embed -> retrieve -> [rerank_train -> rerank] -> decode -> evaluate
+    ingest -> verbalize -> [train] -> embed -> retrieve -> [rerank_train -> rerank] -> decode
+           -> [route -> llm_train -> llm] -> evaluate
 
 Each module defines ``STAGE`` (a ``base.StageDef``: name, the stages it reads, the config it
 hashes, when it is enabled, its body) and, for Ray Data stages, the plain callable class Ray
@@ -10,12 +11,14 @@ The runner is ``hiea_ray.pipeline``.
 
 from __future__ import annotations
 
-from hiea_ray.stages import decode, embed, evaluate, ingest, rerank, retrieve, train_reranker, train_retriever, verbalize
+from hiea_ray.stages import (decode, embed, evaluate, ingest, llm, rerank, retrieve, route, train_llm, train_reranker,
+                             train_retriever, verbalize)
 from hiea_ray.stages.base import RunContext, StageDef
 
 REGISTRY: dict[str, StageDef] = {
     m.STAGE.name: m.STAGE
-    for m in (ingest, verbalize, train_retriever, embed, retrieve, train_reranker, rerank, decode, evaluate)
+    for m in (ingest, verbalize, train_retriever, embed, retrieve, train_reranker, rerank, decode, route, train_llm, llm,
+              evaluate)
 }
 STAGES: list[str] = list(REGISTRY)
 

@@ -94,3 +94,32 @@ class RerankerTask(TrainTask):
 def valid_lists(valid) -> dict:
     """Reranker validation rows (src, cand list, gold_pos) as the dict ``cross_encoder.evaluate`` takes."""
     return {"src": valid["src"].to_pylist(), "cand": valid["cand"].to_pylist(), "gold_pos": valid["gold_pos"].to_pylist()}
+
+
+class LLMTask(TrainTask):
+    """The HIEA tier's LLM: LoRA + knowledge adapter on a causal LM (``core.llm.HieaLLM``);
+    cross-entropy of the answer letter; validation accuracy of the arg-max option."""
+
+    name = "llm"
+    metric = "valid_acc"
+
+    def __init__(self, base: str, vector_dim: int, opts: dict):
+        self.base = base  # the causal LM folder; checkpoints hold LoRA + adapter only
+        self.vector_dim = vector_dim
+        self.opts = opts  # lora_*, adapter_tokens, candidates
+
+    def load(self, path):
+        from hiea_ray.core.llm import load_hiea_llm
+
+        trained = path if (Path(path) / "hiea_llm.json").is_file() else None
+        return load_hiea_llm(self.base, trained, self.vector_dim, self.opts, trainable=True)
+
+    def step(self, model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype):
+        from hiea_ray.core.llm import train_step
+
+        return train_step(model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype)
+
+    def evaluate(self, model, tokenizer, valid, opts, device):
+        from hiea_ray.core.llm import evaluate
+
+        return evaluate(model, tokenizer, valid, opts, device)

@@ -1,0 +1,103 @@
+"""The HIEA tier's prompts as data: training / validation examples (``llm_train``) and the routed
+sources' prompts (``llm``), built on the driver from the KG pair and the small models' lists.
+
+- Bridges: a neighbour whose counterpart is known — a seed link, or a source the router judged
+  certain (its small-model answer) — is shown with it (``core.prompt.Neighbourhoods``).
+- Training examples: train links (``llm.max_train_links``, seeded sample); candidates = the top C
+  of the retriever's ranking over *all* KG2 entities (the gold put at a random slot when missed; a
+  share ``llm.none_fraction`` with the gold removed: answer "none"). Validation: the valid links,
+  built the same way; ``small`` is the option the retriever ranks first (its accuracy on the same
+  examples is the baseline the LLM must beat).
+- A prompt row: src, text (chat-wrapped), vectors (the slot entities' retriever vectors, flattened,
+  zero-padded to C + 1 slots), n_options (candidates + "none"), answer (-1 at inference), options
+  (candidate ids in option order, -1 padded), tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from hiea_ray.core.prompt import Neighbourhoods, build_prompt, training_candidates
+from hiea_ray.core.verbalize import relation_label
+from hiea_ray.io import embeddings_column, rows_of
+
+log = logging.getLogger("hiea_ray")
+
+
+def neighbourhoods(pair, counterpart_links: list[tuple[np.ndarray, np.ndarray]], max_facts: int) -> Neighbourhoods:
+    """The pair's entities as prompt views; ``counterpart_links``: (src ids, tgt ids) arrays whose
+    pairs are known or certain matches (shown as bridges both ways)."""
+    ent = pair.entities
+    ids = ent["id"].to_numpy()
+    names = ent["name"].to_pylist()
+    name_of = dict(zip(ids.tolist(), names))
+    bridges: dict[int, str] = {}
+    for s, t in counterpart_links:
+        for a, b in zip(s.tolist(), t.tolist()):
+            if a >= 0 and b >= 0:
+                bridges[a] = name_of[b]
+                bridges[b] = name_of[a]
+    rel = pair.rel_triples
+    return Neighbourhoods(ids, names, rel["head"].to_numpy(), rel["relation"].to_pylist(), rel["tail"].to_numpy(),
+                          counterpart=bridges, max_facts=max_facts)
+
+
+def prompt_table(src: np.ndarray, cands: np.ndarray, gold: np.ndarray | None, nb: Neighbourhoods, fmt, budget: int,
+                 ids: np.ndarray, vecs: np.ndarray, c: int, seed: int, small_first: np.ndarray | None = None) -> pa.Table:
+    """One prompt row per source (see the module doc). cands: (n, >= c) candidate ids, -1 padded;
+    gold: the right target per source (training / validation) or None; small_first: the id the
+    small model ranks first (for the ``small`` baseline column)."""
+    slots = c + 1
+    dim = vecs.shape[1]
+    rows: dict[str, list] = {k: [] for k in ("src", "text", "n_options", "answer", "tokens", "small")}
+    flat = np.zeros((len(src), slots * dim), np.float32)
+    options = np.full((len(src), c), -1, np.int64)
+    view = lambda e: nb.view(int(e), relation_label)  # noqa: E731
+    for i, s in enumerate(src):
+        cand = [int(x) for x in cands[i, :c] if x >= 0]
+        p = build_prompt(view(s), [view(x) for x in cand], fmt.count, budget, np.random.default_rng([seed, int(s)]),
+                         gold=None if gold is None else int(gold[i]), slot=fmt.slot)
+        shown = [cand[j] for j in p.order]
+        options[i, : len(shown)] = shown
+        v = vecs[rows_of(ids, np.asarray(p.slot_ids, np.int64))]
+        flat[i, : v.size] = v.ravel()
+        rows["src"].append(int(s))
+        rows["text"].append(fmt.wrap(p.text))
+        rows["n_options"].append(len(shown) + 1)
+        rows["answer"].append(-1 if p.answer is None else p.answer)
+        rows["tokens"].append(p.tokens)
+        first = -1 if small_first is None else int(small_first[i])
+        rows["small"].append(shown.index(first) if first in shown else -1)
+    return pa.table({
+        "src": pa.array(rows["src"], pa.int64()), "text": pa.array(rows["text"], pa.string()),
+        "vectors": embeddings_column(flat), "n_options": pa.array(rows["n_options"], pa.int64()),
+        "answer": pa.array(rows["answer"], pa.int64()), "options": embeddings_column(options),
+        "tokens": pa.array(rows["tokens"], pa.int64()), "small": pa.array(rows["small"], pa.int64()),
+    })
+
+
+def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, ids, vecs) -> tuple[pa.Table, pa.Table]:
+    """(train rows, validation rows) from the train / valid links. ranked_of(src ids, depth) ->
+    (n, depth) target ids ranked by the retriever over all KG2 entities."""
+    import pyarrow.compute as pc
+
+    seed = opts.scaling.seed
+    rng = np.random.default_rng(seed)
+    c = opts.candidates
+    out = []
+    for split, cap in (("train", opts.max_train_links), ("valid", opts.valid_links)):
+        t = links.filter(pc.equal(links["split"], split))
+        if split == "valid" and t.num_rows == 0:
+            log.warning("llm_train: no validation links; validating on train links")
+            t = links.filter(pc.equal(links["split"], "train"))
+        if cap and t.num_rows > cap:
+            t = t.take(np.sort(rng.choice(t.num_rows, cap, replace=False)))
+        src, gold = t["src"].to_numpy(), t["tgt"].to_numpy()
+        ranked = ranked_of(src, c + 8)
+        cands, _ = training_candidates(ranked, gold, c, opts.none_fraction, rng)
+        table = prompt_table(src, cands, gold, nb, fmt, opts.prompt_tokens, ids, vecs, c, seed, small_first=ranked[:, 0])
+        out.append(table.take(rng.permutation(table.num_rows)) if split == "train" else table)
+    return out[0], out[1]

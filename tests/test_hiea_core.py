@@ -1,0 +1,121 @@
+"""The HIEA tier's Ray-free pieces: the merge into the "hiea" decoder (against a hand-computed toy
+case), training candidates (gold inserted / removed), the router's anchor folds and neighbour
+consistency, and the LoRA + adapter model folder (save -> load gives the same distribution; an
+adapter of another dimension is a user error)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from hiea_ray.core.hiea import merge
+from hiea_ray.core.metrics import decoder_metrics
+from hiea_ray.core.prompt import SLOT, EntityView, build_prompt, training_candidates
+from hiea_ray.core.router import anchor_folds, neighbour_consistency
+from hiea_ray.errors import UserError
+
+
+def test_merge_matches_a_hand_computed_toy_case():
+    # sources 1..4, targets 11..16; the small model (primary decoder) ranks 3 candidates each
+    q = np.array([1, 2, 3, 4])
+    cand = np.array([[11, 12, 13], [12, 11, 14], [13, 15, 16], [14, 16, 15]])
+    score = np.array([[0.9, 0.1, 0.0], [0.5, 0.4, 0.1], [0.6, 0.3, 0.1], [0.5, 0.45, 0.05]])
+    match_src, match_tgt = np.array([1, 2, 3, 4]), np.array([11, 12, 13, 14])
+    # sources 2, 3 and 4 are uncertain; the LLM saw 2 candidates each (option order shuffled) + none
+    llm_src = np.array([2, 3, 4])
+    options = np.array([[11, 12], [15, 13], [16, 14]])
+    n_options = np.array([3, 3, 3])
+    p = np.array([[0.7, 0.2, 0.1],   # 2 -> 11 (the small model said 12)
+                  [0.1, 0.2, 0.7],   # 3 -> none: abstains
+                  [0.6, 0.3, 0.1]])  # 4 -> 16
+    m = merge(q, cand, score, match_src, match_tgt, np.array([2, 3, 4]), llm_src, options, n_options, np.log(p))
+    # hand-computed: certain source 1 unchanged; 2: [11, 12] then the rest [14]; 3: [13, 15] (by
+    # P: 0.2 > 0.1) then [16]; 4: [16, 14] then [15]
+    assert m.cand.tolist() == [[11, 12, 13], [11, 12, 14], [13, 15, 16], [16, 14, 15]]
+    # one-to-one: 1 -> 11 (certain) holds 11, so 2's answer 11 is dropped; 3 abstains; 4 -> 16
+    assert sorted(zip(m.match_src.tolist(), m.match_tgt.tolist())) == [(1, 11), (4, 16)]
+    assert m.abstained.tolist() == [3]
+    assert m.llm_pick.tolist() == [11, -1, 16]
+    gold_src, gold_tgt = np.array([1, 2, 3, 4]), np.array([11, 11, 15, 16])
+    got = decoder_metrics(q, m.cand, m.match_src, m.match_tgt, gold_src, gold_tgt, [1])
+    assert got["hits@1"] == pytest.approx(3 / 4)  # 1, 2 and 4 right at rank 1; 3's gold is at rank 2
+    assert got["precision"] == 1.0 and got["recall"] == pytest.approx(2 / 4)
+    # fusion with the small model: 2's scores 0.5 (12) vs 0.4 (11) over its 2 options -> P_small
+    # 12: 5/9, 11: 4/9; at fusion 0.9: 11 -> 0.1*0.7 + 0.9*4/9 = 0.47 < 12 -> 0.1*0.2 + 0.9*5/9 = 0.52
+    f = merge(q, cand, score, match_src, match_tgt, np.array([2, 3, 4]), llm_src, options, n_options, np.log(p), 0.9)
+    assert f.cand[1].tolist() == [12, 11, 14]
+
+
+def test_training_candidates_insert_or_remove_the_gold():
+    rng = np.random.default_rng(0)
+    ranked = np.array([[5, 6, 7, 8, 9]] * 400)
+    gold = np.array([7] * 200 + [42] * 200)  # in the list / missed by the retriever
+    cands, has = training_candidates(ranked, gold, 3, 0.25, rng)
+    assert cands.shape == (400, 3)
+    assert np.all((cands == gold[:, None]).any(1) == has)  # gold shown exactly when the example has it
+    assert 0.15 < 1 - has.mean() < 0.35  # ~25% "none" examples
+    assert len({int(np.flatnonzero(r == 42)[0]) for r, h in zip(cands[200:], has[200:]) if h}) == 3  # random slot
+    assert np.all((cands[~has] != gold[~has, None]).all(1)) and np.all(cands >= 0)
+
+
+def test_anchor_folds_are_balanced_and_seeded():
+    f = anchor_folds(103, 5, 0)
+    assert sorted(np.bincount(f).tolist()) == [20, 20, 21, 21, 21]
+    assert np.array_equal(f, anchor_folds(103, 5, 0)) and not np.array_equal(f, anchor_folds(103, 5, 1))
+
+
+def test_neighbour_consistency_counts_neighbours_whose_match_neighbours_the_best_target():
+    # KG1: 0-1, 0-2 ; KG2: 0-1 (2 is not a neighbour of 0)
+    adj_s = sp.csr_matrix(np.array([[0, 1, 1], [1, 0, 0], [1, 0, 0]]))
+    adj_t = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]]))
+    anchors = np.array([[1, 1], [2, 2]])  # 1 <-> 1, 2 <-> 2 are seeds
+    got = neighbour_consistency(np.array([0, -1]), np.array([0, 1]), adj_s, adj_t, anchors)
+    assert got[0] == pytest.approx(0.5)  # neighbours 1 and 2 matched; only 1's match neighbours target 0
+    assert np.isnan(got[1])  # no best target
+
+
+def test_prompt_slot_string_repeats_for_several_adapter_tokens():
+    src = EntityView(0, "a", ["r: x"])
+    p = build_prompt(src, [EntityView(1, "b")], lambda t: len(t.split()), 100, np.random.default_rng(0),
+                     slot=f"{SLOT} {SLOT}")
+    assert p.text.count(SLOT) == 4
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory):
+    from hiea_ray.core.tiny import build_tiny_causal_lm
+
+    corpus = ["Which option is the same entity as the source? Answer with one letter. Source: A B C D none of these"]
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("llm"), corpus, hidden=32, layers=1)
+
+
+OPTS = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_targets": ["q_proj", "v_proj"], "adapter_tokens": 2,
+        "candidates": 2}
+
+
+def test_saved_lora_and_adapter_reload_to_the_same_distribution(tiny_llm, tmp_path):
+    from hiea_ray.core.llm import PromptFormat, load_hiea_llm, score
+
+    torch.manual_seed(0)
+    model, tok = load_hiea_llm(tiny_llm, None, 8, OPTS, trainable=True)
+    with torch.no_grad():  # make LoRA and the adapter non-trivial
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    fmt = PromptFormat(tok, 2)
+    prompt = build_prompt(EntityView(0, "A"), [EntityView(1, "B"), EntityView(2, "C")], fmt.count, 200,
+                          np.random.default_rng(0), slot=fmt.slot)
+    texts = [fmt.wrap(prompt.text)]
+    vec = [np.random.default_rng(1).normal(size=3 * 8).astype(np.float32)]
+    before = score(model, tok, texts, vec, [3], 3, torch.device("cpu"))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    again, tok2 = load_hiea_llm(tiny_llm, str(tmp_path / "m"), 8, OPTS, trainable=False)
+    after = score(again, tok2, texts, vec, [3], 3, torch.device("cpu"))
+    assert np.allclose(before, after, atol=1e-5) and np.isclose(np.exp(after).sum(), 1.0, atol=1e-5)
+    fresh, _ = load_hiea_llm(tiny_llm, None, 8, OPTS, trainable=False)
+    assert not np.allclose(score(fresh, tok, texts, vec, [3], 3, torch.device("cpu")), before, atol=1e-4)
+    with pytest.raises(UserError, match="takes 8-dim entity vectors; this run's encoder gives 16-dim"):
+        load_hiea_llm(tiny_llm, str(tmp_path / "m"), 16, OPTS, trainable=False)
