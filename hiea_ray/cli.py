@@ -61,13 +61,23 @@ def format_summary(pipe, metrics: dict) -> str:
     lines += ["", f"{'protocol':<12} {'decoder':<9} " + " ".join(f"{h:>8}" for h in hits)
               + f" {'mrr':>7} {'P':>7} {'R':>7} {'F1':>7}"]
     for protocol in pipe.cfg.evaluate.protocols:  # config order (metrics.json is key-sorted)
-        for name in pipe.cfg.decode.decoders:
+        for name in pipe.cfg.decode.decoders + (["hiea"] if pipe.cfg.llm.enabled else []):
             m = allp[protocol][name]
             lines.append(
                 f"{protocol:<12} {name:<9} " + " ".join(f"{m[h]:>8.4f}" for h in hits)
                 + f" {m['mrr']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f} {m['f1']:>7.4f}"
             )
+    if pipe.cfg.llm.enabled:
+        for protocol in pipe.cfg.evaluate.protocols:
+            h = allp[protocol]["hiea"]
+            lines.append(f"{protocol}: {h['routed']} of {h.get('sources', '?')} sources "
+                         f"routed to the LLM ({100 * h['llm_fraction']:.1f}%), {h['llm_calls']} LLM calls; on the routed test "
+                         f"sources Hits@1 LLM {_num(h['llm_hits@1_routed'])} vs small model {_num(h['small_hits@1_routed'])}")
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _align(data: Path, out: Path, args) -> int:

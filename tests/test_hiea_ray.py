@@ -217,3 +217,28 @@ def test_router_labels_never_come_from_their_own_anchors(hiea_run, monkeypatch):
         assert not np.isin(f_src, anchor_src).any()  # ... without its own links as anchors
         assert len(anchors) == (fold != j).sum()
     assert 0 < right.mean() < 1  # labels are not trivially right
+
+
+def test_route_alone_on_both_protocols(e2e, tmp_path):
+    """route.enabled without the LLM tier: both protocols routed (all-targets: every KG1 entity),
+    the target precision met on the labelled sources, the budget respected."""
+    run = copy_stages(e2e["run"], tmp_path / "run", UPSTREAM)
+    cfg = load_config(overrides=tiny_overrides(
+        e2e["model"], "decode.decoders=[top1,sinkhorn,structure]", "route.enabled=true", "route.folds=3",
+        "route.target_precision=0.9", "evaluate.protocols=[standard,all-targets]"))
+    pipe = Pipeline(cfg, e2e["data"], run)
+    metrics = pipe.run_all()
+    assert "route" in pipe.timings and "llm" not in pipe.timings and "hiea" not in metrics
+    rep = json.loads((run / "route" / "report.json").read_text())["protocols"]
+    pair = pipe.pair()
+    assert rep["all-targets"]["sources"] == int((pair.entities["kg"].to_numpy() == 1).sum())
+    for p in ("standard", "all-targets"):
+        lab = rep[p]["labelled"]
+        assert lab["precision"] is None or lab["precision"] >= 0.9  # met on the labelled (out-of-fold) sources
+    budget = Pipeline(load_config(overrides=tiny_overrides(
+        e2e["model"], "decode.decoders=[top1,sinkhorn,structure]", "route.enabled=true", "route.folds=3",
+        "route.target_precision=1.0", "route.max_llm_fraction=0.3", "evaluate.protocols=[standard,all-targets]")),
+        e2e["data"], run)
+    budget.run_stage("route")
+    rep = json.loads((run / "route" / "report.json").read_text())["protocols"]
+    assert all(rep[p]["labelled"]["certain_fraction"] >= 0.7 - 1e-9 for p in rep)  # at most 30% to the LLM

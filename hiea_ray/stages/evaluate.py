@@ -74,7 +74,7 @@ def hiea_metrics(ctx: RunContext, protocol: str, gold_src, gold_tgt) -> dict:
         if (ctx.run / "llm" / "manifest.json").is_file() else {}
     out.update({
         "primary": primary,
-        "routed": int(len(uncertain)), "llm_fraction": round(len(uncertain) / max(len(q), 1), 4),
+        "sources": int(len(q)), "routed": int(len(uncertain)), "llm_fraction": round(len(uncertain) / max(len(q), 1), 4),
         "routed_test": int(on_test.sum()),
         "llm_hits@1_routed": float(np.mean(m.llm_pick[on_test] == g[on_test])) if on_test.any() else None,
         "small_hits@1_routed": float(np.mean(small_top1[on_test] == g[on_test])) if on_test.any() else None,
