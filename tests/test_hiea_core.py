@@ -119,3 +119,14 @@ def test_saved_lora_and_adapter_reload_to_the_same_distribution(tiny_llm, tmp_pa
     assert not np.allclose(score(fresh, tok, texts, vec, [3], 3, torch.device("cpu")), before, atol=1e-4)
     with pytest.raises(UserError, match="takes 8-dim entity vectors; this run's encoder gives 16-dim"):
         load_hiea_llm(tiny_llm, str(tmp_path / "m"), 16, OPTS, trainable=False)
+
+
+def test_a_training_example_never_shows_its_own_link_as_a_bridge():
+    from hiea_ray.core.prompt import Neighbourhoods
+
+    # KG1: 1 -r-> 2 ; KG2: 11 -r-> 12 ; links 1-11 (the example) and 2-12 (another seed)
+    nb = Neighbourhoods(np.array([1, 2, 11, 12]), ["s", "sn", "t", "tn"], np.array([1, 11]), ["r", "r"],
+                        np.array([2, 12]), counterpart={1: "t", 11: "s", 2: "tn", 12: "sn"})
+    assert nb.view(12).facts == ["r of: t (= s)"]  # the gold's neighbour 11 would name the source
+    assert nb.view(12, hide=frozenset({1, 11})).facts == ["r of: t"]
+    assert nb.view(11, hide=frozenset({1, 11})).facts == ["r: tn (= sn)"]  # other bridges stay

@@ -155,15 +155,17 @@ class Neighbourhoods:
     def name(self, entity: int) -> str:
         return self.names[int(np.searchsorted(self.ids, entity))]
 
-    def view(self, entity: int, relation_label=lambda r: r) -> EntityView:
+    def view(self, entity: int, relation_label=lambda r: r, hide: frozenset = frozenset()) -> EntityView:
+        """hide: entities whose counterpart is not shown (a training example's own link: its
+        source and gold are bridges elsewhere, but here they would give the answer away)."""
         r = int(np.searchsorted(self.ids, entity))
         lo, hi = self.start[r], self.start[r + 1]
         facts = []
         for j in range(lo, hi):
             nid = int(self.ids[self.nbr[j]])
             rel = relation_label(str(self.rel_names[self.rel[j]]))
-            facts.append((nid not in self.counterpart,
-                          fact(rel, self.names[self.nbr[j]], bool(self.out[j]), self.counterpart.get(nid))))
+            cp = None if nid in hide else self.counterpart.get(nid)
+            facts.append((cp is None, fact(rel, self.names[self.nbr[j]], bool(self.out[j]), cp)))
         facts.sort(key=lambda f: f[0])  # bridges first, then the KG's order
         return EntityView(int(entity), self.names[r], [f for _, f in facts[: self.max_facts]])
 

@@ -55,9 +55,11 @@ def prompt_table(src: np.ndarray, cands: np.ndarray, gold: np.ndarray | None, nb
     rows: dict[str, list] = {k: [] for k in ("src", "text", "n_options", "answer", "tokens", "small")}
     flat = np.zeros((len(src), slots * dim), np.float32)
     options = np.full((len(src), c), -1, np.int64)
-    view = lambda e: nb.view(int(e), relation_label)  # noqa: E731
     for i, s in enumerate(src):
         cand = [int(x) for x in cands[i, :c] if x >= 0]
+        # the example's own link is never shown as a bridge (at inference a routed source has none)
+        hide = frozenset((int(s),) if gold is None else (int(s), int(gold[i])))
+        view = lambda e: nb.view(int(e), relation_label, hide)  # noqa: E731
         p = build_prompt(view(s), [view(x) for x in cand], fmt.count, budget, np.random.default_rng([seed, int(s)]),
                          gold=None if gold is None else int(gold[i]), slot=fmt.slot)
         shown = [cand[j] for j in p.order]
