@@ -83,8 +83,10 @@ def main(argv=None) -> int:
     protocol = cfg.evaluate.protocols[0]
     metrics = json.loads((run / "metrics.json").read_text())
     route_rep = json.loads((run / "route" / "report.json").read_text())["protocols"][protocol]
-    history = json.loads((run / "llm_train" / "history.json").read_text())
-    manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in ("route", "llm_train", "llm")}
+    # the LLM trained in this run, or (llm.train: false) the run whose llm_train/model it uses
+    trained_in = run / "llm_train" if cfg.llm.train else Path(cfg.llm.trained).parent
+    history = json.loads((trained_in / "history.json").read_text())
+    manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in ("route", "llm")}
     pair = KGPair.read(run / "ingest")
     test = pair.links_of("test")
     gold = dict(zip(test["src"].to_pylist(), test["tgt"].to_pylist()))
@@ -103,6 +105,15 @@ def main(argv=None) -> int:
                    column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]),
                    cfg.llm.fusion)
     llm_top = dict(zip(r_src[~certain].tolist(), merged.cand[rows_of(q, r_src[~certain]), 0].tolist()))
+    # information only (test links; nothing is chosen by it): Hits@1 on the routed test sources
+    # when the LLM's distribution is fused with the small model's at other weights
+    routed_test = np.array([s in gold for s in r_src[~certain].tolist()])
+    fusion_sweep = {}
+    for w in (0.0, 0.25, 0.5, 0.75, 1.0):
+        f = merge(q, cand, score, m["src"].to_numpy(), m["tgt"].to_numpy(), r_src[~certain], llm["src"].to_numpy(),
+                  column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]), w)
+        rs = r_src[~certain][routed_test]
+        fusion_sweep[str(w)] = round(float(np.mean(f.cand[rows_of(q, rs), 0] == np.array([gold[x] for x in rs.tolist()]))), 4)
     rng = np.random.default_rng(args.seed)
     pool = r_src[certain & on_test]
     extra_src = np.sort(rng.choice(pool, min(args.extra, len(pool)), replace=False)) if args.extra and len(pool) else pool[:0]
@@ -141,17 +152,20 @@ def main(argv=None) -> int:
                    "labelled_certain_fraction": route_rep["labelled"]["certain_fraction"],
                    "labelled_sources": route_rep["labelled"]["sources"], "threshold": route_rep["threshold"],
                    "routed_to_llm": route_rep["routed_to_llm"], "wall_s": manifests["route"]["wall_s"]},
-        "llm_train": {"examples": history["train_examples"], "valid_acc": history["best"]["valid_acc"],
+        "llm_train": {"trained_in": str(trained_in), "examples": history["train_examples"], "valid_acc": history["best"]["valid_acc"],
                       "valid_small_acc": history["valid_small_acc"], "wall_s": history["wall_s"],
                       "steps": len(history["curve"]), "s_per_step": round(history["wall_s"] / max(len(history["curve"]), 1), 2)},
         "routed": {"sources": h["routed_test"], "llm_hits@1": h["llm_hits@1_routed"], "small_hits@1": h["small_hits@1_routed"],
                    "hiea_hits@1": h["hiea_hits@1_routed"], "gold_in_prompt": h["gold_in_prompt_routed"],
-                   "abstained": h["abstained"]},
+                   "abstained": h["abstained"],
+                   "llm_answer_letter_histogram": np.bincount(column_to_numpy(llm["logp"]).argmax(1),
+                                                              minlength=cfg.llm.candidates + 1).tolist()},
         "hiea": {k: h[k] for k in ("hits@1", "hits@10", "mrr", "precision", "recall", "f1") if k in h},
         "cost": {"llm_calls": h["llm_calls"], "llm_calls_per_routed_entity": 1, "llm_calls_per_certain_entity": 0,
                  "llm_fraction": h["llm_fraction"], "prompt_tokens_mean": h.get("prompt_tokens_mean"),
                  "prompt_tokens_max": h.get("prompt_tokens_max"), "llm_wall_s": h.get("wall_s"),
                  "llm_entities_per_s": h.get("entities_per_s"), "chatea": CHATEA_CALLS},
+        "routed_hits@1_by_fusion_weight_information_only": fusion_sweep,
         "extra_certain_sample": {"sources": int(len(extra_src)), "llm_hits@1": extra_llm_acc, "small_hits@1": extra_small_acc,
                                  "wall_s": round(extra_wall, 1)},
         "curve": curve,

@@ -77,6 +77,10 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     shutil.move(str(tmp / "best"), tmp / "model")
     shutil.rmtree(tmp / "ray", ignore_errors=True)  # Ray Train's checkpoints: only the best model is kept
     small = float(np.mean(valid["small"].to_numpy() == valid["answer"].to_numpy()))
+    if res["best"]["valid_acc"] <= small:
+        log.warning("llm_train: the LLM's best validation accuracy %.4f is not above the retriever's %.4f on the same "
+                    "examples: its answers will likely lower Hits@1 on the routed sources (more steps, a larger "
+                    "model or llm.fusion > 0 may help)", res["best"]["valid_acc"], small)
     history = {"train_examples": data.num_rows, "valid_examples": valid.num_rows, "prompt_tokens_mean": float(tokens.mean()),
                "prompt_tokens_max": int(tokens.max()), "valid_small_acc": small, "wall_s": round(time.time() - t0, 1),
                "prompt_build_s": round(built, 1), **res}
