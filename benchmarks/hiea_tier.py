@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from hiea_ray.config import Config, config_from_dict  # noqa: E402
+from hiea_ray.core.hiea import merge  # noqa: E402
 from hiea_ray.core.router import primary_decoder  # noqa: E402
 from hiea_ray.io import column_to_numpy, read_dir, read_lists, rows_of  # noqa: E402
 from hiea_ray.kg.model import KGPair  # noqa: E402
@@ -61,14 +61,9 @@ def extra_llm_answers(run: Path, cfg: Config, protocol: str, src: np.ndarray) ->
     torch.set_num_threads(lc.torch_threads or 2)
     scorer = LLMScorer(asdict(lc), resolve_llm(lc.model), trained_model(ctx), int(vecs.shape[1]))
     out = scorer(table)
-    logp = column_to_numpy(out["logp"])
-    options = column_to_numpy(out["options"])
-    n_opt = out["n_options"].to_numpy()
-    c = options.shape[1]
-    p = logp[:, :c].copy()
-    p[np.arange(c)[None, :] >= (n_opt - 1)[:, None]] = -np.inf
-    none = logp[np.arange(len(logp)), n_opt - 1]
-    return np.where(p.max(1) > none, options[np.arange(len(p)), p.argmax(1)], -1)
+    none = np.zeros(0, np.int64)  # the LLM's own pick, as the hiea merge reads it
+    return merge(q, cand, np.zeros(cand.shape), none, none, src, out["src"].to_numpy(), column_to_numpy(out["options"]),
+                 out["n_options"].to_numpy(), column_to_numpy(out["logp"])).llm_pick
 
 
 def main(argv=None) -> int:
@@ -97,7 +92,6 @@ def main(argv=None) -> int:
     certain = route["certain"].to_numpy(zero_copy_only=False)
     on_test = np.isin(r_src, test["src"].to_numpy())
     llm = read_dir(run / "llm" / protocol / "parts").sort_by("src")
-    from hiea_ray.core.hiea import merge
 
     q, cand, score = read_lists(run / "decode" / protocol / f"{metrics['hiea']['primary']}.parquet")
     m = pq.read_table(run / "decode" / protocol / f"{metrics['hiea']['primary']}.match.parquet")

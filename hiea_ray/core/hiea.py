@@ -55,7 +55,8 @@ def merge(q: np.ndarray, cand: np.ndarray, score: np.ndarray, match_src: np.ndar
     ranked = np.take_along_axis(options, order, axis=1)
     for i, r in enumerate(rows):
         head = [int(t) for t in ranked[i] if t >= 0]
-        tail = [int(t) for t in cand[r] if t >= 0 and int(t) not in set(head)]
+        shown = set(head)
+        tail = [int(t) for t in cand[r] if t >= 0 and int(t) not in shown]
         row = (head + tail)[: cand.shape[1]]
         out[r] = -1
         out[r, : len(row)] = row

@@ -52,10 +52,8 @@ def route_enabled(cfg) -> bool:
 def features(lists: dict, t2s, t2s_score, q: np.ndarray, b: np.ndarray, graphs: SeedGraphs, primary: str):
     """(X, names, best local target of the primary decoder) for sources q against targets b."""
     src_rows, tgt_rows = graphs.rows(q, b)
-    p_best = None
-    for name, (idx, score) in lists.items():
-        if name == primary:
-            p_best = idx[np.arange(len(idx)), np.argmax(np.where(idx >= 0, score, -np.inf), axis=1)]
+    idx, score = lists[primary]
+    p_best = idx[np.arange(len(idx)), np.argmax(np.where(idx >= 0, score, -np.inf), axis=1)]
     best_rows = np.where(p_best >= 0, tgt_rows[np.maximum(p_best, 0)], -1)
     cons = neighbour_consistency(best_rows, src_rows, graphs.adj_s, graphs.adj_t, graphs.anchors)
     degree = np.diff(graphs.adj_s.indptr)[src_rows]
