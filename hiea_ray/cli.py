@@ -3,6 +3,10 @@
     hiea-ray align --data DIR --out RUN [--config FILE] [--set key=value ...] [--until STAGE]
     hiea-ray demo  [--out RUN] [--entities N] [--set key=value ...]
     hiea-ray synth --out DIR [--entities N] [--seed S]
+    hiea-ray serve --run RUN [--host H] [--port P] [--set serve.key=value ...]
+
+``serve`` starts the Ray Serve application over a finished run (``hiea_ray.serve``): POST
+/v1/align on http://HOST:PORT, OpenAPI at /docs; Ctrl-C stops it.
 
 ``align`` runs every stage (reusing the ones whose inputs and config are unchanged) and prints a
 summary table. It joins the Ray cluster named by ray.address or $RAY_ADDRESS (as inside
@@ -42,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--entities", type=int, default=3000, help="entities in the generated world")
     d.add_argument("--seed", type=int, default=0)
     common(d)
+    v = sub.add_parser("serve", help="serve a finished run over HTTP (Ray Serve: retriever -> router -> LLM)")
+    v.add_argument("--run", required=True, help="a finished `hiea-ray align` run folder")
+    v.add_argument("--host", help="bind address (serve.host, default 127.0.0.1)")
+    v.add_argument("--port", type=int, help="HTTP port (serve.port, default 8000)")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (serve.*)")
+    v.add_argument("-q", "--quiet", action="store_true", help="only warnings")
     s = sub.add_parser("synth", help="write a synthetic KG pair (OpenEA format)")
     s.add_argument("--out", required=True)
     s.add_argument("--entities", type=int, default=3000)
@@ -90,14 +100,41 @@ def _align(data: Path, out: Path, args) -> int:
     t0 = time.time()
     pipe = Pipeline(cfg, data, out)
     result = pipe.run_all(until=args.until)
-    resolved = out / "config.resolved.json"
-    text = json.dumps(cfg.to_dict(), indent=2)
-    if not resolved.is_file() or resolved.read_text() != text:  # a finished read-only run still reports
-        resolved.write_text(text)
     if args.until == "evaluate":
         print(format_summary(pipe, result))
         print(f"\nmetrics: {out / 'metrics.json'}  plot: {out / 'evaluate' / 'metrics.png'}  total {time.time() - t0:.1f}s")
     return 0
+
+
+def _serve(args) -> int:
+    from hiea_ray.serve.engine import ServeRun
+
+    sets = list(args.set)
+    if args.host:
+        sets.append(f"serve.host={args.host}")
+    if args.port:
+        sets.append(f"serve.port={args.port}")
+    ctx = ServeRun(args.run, sets)  # a user mistake (no run, bad --set) is one line before Ray starts
+    sv = ctx.cfg.serve
+    from ray import serve
+
+    from hiea_ray.data import init_ray
+    from hiea_ray.serve.app import build_app
+
+    init_ray(ctx.cfg)
+    serve.start(http_options={"host": sv.host, "port": sv.port, "request_timeout_s": sv.request_timeout_s})
+    serve.run(build_app(args.run, sets), name="hiea", route_prefix="/", blocking=False)
+    url = f"http://{sv.host}:{sv.port}"
+    print(f"hiea-ray serving {args.run} ({ctx.protocol}; tiers: small"
+          f"{', router' if ctx.has_router else ''}{', llm' if ctx.has_llm else ''}) at {url}\n"
+          f"  POST {url}/v1/align  {{\"id\": <KG1 id>}} or {{\"entity\": {{\"name\": ..., \"relations\": [...]}}}}\n"
+          f"  docs {url}/docs   health {url}/healthz   Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        _shutdown_ray()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(generate(args.out, args.entities, args.seed), indent=2))
             return 0
+        if args.cmd == "serve":
+            return _serve(args)
         if args.cmd == "demo":
             from hiea_ray.kg.synthetic import generate
 

@@ -356,6 +356,46 @@ class RayConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The online service over a finished run (``hiea-ray serve``, ``hiea_ray.serve``). Read only
+    by the Serve app: no stage depends on it."""
+
+    # Which of the run's protocols to serve (its targets are the index): null = all-targets when
+    # the run has it (every KG2 entity), else the run's first protocol.
+    protocol: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Candidates returned per query by default, and the most a request may ask for (both capped at
+    # the run's retrieve.k).
+    k: int = 10
+    max_k: int = 50
+    # The certainty router on (false: every query goes to the LLM tier; the all-LLM baseline).
+    route: bool = True
+    # @serve.batch of the LLM tier: prompts per forward pass (1 = unbatched) and the wait to fill one.
+    llm_batch_size: int = 8
+    llm_batch_wait_s: float = 0.02
+    # Replicas (min == max: fixed; max > min: autoscaled on target_ongoing_requests).
+    retriever_replicas: int = 1
+    retriever_max_replicas: int = 1
+    llm_replicas: int = 1
+    llm_max_replicas: int = 1
+    target_ongoing_requests: float = 4.0
+    # Backpressure: requests a replica works on at once, and queued per handle before 503.
+    max_ongoing_requests: int = 32
+    max_queued_requests: int = 128
+    # A request slower than this answers 408 (the HTTP proxy's end-to-end timeout).
+    request_timeout_s: float = 60.0
+    # Request body limit (413 above it) and queries per /v1/align/batch call.
+    max_body_bytes: int = 1_000_000
+    max_batch_queries: int = 64
+    # Resources per replica (num_gpus > 0 puts the LLM tier / encoder on a GPU; bf16 by llm.amp).
+    retriever_cpus: float = 0.5
+    llm_cpus: float = 1.0
+    llm_gpus: float = 0.0
+    torch_threads: int = 1
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     verbalize: VerbalizeConfig = field(default_factory=VerbalizeConfig)
@@ -368,6 +408,7 @@ class Config:
     route: RouteConfig = field(default_factory=RouteConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> "Config":
         checks = [
@@ -436,6 +477,16 @@ class Config:
                 raise UserError(f"config field {name}.zero_stage: {sc.zero_stage} is not one of 0, 1, 2, 3")
             if sc.num_workers < 1:
                 raise UserError(f"config field {name}.num_workers: must be >= 1")
+        sv = self.serve
+        if sv.protocol is not None and sv.protocol not in self.evaluate.protocols:
+            raise UserError(f"config field serve.protocol: {sv.protocol!r} is not one of the run's evaluate.protocols "
+                            f"{self.evaluate.protocols}")
+        if not 1 <= sv.k <= sv.max_k:
+            raise UserError("config fields serve.k / serve.max_k: need 1 <= k <= max_k")
+        if sv.retriever_max_replicas < sv.retriever_replicas or sv.llm_max_replicas < sv.llm_replicas:
+            raise UserError("config fields serve.*_max_replicas: must be >= the matching *_replicas")
+        if not 0 < sv.port < 65536:
+            raise UserError(f"config field serve.port: {sv.port} is not a TCP port")
         r = self.rerank
         if r.enabled and not 1 <= r.k <= self.retrieve.k:
             raise UserError("config field rerank.k: must be in [1, retrieve.k]")
@@ -471,17 +522,20 @@ _RANGES = [
         "rerank.eval_every", "rerank.valid_links", "rerank.infer_batch_size", "rerank.rows_per_batch", "rerank.num_actors",
         "ray.num_cpus", "route.folds", "llm.candidates", "llm.prompt_tokens", "llm.lora_r", "llm.epochs",
         "llm.batch_size", "llm.eval_every", "llm.valid_links", "llm.infer_batch_size", "llm.rows_per_batch",
-        "llm.num_actors")],
+        "llm.num_actors", "serve.llm_batch_size", "serve.retriever_replicas", "serve.llm_replicas",
+        "serve.max_ongoing_requests", "serve.max_queued_requests", "serve.max_body_bytes", "serve.max_batch_queries")],
     *[(f, 0, False) for f in (
         "verbalize.max_neighbors", "embed.torch_threads", "embed.gpus_per_actor", "train.warmup_steps",
         "train.hard_negatives", "rerank.max_train_links", "rerank.warmup_steps", "rerank.gpus_per_actor",
         "rerank.torch_threads", "train.scaling.torch_threads", "rerank.scaling.torch_threads", "llm.max_facts",
         "llm.adapter_tokens", "llm.max_train_links", "llm.warmup_steps", "llm.gpus_per_actor", "llm.torch_threads",
-        "llm.lora_dropout", "llm.scaling.torch_threads")],
+        "llm.lora_dropout", "llm.scaling.torch_threads", "serve.llm_batch_wait_s", "serve.llm_gpus",
+        "serve.torch_threads")],
     *[(f, 0, True) for f in (
         "embed.cpus_per_actor", "decode.sinkhorn_tau", "train.lr", "train.temperature", "rerank.lr", "rerank.cpus_per_actor",
         "train.scaling.cpus_per_worker", "rerank.scaling.cpus_per_worker", "decode.score_scale", "llm.lr",
-        "llm.lora_alpha", "llm.cpus_per_actor", "llm.scaling.cpus_per_worker")],
+        "llm.lora_alpha", "llm.cpus_per_actor", "llm.scaling.cpus_per_worker", "serve.target_ongoing_requests",
+        "serve.request_timeout_s", "serve.retriever_cpus", "serve.llm_cpus")],
     ("route.cv_folds", 2, False),
     ("retrieve.hnsw_m", 2, False),
     ("train.scaling.max_failures", -1, False),
@@ -659,10 +713,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
-    """A config from a plain dict (e.g. a run's config.resolved.json), checked as a YAML file is."""
+def config_from_dict(values: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> Config:
+    """A config from a plain dict (e.g. a run's config.resolved.json), checked as a YAML file is;
+    ``overrides``: ``--set`` items applied on top."""
     try:
-        return _build(Config, migrate(values, source)).validate()
+        values = migrate(values, source)
+        if overrides:
+            values = _merge(values, migrate(parse_overrides(overrides), "--set"))
+        return _build(Config, values).validate()
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
 

@@ -25,7 +25,9 @@ Run folder layout::
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -90,8 +92,16 @@ class Pipeline(RunContext):
 
     def run_all(self, until: str = "evaluate"):
         """Runs the enabled stages up to ``until``; returns metrics.json's content when evaluate
-        ran, else the last stage's record."""
+        ran, else the last stage's record. The run's config goes to ``config.resolved.json`` (what
+        ``hiea-ray serve`` and the benchmarks read back)."""
         out = None
+        self.run.mkdir(parents=True, exist_ok=True)
+        resolved = self.run / "config.resolved.json"
+        text = json.dumps(self.cfg.to_dict(), indent=2)
+        if not resolved.is_file() or resolved.read_text() != text:  # a finished read-only run still runs
+            tmp = resolved.with_suffix(".json.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, resolved)
         for name in STAGES:
             sd = REGISTRY[name]
             if sd.enabled(self.cfg):

@@ -105,3 +105,14 @@ def ray_shared():
     start_local_ray(num_cpus=2)
     yield
     shutdown_ray()
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(tmp_path_factory, synthetic_texts):
+    """A tiny random Llama (hidden 32) whose tokenizer knows the prompts' words and the slot token."""
+    from hiea_ray.core.prompt import HEADER, NONE, SLOT
+    from hiea_ray.core.tiny import build_tiny_causal_lm
+
+    corpus = synthetic_texts["text"].to_pylist() + [HEADER, NONE, "Source: A. B. C. D. E. F. Answer: | ; ="]
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llm"), corpus, hidden=32, layers=2, heads=4,
+                                extra_special=(SLOT,))

@@ -109,3 +109,33 @@ def e2e_run(tmp_path_factory, data: Path, model: str | Path) -> dict:
         metrics = pipe.run_all()
         _E2E[key] = {"cfg": cfg, "run": run, "metrics": metrics, "pipe": pipe, "data": data, "model": model}
     return _E2E[key]
+
+
+def hiea_cfg(e2e: dict, llm_dir, *extra: str):
+    """The HIEA tier's tiny config on the e2e run: structure decoding, router, a tiny Llama."""
+    from hiea_ray.config import load_config
+
+    return load_config(overrides=tiny_overrides(
+        e2e["model"], "decode.decoders=[top1,csls,sinkhorn,structure]", "evaluate.protocols=[standard]",
+        "route.folds=3", "route.max_llm_fraction=0.5", "llm.enabled=true", f"llm.model={llm_dir}", "llm.candidates=3",
+        "llm.prompt_tokens=160", "llm.max_facts=3", "llm.max_train_links=48", "llm.valid_links=16", "llm.batch_size=8",
+        "llm.eval_every=100", "llm.scaling.torch_threads=1", "llm.scaling.cpus_per_worker=0.5", "llm.torch_threads=1",
+        "llm.rows_per_batch=16", "llm.infer_batch_size=8", *extra))
+
+
+_HIEA: dict = {}
+
+
+def hiea_run_shared(tmp_path_factory, e2e: dict, llm_dir) -> dict:
+    """The e2e run continued through route -> llm_train -> llm -> evaluate with ``hiea_cfg``, made
+    once per session and shared (test_hiea_ray, test_serve_ray): copy before changing anything."""
+    key = (str(e2e["run"]), str(llm_dir))
+    if key not in _HIEA:
+        from hiea_ray.pipeline import Pipeline
+
+        run = copy_stages(e2e["run"], tmp_path_factory.mktemp("hiea") / "run", ["ingest", "verbalize", "embed"])
+        cfg = hiea_cfg(e2e, llm_dir)
+        pipe = Pipeline(cfg, e2e["data"], run)
+        metrics = pipe.run_all()
+        _HIEA[key] = {"run": run, "cfg": cfg, "metrics": metrics, "pipe": pipe}
+    return _HIEA[key]

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ray_conftest_helpers import copy_stages, e2e_run, manifest, stage_key, tiny_overrides
+from ray_conftest_helpers import copy_stages, e2e_run, hiea_cfg as _cfg, hiea_run_shared, manifest, stage_key, tiny_overrides
 
 from hiea_ray.config import load_config
 from hiea_ray.errors import UserError
@@ -24,36 +24,13 @@ UPSTREAM = ["ingest", "verbalize", "embed"]
 
 
 @pytest.fixture(scope="module")
-def tiny_llm_dir(tmp_path_factory, synthetic_texts):
-    from hiea_ray.core.prompt import HEADER, NONE, SLOT
-    from hiea_ray.core.tiny import build_tiny_causal_lm
-
-    corpus = synthetic_texts["text"].to_pylist() + [HEADER, NONE, "Source: A. B. C. D. E. F. Answer: | ; ="]
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("tiny_llm"), corpus, hidden=32, layers=2, heads=4,
-                                extra_special=(SLOT,))
-
-
-@pytest.fixture(scope="module")
 def e2e(ray_shared, synthetic_dir, tiny_encoder_dir, tmp_path_factory):
     return e2e_run(tmp_path_factory, synthetic_dir, tiny_encoder_dir)
 
 
-def _cfg(e2e, llm_dir, *extra):
-    return load_config(overrides=tiny_overrides(
-        e2e["model"], "decode.decoders=[top1,csls,sinkhorn,structure]", "evaluate.protocols=[standard]",
-        "route.folds=3", "route.max_llm_fraction=0.5", "llm.enabled=true", f"llm.model={llm_dir}", "llm.candidates=3", "llm.prompt_tokens=160",
-        "llm.max_facts=3", "llm.max_train_links=48", "llm.valid_links=16", "llm.batch_size=8", "llm.eval_every=100",
-        "llm.scaling.torch_threads=1", "llm.scaling.cpus_per_worker=0.5", "llm.torch_threads=1", "llm.rows_per_batch=16",
-        "llm.infer_batch_size=8", *extra))
-
-
 @pytest.fixture(scope="module")
 def hiea_run(e2e, tiny_llm_dir, tmp_path_factory):
-    run = copy_stages(e2e["run"], tmp_path_factory.mktemp("hiea") / "run", UPSTREAM)
-    cfg = _cfg(e2e, tiny_llm_dir)
-    pipe = Pipeline(cfg, e2e["data"], run)
-    metrics = pipe.run_all()
-    return {"run": run, "cfg": cfg, "metrics": metrics, "pipe": pipe}
+    return hiea_run_shared(tmp_path_factory, e2e, tiny_llm_dir)
 
 
 def test_pipeline_routes_trains_scores_and_merges(hiea_run):

@@ -44,7 +44,7 @@ def dedupe_rows(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.where(drop, -1, idx), np.where(drop, -np.inf, score).astype(score.dtype)
 
 
-def _topk_mean(score: np.ndarray, k: int) -> np.ndarray:
+def topk_mean(score: np.ndarray, k: int) -> np.ndarray:
     s = score[:, :k]
     ok = np.isfinite(s)
     total = np.where(ok, s, 0.0).sum(axis=1)
@@ -53,8 +53,13 @@ def _topk_mean(score: np.ndarray, k: int) -> np.ndarray:
 
 def csls(s2t_idx, s2t_score, t2s_idx, t2s_score, k: int = 10):
     """(n, k) CSLS-reranked candidate lists. Candidate lists must be sorted best-first."""
-    r_src = _topk_mean(s2t_score, k)
-    r_tgt = _topk_mean(t2s_score, k)
+    return csls_rows(s2t_idx, s2t_score, topk_mean(t2s_score, k), k)
+
+
+def csls_rows(s2t_idx, s2t_score, r_tgt: np.ndarray, k: int = 10):
+    """CSLS of source rows given the targets' r_T (``topk_mean`` of their own lists): one more
+    row is scored exactly as ``csls`` scores the rows of a whole protocol."""
+    r_src = topk_mean(s2t_score, k)
     valid = s2t_idx >= 0
     rt = np.where(valid, r_tgt[np.where(valid, s2t_idx, 0)], 0.0)
     new = np.where(valid, 2 * s2t_score - r_src[:, None] - rt, -np.inf).astype(np.float32)
@@ -75,8 +80,13 @@ def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int) -> sp.csr_ma
     return sp.csr_matrix((v[first].astype(np.float64), (key // m, key % m)), shape=(n, m))
 
 
-def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, iters: int = 50, k: int | None = None):
-    """(n, k) candidate lists ranked by the transport plan on the sparse candidate graph."""
+def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, iters: int = 50, k: int | None = None,
+             state: dict | None = None):
+    """(n, k) candidate lists ranked by the transport plan on the sparse candidate graph.
+
+    The solve ends on a row normalization, so a row of the plan is K[i, j] v[j] / sum_j K[i, j] v[j]
+    over the row's edges: ``state`` (when given) receives the target scaling ``v`` (m,), with which
+    one more source row is decoded exactly as this solve decoded its rows (``core.online``)."""
     g = candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m)
     g.data = np.exp((g.data - 1.0) / tau)  # cosines <= 1: no overflow; float64 keeps small values
     u = np.ones(g.shape[0])
@@ -90,6 +100,8 @@ def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, 
     kv = g @ v  # end on a row normalization: each source's scores sum to 1
     u = np.divide(1.0, kv, out=np.zeros_like(kv), where=kv > 0)
     del gt
+    if state is not None:
+        state["v"] = v
     # plan = diag(u) K diag(v), scaled in place (no extra copies of the edge arrays)
     g.data *= np.repeat(u, np.diff(g.indptr))
     g.data *= v[g.indices]

@@ -46,11 +46,13 @@ def match(idx: np.ndarray, score: np.ndarray, c) -> tuple[np.ndarray, np.ndarray
 
 def run_decoders(
     names: list[str], s2t, s2t_score, t2s, t2s_score, q: np.ndarray, b: np.ndarray, c,
-    graphs: Callable[[], SeedGraphs] | None = None,
+    graphs: Callable[[], SeedGraphs] | None = None, state: dict | None = None,
 ) -> Iterator[Decoded]:
     """Runs each named decoder (``DecodeConfig`` c) on the lists of sources q and targets b.
 
-    ``graphs`` gives the whole KGs' adjacency and seed anchors, built on first use (structure only)."""
+    ``graphs`` gives the whole KGs' adjacency and seed anchors, built on first use (structure only).
+    ``state``: receives each Sinkhorn-type decoder's final state (``state[name]``, see
+    ``decode.sinkhorn`` / ``structure_sinkhorn``): what the online decoder (Serve) reads."""
     sink = None  # the sinkhorn lists, shared by the sinkhorn and structure decoders
     for name in names:
         t0 = time.time()
@@ -60,7 +62,9 @@ def run_decoders(
             idx, score = dec.csls(s2t, s2t_score, t2s, t2s_score, c.csls_k)
         elif name in ("sinkhorn", "structure"):
             if sink is None:
-                sink = dec.sinkhorn(s2t, s2t_score, t2s, t2s_score, len(b), tau=c.sinkhorn_tau, iters=c.sinkhorn_iters)
+                st = None if state is None else state.setdefault("sinkhorn", {})
+                sink = dec.sinkhorn(s2t, s2t_score, t2s, t2s_score, len(b), tau=c.sinkhorn_tau, iters=c.sinkhorn_iters,
+                                    state=st)
             idx, score = sink
             if name == "structure":
                 if graphs is None:
@@ -70,6 +74,7 @@ def run_decoders(
                 idx, score = structure_sinkhorn(
                     s2t, s2t_score, t2s, t2s_score, g.adj_s, g.adj_t, c.structure_rounds, c.structure_beta,
                     c.sinkhorn_tau, c.sinkhorn_iters, src_rows, tgt_rows, g.anchors, start=sink,
+                    state=None if state is None else state.setdefault("structure", {}),
                 )
         else:
             raise ValueError(f"unknown decoder {name!r}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _top2(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top2(idx: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(best target, its score, margin to the second) of each row; NaN where missing."""
     s = np.where(idx >= 0, score, -np.inf).astype(np.float64)
     order = np.argsort(-s, axis=1, kind="stable")[:, :2]
@@ -44,6 +44,7 @@ def confidence_features(
     consistency: np.ndarray | None = None,
     degree: np.ndarray | None = None,
     name_similarity: np.ndarray | None = None,
+    mutual: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """-> (X (n, f) float32, feature names, the primary decoder's top-1 per source (local target)).
 
@@ -51,7 +52,7 @@ def confidence_features(
     target's ranked sources (local rows), for the mutual-best feature."""
     best, cols, names = {}, [], []
     for name, (idx, score) in lists.items():
-        b, s1, m = _top2(idx, score)
+        b, s1, m = top2(idx, score)
         best[name] = b
         cols += [s1, m]
         names += [f"{name}_top1", f"{name}_margin"]
@@ -61,9 +62,10 @@ def confidence_features(
             cols.append((best[name] == p).astype(np.float64))
             names.append(f"{name}_agrees")
     if t2s is not None:
-        tb, _, _ = _top2(t2s, t2s_score)
+        tb, _, _ = top2(t2s, t2s_score)
         mutual = np.where(p >= 0, tb[np.maximum(p, 0)] == np.arange(len(p)), False)
-        cols.append(mutual.astype(np.float64))
+    if mutual is not None:
+        cols.append(np.asarray(mutual).astype(np.float64))
         names.append("mutual_best")
     for name, extra in (("consistency", consistency), ("log_degree", None if degree is None else np.log1p(degree)),
                         ("name_similarity", name_similarity)):

@@ -185,6 +185,7 @@ def structure_sinkhorn(
     tgt_rows: np.ndarray | None = None,
     anchors: np.ndarray | None = None,
     start: tuple[np.ndarray, np.ndarray] | None = None,
+    state: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sparse Sinkhorn with neighbour consistency folded into the similarity, ``rounds`` rounds:
     best matches of the current plan -> consistency of every edge of both candidate lists ->
@@ -193,7 +194,9 @@ def structure_sinkhorn(
     s2t (n, k) / t2s (m, k'): the candidate lists in local indices with their similarities, as
     for ``decode.sinkhorn``; ``src_rows`` (n,) / ``tgt_rows`` (m,): their adj_s / adj_t rows
     (default: the identity); ``anchors`` (a, 2): fixed (adj_s row, adj_t row) matches, e.g. the
-    seed links; ``start``: the plain Sinkhorn lists when already computed."""
+    seed links; ``start``: the plain Sinkhorn lists when already computed. ``state`` (when given)
+    receives the last round's inputs: ``best_t`` / ``best_s`` (the matches its consistency read) and
+    its Sinkhorn's target scaling ``v`` — what decodes one more source row exactly (``core.online``)."""
     n, m = len(s2t), len(t2s)
     cur = start if start is not None else sinkhorn(s2t, s2t_score, t2s, t2s_score, m, tau=tau, iters=iters)
     if rounds <= 0:
@@ -210,5 +213,7 @@ def structure_sinkhorn(
         c_t = consistency(g_t2s, best_s, best_t, adj_t, adj_s, src_rows=tgt)  # c is symmetric
         f_s = np.where(s2t >= 0, s2t_score + b * c_s, -np.inf).astype(np.float32)
         f_t = np.where(t2s >= 0, t2s_score + b * c_t, -np.inf).astype(np.float32)
-        cur = sinkhorn(s2t, f_s, t2s, f_t, m, tau=tau, iters=iters)
+        cur = sinkhorn(s2t, f_s, t2s, f_t, m, tau=tau, iters=iters, state=state)
+        if state is not None:
+            state["best_t"], state["best_s"] = best_t, best_s
     return cur

@@ -20,7 +20,7 @@ import logging
 import numpy as np
 import pyarrow as pa
 
-from hiea_ray.core.prompt import Neighbourhoods, build_prompt, training_candidates
+from hiea_ray.core.prompt import EntityView, Neighbourhoods, Prompt, build_prompt, training_candidates
 from hiea_ray.core.verbalize import relation_label
 from hiea_ray.io import embeddings_column, rows_of
 
@@ -45,6 +45,14 @@ def neighbourhoods(pair, counterpart_links: list[tuple[np.ndarray, np.ndarray]],
                           counterpart=bridges, max_facts=max_facts)
 
 
+def one_prompt(key: int, source: EntityView, cand: list[int], cand_views: list[EntityView], fmt, budget: int, seed: int,
+               gold: int | None = None) -> tuple[Prompt, list[int]]:
+    """One source's prompt (options in a seeded order: ``key`` + ``seed``) and the candidate ids
+    in option order; what ``prompt_table`` and the Serve tier's LLM deployment both build."""
+    p = build_prompt(source, cand_views, fmt.count, budget, np.random.default_rng([seed, key]), gold=gold, slot=fmt.slot)
+    return p, [cand[j] for j in p.order]
+
+
 def prompt_table(src: np.ndarray, cands: np.ndarray, gold: np.ndarray | None, nb: Neighbourhoods, fmt, budget: int,
                  ids: np.ndarray, vecs: np.ndarray, c: int, seed: int, small_first: np.ndarray | None = None) -> pa.Table:
     """One prompt row per source (see the module doc). cands: (n, >= c) candidate ids, -1 padded;
@@ -60,9 +68,8 @@ def prompt_table(src: np.ndarray, cands: np.ndarray, gold: np.ndarray | None, nb
         # the example's own link is never shown as a bridge (at inference a routed source has none)
         hide = frozenset((int(s),) if gold is None else (int(s), int(gold[i])))
         view = lambda e: nb.view(int(e), relation_label, hide)  # noqa: E731
-        p = build_prompt(view(s), [view(x) for x in cand], fmt.count, budget, np.random.default_rng([seed, int(s)]),
-                         gold=None if gold is None else int(gold[i]), slot=fmt.slot)
-        shown = [cand[j] for j in p.order]
+        p, shown = one_prompt(int(s), view(s), cand, [view(x) for x in cand], fmt, budget, seed,
+                              None if gold is None else int(gold[i]))
         options[i, : len(shown)] = shown
         v = vecs[rows_of(ids, np.asarray(p.slot_ids, np.int64))]
         flat[i, : v.size] = v.ravel()

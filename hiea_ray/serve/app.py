@@ -1,0 +1,271 @@
+"""The Ray Serve application: Retriever -> Router -> LLM deployments behind a FastAPI ingress.
+
+    build_app(run_dir, overrides) -> Application    (handles passed by .bind())
+    app(args)                                          (the builder `serve run` / `serve deploy` import)
+
+- ``Retriever``: ``engine.SmallTier`` — the run's verbalizer and encoder, FAISS over the served
+  protocol's target vectors, every decoder's list for the query, the router's features.
+- ``Router``: ``engine.RouterTier`` — P(the small models are right), certain or not.
+- ``LLM``: ``engine.LLMTier`` behind ``@serve.batch`` (``serve.llm_batch_size`` prompts per forward
+  pass, ``serve.llm_batch_wait_s``): one forward pass per routed query; GPU per replica by config.
+- ``Ingress`` (``@serve.ingress`` FastAPI): ``POST /v1/align``, ``POST /v1/align/batch``,
+  ``GET /v1/entities/{kg}/{id}``, ``GET /healthz``; OpenAPI at ``/docs``. A request mistake is a
+  4xx naming the field (``{"error": {"field", "message"}}``), never a traceback.
+
+Backpressure: each deployment's ``max_ongoing_requests`` / ``max_queued_requests`` (Serve answers
+503 beyond them); the HTTP proxy's ``request_timeout_s`` (``serve.request_timeout_s``). Replicas are
+fixed or autoscaled (``serve.*_replicas`` / ``*_max_replicas``, ``target_ongoing_requests``); Serve
+replaces a dead replica (its health check: ``check_health``).
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations as types in the replica
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from hiea_ray.serve.schema import AlignRequest, BatchRequest
+
+log = logging.getLogger("hiea_ray")
+
+api = FastAPI(title="hiea-ray", version="1",
+              description="Entity alignment against a KG aligned offline by hiea-ray: retriever -> router -> LLM.")
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"field": field, "message": message}})
+
+
+# serve.max_body_bytes, set by the Ingress replica (the middleware runs in its process)
+_MAX_BODY = [1_000_000]
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next):
+    """A POST body over serve.max_body_bytes -> 413 before it is read or parsed."""
+    if request.method == "POST":
+        n = request.headers.get("content-length")
+        if n is None:
+            return _error(411, "body", "a Content-Length header is required")
+        if not n.isdigit() or int(n) > _MAX_BODY[0]:
+            return _error(413, "body", f"the body is over {_MAX_BODY[0]} bytes")
+    return await call_next(request)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError):
+    errs = exc.errors()
+    first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
+    field = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+    return JSONResponse(status_code=422, content={
+        "error": {"field": field, "message": str(first.get("msg", "invalid"))},
+        "detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errs]})
+
+
+@api.exception_handler(Exception)
+async def _internal(request: Request, exc: Exception):  # no traceback in a response
+    log.exception("internal error on %s", request.url.path)
+    return _error(500, "", f"internal error ({type(exc).__name__})")
+
+
+@serve.deployment(name="Retriever")
+class Retriever:
+    def __init__(self, run: str, overrides: list[str]):
+        from hiea_ray.serve.engine import ServeRun, SmallTier
+
+        self.tier = SmallTier(ServeRun(run, overrides))
+
+    def __call__(self, queries: list[dict]) -> list[dict]:
+        """Per query: a SmallTier row, or {"error": (status, field, message)}."""
+        from hiea_ray.serve.engine import BadQuery, UnknownEntity
+
+        ok, out = [], [None] * len(queries)
+        for i, q in enumerate(queries):
+            try:
+                self.tier.resolve(q)
+                ok.append(i)
+            except UnknownEntity as e:
+                out[i] = {"error": (404, "id", str(e))}
+            except BadQuery as e:
+                out[i] = {"error": (422, e.field, str(e))}
+        for i, row in zip(ok, self.tier([queries[i] for i in ok]) if ok else []):
+            out[i] = row
+        return out
+
+    def check_health(self) -> None:
+        if self.tier.index.ntotal != len(self.tier.b):
+            raise RuntimeError("the FAISS index lost its targets")
+
+
+@serve.deployment(name="Router")
+class Router:
+    def __init__(self, run: str, overrides: list[str]):
+        from hiea_ray.serve.engine import RouterTier, ServeRun
+
+        self.tier = RouterTier(ServeRun(run, overrides))
+
+    def __call__(self, X: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.tier(X, names)
+
+
+@serve.deployment(name="LLM")
+class LLM:
+    def __init__(self, run: str, overrides: list[str], batch_size: int, wait_s: float):
+        from hiea_ray.serve.engine import LLMTier, ServeRun
+
+        self.tier = LLMTier(ServeRun(run, overrides))
+        self.score.set_max_batch_size(batch_size)
+        self.score.set_batch_wait_timeout_s(wait_s)
+        self.batches: list[int] = []
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def score(self, prompts: list[dict]) -> list[np.ndarray]:
+        self.batches.append(len(prompts))
+        logp = await asyncio.get_running_loop().run_in_executor(None, self.tier.score, prompts)
+        return list(logp)
+
+    async def __call__(self, entity, vector: np.ndarray, cand: np.ndarray) -> dict:
+        t0 = time.perf_counter()
+        p = self.tier.prompt(entity, vector, cand)
+        logp = await self.score(p)
+        return {"options": p["options"], "n_options": p["n_options"], "logp": logp, "tokens": p["tokens"],
+                "ms": 1000 * (time.perf_counter() - t0)}
+
+    def stats(self) -> dict:
+        b = self.batches
+        return {"batches": len(b), "mean_batch": round(float(np.mean(b)), 2) if b else 0.0}
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, retriever, router, llm, run: str, overrides: list[str]):
+        from hiea_ray.serve.engine import ServeRun
+
+        ctx = ServeRun(run, overrides)
+        self.ctx, self.sv = ctx, ctx.cfg.serve
+        # through the module: this class travels by value (its globals are copies), the middleware does not
+        import hiea_ray.serve.app as module
+
+        module._MAX_BODY[0] = self.sv.max_body_bytes
+        self.retriever, self.router, self.llm = retriever, router, llm
+        ent = ctx.pair().entities.sort_by("id")
+        self.ids, self.kg, self.names = ent["id"].to_numpy(), ent["kg"].to_numpy(), ent["name"].to_pylist()
+        texts = ctx.texts().sort_by("id")
+        self.text_ids, self.texts = texts["id"].to_numpy(), texts["text"].to_pylist()
+        self.fusion = ctx.cfg.llm.fusion
+
+    def name(self, i: int) -> str:
+        return self.names[int(np.searchsorted(self.ids, i))]
+
+    async def _align(self, queries: list[AlignRequest]) -> tuple[list[dict] | None, JSONResponse | None]:
+        from hiea_ray.serve.engine import answer
+
+        t0 = time.perf_counter()
+        batch = len(queries) > 1
+        where = (lambda i, f: f"queries.{i}.{f}") if batch else (lambda i, f: f)  # noqa: E731
+        ks = []
+        for i, q in enumerate(queries):
+            k = self.ctx.k if q.k is None else q.k
+            if not 1 <= k <= self.ctx.max_k:
+                return None, _error(422, where(i, "k"), f"must be in 1..{self.ctx.max_k}, got {k}")
+            if q.tier == "llm" and not self.ctx.has_llm:
+                return None, _error(422, where(i, "tier"), "this run has no LLM tier (no router / llm_train model)")
+            ks.append(k)
+        rows = await self.retriever.remote([q.model_dump() for q in queries])
+        for i, r in enumerate(rows):
+            if "error" in r:
+                status, field, msg = r["error"]
+                return None, _error(status, where(i, field if field != "id" else "id"), msg)
+        t1 = time.perf_counter()
+        prob = certain = None
+        if self.ctx.has_router:
+            X = np.stack([r["features"] for r in rows])
+            prob, certain = await self.router.remote(X, rows[0]["feature_names"])
+        t2 = time.perf_counter()
+        to_llm = []
+        for i, q in enumerate(queries):
+            if q.tier == "llm" or (q.tier == "auto" and self.ctx.has_llm and (not self.sv.route or not certain[i])):
+                to_llm.append(i)
+        outs = await asyncio.gather(*[self.llm.remote(rows[i]["entity"], rows[i]["vector"], rows[i]["ids"]) for i in to_llm])
+        llm_of = dict(zip(to_llm, outs))
+        t3 = time.perf_counter()
+        bodies = []
+        for i, r in enumerate(rows):
+            b = answer(r, ks[i], self.name, None if prob is None else prob[i], None if certain is None else certain[i],
+                       llm_of.get(i), self.fusion)
+            b["timings_ms"] = {"retriever": round(1000 * (t1 - t0), 2), "router": round(1000 * (t2 - t1), 2),
+                               "llm": round(llm_of[i]["ms"], 2) if i in llm_of else 0.0,
+                               "total": round(1000 * (time.perf_counter() - t0), 2)}
+            bodies.append(b)
+        return bodies, None
+
+    @api.post("/v1/align", summary="Align one entity (a KG1 id, or a new entity by its facts)")
+    async def align(self, body: AlignRequest):
+        bodies, err = await self._align([body])
+        return err if err is not None else bodies[0]
+
+    @api.post("/v1/align/batch", summary="Align several entities in one call")
+    async def align_batch(self, body: BatchRequest):
+        if len(body.queries) > self.sv.max_batch_queries:
+            return _error(422, "queries", f"at most {self.sv.max_batch_queries} queries per call, got {len(body.queries)}")
+        bodies, err = await self._align(body.queries)
+        return err if err is not None else {"results": bodies}
+
+    @api.get("/v1/entities/{kg}/{entity_id}", summary="An entity of the run: name and verbalized text")
+    async def entity(self, kg: int, entity_id: int):
+        if kg not in (1, 2):
+            return _error(422, "kg", f"must be 1 or 2, got {kg}")
+        r = int(np.searchsorted(self.ids, entity_id))
+        if r >= len(self.ids) or self.ids[r] != entity_id or self.kg[r] != kg:
+            return _error(404, "entity_id", f"id {entity_id} is not a KG{kg} entity of this run")
+        t = int(np.searchsorted(self.text_ids, entity_id))
+        return {"id": entity_id, "kg": kg, "name": self.names[r], "text": self.texts[t]}
+
+    @api.get("/healthz", summary="Liveness and what is served")
+    async def healthz(self):
+        return {"status": "ok", **self.ctx.describe()}
+
+
+def _options(sv, replicas: int, max_replicas: int, cpus: float, gpus: float = 0.0) -> dict:
+    opts = {"max_ongoing_requests": sv.max_ongoing_requests, "max_queued_requests": sv.max_queued_requests,
+            "ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus}, "health_check_period_s": 2.0}
+    if max_replicas > replicas:
+        opts["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": max_replicas,
+                                      "target_ongoing_requests": sv.target_ongoing_requests}
+    else:
+        opts["num_replicas"] = replicas
+    return opts
+
+
+def build_app(run_dir, overrides=None):
+    """The Serve application over a finished run (``overrides``: ``--set`` items, e.g. serve.k=5).
+    The decoder state is built here, once, before any replica starts."""
+    from hiea_ray.serve.engine import ServeRun, decoder_state
+
+    run, overrides = str(Path(run_dir).resolve()), list(overrides or [])
+    ctx = ServeRun(run, overrides)
+    decoder_state(ctx)
+    sv = ctx.cfg.serve
+    retriever = Retriever.options(**_options(sv, sv.retriever_replicas, sv.retriever_max_replicas, sv.retriever_cpus))
+    router = Router.options(**_options(sv, 1, 1, 0.1))
+    llm = None
+    if ctx.has_llm:
+        llm = LLM.options(**_options(sv, sv.llm_replicas, sv.llm_max_replicas, sv.llm_cpus, sv.llm_gpus)).bind(
+            run, overrides, sv.llm_batch_size, sv.llm_batch_wait_s)
+    ingress = Ingress.options(**_options(sv, 1, 1, 0.1))
+    return ingress.bind(retriever.bind(run, overrides), router.bind(run, overrides) if ctx.has_router else None, llm,
+                        run, overrides)
+
+
+def app(args: dict):
+    """Application builder for ``serve run`` / ``serve deploy`` (args: run, overrides)."""
+    if "run" not in args:
+        raise ValueError("application args: 'run' (a finished hiea-ray run folder) is required")
+    return build_app(args["run"], args.get("overrides") or [])

@@ -1,0 +1,89 @@
+"""The online decoder (``core.online``): one more row against a finished solve, Ray-free.
+
+Every source of a decoded protocol, decoded again as a single row from the recorded state, gets
+the decode's own list for every decoder (top1, CSLS, Sinkhorn, structure) and the router's own
+features; a new row gets lists of the same shape and the same feature names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hiea_ray.config import DecodeConfig, RetrieveConfig
+from hiea_ray.core.decoders import run_decoders
+from hiea_ray.core.metrics import protocol_sets
+from hiea_ray.core.online import DecoderState
+from hiea_ray.core.retrieval import knn
+from hiea_ray.core.structure import SeedGraphs
+
+
+@pytest.fixture(scope="module")
+def decoded(synthetic_pair):
+    pair = synthetic_pair
+    ent = pair.entities.sort_by("id")
+    ids, kg = ent["id"].to_numpy(), ent["kg"].to_numpy()
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(len(ids), 32)).astype(np.float32)
+    src, tgt = pair.links["src"].to_numpy(), pair.links["tgt"].to_numpy()
+    vecs[np.searchsorted(ids, tgt)] = vecs[np.searchsorted(ids, src)] + 0.8 * rng.normal(size=(len(src), 32))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    test = pair.links_of("test")
+    q, b = protocol_sets("standard", test["src"].to_numpy(), test["tgt"].to_numpy(), ids, kg)
+    Q, B = vecs[np.searchsorted(ids, q)], vecs[np.searchsorted(ids, b)]
+    s, i = knn(Q, B, 10, RetrieveConfig(k=10))
+    s2, i2 = knn(B, Q, 10, RetrieveConfig(k=10))
+    c = DecodeConfig(decoders=["top1", "csls", "sinkhorn", "structure"], structure_rounds=2)
+    g = SeedGraphs.of(pair, ["train", "valid"])
+    state: dict = {}
+    lists = {d.name: (d.idx, d.score) for d in run_decoders(c.decoders, i, s, i2, s2, q, b, c, lambda: g, state=state)}
+    st = DecoderState.of(c, "auto", i, s, i2, s2, q, b, g, state, lists)
+    return {"q": q, "b": b, "s2t": (i, s), "t2s": (i2, s2), "g": g, "lists": lists, "st": st, "B": B, "Q": Q}
+
+
+def _neighbours(g, row):
+    return g.adj_s.indices[g.adj_s.indptr[row]:g.adj_s.indptr[row + 1]]
+
+
+def test_every_source_decodes_online_as_the_batch_decoded_it(decoded):
+    from hiea_ray.stages.route import features
+
+    d = decoded
+    st, g, (i, s) = d["st"], d["g"], d["s2t"]
+    X, names, _ = features(d["lists"], *d["t2s"], d["q"], d["b"], g, st.primary)
+    src_rows, _ = g.rows(d["q"], d["b"])
+    for r in range(len(d["q"])):
+        qr = st.query(i[r], s[r], _neighbours(g, src_rows[r]), src_row=r)
+        out = st.decode(qr)
+        for name, (idx, score) in out.items():
+            want_i, want_s = d["lists"][name]
+            assert np.array_equal(idx[0], want_i[r]), (name, r)
+            assert np.allclose(score[0], want_s[r], rtol=1e-5, atol=1e-7), (name, r)
+        x, nm, _ = st.features(qr, out)
+        assert nm == names
+        assert np.allclose(x[0], X[r], equal_nan=True, rtol=1e-5, atol=1e-7), r
+
+
+def test_structure_state_matters(decoded):
+    """Without the structure decoder's last-round matches the rows differ: the state is used."""
+    d = decoded
+    st, g, (i, s) = d["st"], d["g"], d["s2t"]
+    src_rows, _ = g.rows(d["q"], d["b"])
+    base = [st.decode(st.query(i[r], s[r], _neighbours(g, src_rows[r]), r))["structure"] for r in range(40)]
+    st2 = DecoderState(**{**st.__dict__, "best_t": np.full_like(st.best_t, -1), "best_s": np.full_like(st.best_s, -1)})
+    other = [st2.decode(st2.query(i[r], s[r], _neighbours(g, src_rows[r]), r))["structure"] for r in range(40)]
+    assert any(not np.allclose(a[1], b[1]) for a, b in zip(base, other))
+
+
+def test_a_new_row_gets_reverse_edges_from_the_targets_lists(decoded):
+    d = decoded
+    st, g = d["st"], d["g"]
+    v = d["Q"][0]
+    sims = d["B"] @ v
+    order = np.argsort(-sims)[:10]
+    qr = st.query(order, sims[order].astype(np.float32), _neighbours(g, g.rows(d["q"][:1], d["b"])[0][0]), -1, sims)
+    # the targets it would enter: above the last entry of their full t2s list
+    assert set(qr.rev.tolist()) == set(np.flatnonzero(sims > st.t2s_last).tolist())
+    out = st.decode(qr)
+    assert set(out) == {"top1", "csls", "sinkhorn", "structure"} and all(x[0].shape == (1, 10) for x in out.values())
+    x, names, best = st.features(qr, out)
+    assert x.shape == (1, len(names)) and best >= 0

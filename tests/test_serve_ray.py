@@ -1,0 +1,235 @@
+"""The Serve tier on a tiny finished HIEA run: the engine decodes, routes and scores a run entity
+exactly as the run did; the Ray Serve app over HTTP on loopback answers the same, rejects bad
+requests with a 4xx naming the field, and loses no request when replicas are killed under load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from ray_conftest_helpers import e2e_run, hiea_run_shared
+
+from hiea_ray.errors import UserError
+from hiea_ray.io import column_to_numpy, read_dir, read_lists
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def served_run(ray_shared, synthetic_dir, tiny_encoder_dir, tiny_llm_dir, tmp_path_factory):
+    e2e = e2e_run(tmp_path_factory, synthetic_dir, tiny_encoder_dir)
+    h = hiea_run_shared(tmp_path_factory, e2e, tiny_llm_dir)
+    run = tmp_path_factory.mktemp("served") / "run"
+    shutil.copytree(h["run"], run)
+    return run
+
+
+def _offline(run):
+    route = pq.read_table(run / "route" / "standard" / "route.parquet").to_pydict()
+    q, cand, score = read_lists(run / "decode" / "standard" / "structure.parquet")
+    parts = read_dir(run / "llm" / "standard" / "parts").sort_by("src")
+    prompts = pq.read_table(run / "llm" / "standard" / "prompts.parquet").sort_by("src")
+    return route, q, cand, score, parts, prompts
+
+
+def test_engine_answers_a_run_entity_exactly_as_the_run(served_run):
+    from hiea_ray.serve.engine import LLMTier, RouterTier, ServeRun, SmallTier
+
+    ctx = ServeRun(served_run)
+    assert ctx.protocol == "standard" and ctx.has_router and ctx.has_llm
+    small, router = SmallTier(ctx), RouterTier(ctx)
+    route, q, cand, score, parts, prompts = _offline(served_run)
+    rows = small([{"id": int(s)} for s in q])
+    ids = np.stack([r["ids"] for r in rows])
+    got = np.stack([r["scores"] for r in rows])
+    # the structure decoder's list of every source, re-encoded and decoded online
+    assert (ids == cand).mean() > 0.99  # near-ties may swap under a re-encoded vector's float noise
+    assert np.allclose(got[ids == cand], score[ids == cand], atol=1e-4)
+    prob, certain = router(np.stack([r["features"] for r in rows]), rows[0]["feature_names"])
+    assert np.allclose(prob, route["prob"], atol=1e-3)
+    assert (certain == np.asarray(route["certain"])).mean() > 0.99
+    assert [r["best"] for r in rows] == route["answer"]
+    # the LLM tier: the routed sources' prompts and distributions are the llm stage's
+    llm = LLMTier(ctx)
+    routed = parts["src"].to_numpy()
+    by_src = {int(r["entity"].id): r for r in rows}
+    ps = [llm.prompt(by_src[int(s)]["entity"], by_src[int(s)]["vector"], by_src[int(s)]["ids"]) for s in routed]
+    assert [p["text"] for p in ps] == prompts["text"].to_pylist()
+    assert np.array_equal(np.stack([p["options"] for p in ps]), column_to_numpy(prompts["options"]))
+    logp = llm.score(ps)
+    assert np.allclose(np.exp(logp), np.exp(column_to_numpy(parts["logp"])), atol=1e-3)
+
+
+def test_a_new_entity_is_verbalized_and_decoded_like_a_run_entity(served_run):
+    from hiea_ray.serve.engine import ServeRun, SmallTier
+
+    ctx = ServeRun(served_run)
+    small = SmallTier(ctx)
+    pair = ctx.pair()
+    q, cand, _ = read_lists(served_run / "decode" / "standard" / "top1.parquet")
+    s = int(q[0])
+    rel = pair.rel_triples.to_pydict()
+    att = pair.attr_triples.to_pydict()
+    entity = {"name": small.kg1.name(s),
+              "relations": [{"relation": r, "neighbour": t, "direction": "out"}
+                            for h, r, t in zip(rel["head"], rel["relation"], rel["tail"]) if h == s]
+              + [{"relation": r, "neighbour": h, "direction": "in"}
+                 for h, r, t in zip(rel["head"], rel["relation"], rel["tail"]) if t == s],
+              "attributes": [{"attribute": a, "value": v} for e, a, v in zip(att["entity"], att["attribute"], att["value"]) if e == s]}
+    new, known = small([{"entity": entity}, {"id": s}])
+    assert new["entity"].text == known["entity"].text  # the same facts verbalize to the same text
+    assert np.array_equal(np.sort(new["entity"].neighbours), np.sort(known["entity"].neighbours))
+    assert np.allclose(new["vector"], known["vector"], atol=1e-5)
+    assert new["features"].shape == known["features"].shape and new["best"] >= 0
+
+
+def test_serve_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
+    from hiea_ray.serve.engine import ServeRun
+
+    with pytest.raises(UserError, match="config.resolved.json"):
+        ServeRun(tmp_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(served_run):
+    from ray import serve
+
+    from hiea_ray.serve.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(served_run, ["serve.llm_batch_size=4", "serve.k=3", "serve.max_k=8",
+                                     "serve.max_body_bytes=20000", "serve.max_batch_queries=8"]),
+              name="hiea", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def _post(url, body, raw=None):
+    import requests
+
+    data = raw if raw is not None else json.dumps(body)
+    return requests.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=120)
+
+
+def test_http_answers_equal_the_offline_run(app_url, served_run):
+    import requests
+
+    route, q, cand, score, parts, _ = _offline(served_run)
+    h = requests.get(f"{app_url}/healthz", timeout=30).json()
+    assert h["status"] == "ok" and h["llm"] and h["protocol"] == "standard"
+    assert "/v1/align" in requests.get(f"{app_url}/openapi.json", timeout=30).json()["paths"]
+    assert requests.get(f"{app_url}/docs", timeout=30).status_code == 200
+    certain = np.asarray(route["certain"])
+    picks = list(np.flatnonzero(certain)[:4]) + list(np.flatnonzero(~certain)[:4])
+    llm_pick = dict(zip(parts["src"].to_pylist(), column_to_numpy(parts["logp"])))
+    opts = dict(zip(parts["src"].to_pylist(), column_to_numpy(parts["options"])))
+    for i in picks:
+        s = int(route["src"][i])
+        r = _post(f"{app_url}/v1/align", {"id": s})
+        assert r.status_code == 200, r.text
+        b = r.json()
+        assert b["tier"] == ("small" if certain[i] else "llm")
+        assert b["confidence"] == pytest.approx(route["prob"][i], abs=1e-3)
+        assert set(b["timings_ms"]) == {"retriever", "router", "llm", "total"}
+        if certain[i]:
+            assert [c["id"] for c in b["candidates"]] == [int(x) for x in cand[i, :3]]
+            assert [c["score"] for c in b["candidates"]] == pytest.approx([float(x) for x in score[i, :3]], abs=1e-4)
+            assert b["match"]["id"] == route["answer"][i]
+        else:  # the LLM's pick among its options (or none), as the run's llm stage scored it
+            p = np.exp(llm_pick[s])
+            n = int((opts[s] >= 0).sum())
+            best = int(np.argmax(p[:n]))
+            want = int(opts[s][best]) if p[best] > p[n] else None
+            assert (b["match"] or {}).get("id") == want and b["abstained"] == (want is None)
+            assert b["candidates"][0]["id"] in [int(x) for x in opts[s][:n]]
+    batch = _post(f"{app_url}/v1/align/batch", {"queries": [{"id": int(route["src"][i])} for i in picks[:5]]})
+    assert batch.status_code == 200 and len(batch.json()["results"]) == 5
+    assert requests.get(f"{app_url}/v1/entities/1/{int(q[0])}", timeout=30).json()["id"] == int(q[0])
+    # a new entity by name: answered by a tier, k respected
+    b = _post(f"{app_url}/v1/align", {"entity": {"name": "some new entity", "relations": [
+        {"relation": "r", "neighbour": int(q[1])}]}, "k": 5}).json()
+    assert b["tier"] in ("small", "llm") and len(b["candidates"]) == 5 and b["query"]["id"] is None
+
+
+@pytest.mark.parametrize("body, raw, status, field", [
+    ({}, None, 422, ""),  # neither id nor entity
+    ({"id": 1, "entity": {"name": "x"}}, None, 422, ""),
+    ({"id": "abc"}, None, 422, "id"),
+    ({"id": 10**9}, None, 404, "id"),
+    ({"entity": {"name": "   "}}, None, 422, "entity.name"),
+    ({"entity": {"name": "x", "relations": [{"relation": "r"}]}}, None, 422, "entity.relations.0.neighbour"),
+    ({"entity": {"name": "x", "relations": [{"relation": "r", "neighbour": 10**9}]}}, None, 422,
+     "entity.relations.0.neighbour"),
+    ({"id": 0, "k": 0}, None, 422, "k"),
+    ({"id": 0, "k": 1000}, None, 422, "k"),
+    ({"id": 0, "tier": "gpt"}, None, 422, "tier"),
+    ({"id": 0, "colour": "red"}, None, 422, "colour"),
+    (None, "{not json", 422, ""),
+    ({"entity": {"name": "x" * 30000}}, None, 413, "body"),
+])
+def test_bad_requests_are_4xx_naming_the_field(app_url, served_run, body, raw, status, field):
+    if body is not None and body.get("id") == 0:
+        q, _, _ = read_lists(served_run / "decode" / "standard" / "top1.parquet")
+        body = {**body, "id": int(q[0])}
+    r = _post(f"{app_url}/v1/align", body, raw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert field in err["field"] and err["message"]
+    assert "Traceback" not in r.text
+
+
+def test_batch_over_the_limit_and_unknown_entities_are_4xx(app_url):
+    import requests
+
+    r = _post(f"{app_url}/v1/align/batch", {"queries": [{"id": 1}] * 9})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "queries"
+    r = _post(f"{app_url}/v1/align/batch", {"queries": []})
+    assert r.status_code == 422 and "queries" in r.json()["error"]["field"]
+    assert requests.get(f"{app_url}/v1/entities/3/1", timeout=30).status_code == 422
+    assert requests.get(f"{app_url}/v1/entities/1/999999999", timeout=30).status_code == 404
+
+
+def test_replicas_killed_under_load_lose_no_request(app_url, served_run):
+    import ray
+
+    from hiea_ray.serve.load import run_load
+
+    route, *_ = _offline(served_run)
+    src = [int(s) for s in route["src"]]
+    bodies = [{"id": src[i % len(src)]} for i in range(60)]
+    expected = {}
+    for b in bodies[:len(set(map(json.dumps, bodies)))]:
+        expected[b["id"]] = _post(f"{app_url}/v1/align", b).json()
+
+    def replicas(deployment):
+        return [n for n in ray.util.list_named_actors(all_namespaces=True)
+                if n["name"].startswith("SERVE_REPLICA") and f"#{deployment}#" in n["name"]]
+
+    killed = []
+
+    def kill(i):
+        if i in (10, 30):
+            name = "LLM" if i == 10 else "Retriever"
+            for a in replicas(name):
+                ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+                killed.append(name)
+
+    res = run_load(f"{app_url}/v1/align", bodies, concurrency=4, max_seconds=240, on_start=kill)
+    assert killed == ["LLM", "Retriever"]
+    assert res["lost"] == 0 and res["not_sent"] == 0 and res["ok"] == len(bodies), {k: v for k, v in res.items() if k != "answers"}
+    for b, a in zip(bodies, res["answers"]):
+        e = expected[b["id"]]
+        assert a["tier"] == e["tier"] and a["match"] == e["match"]
+        assert [c["id"] for c in a["candidates"]] == [c["id"] for c in e["candidates"]]
+    assert replicas("LLM") and replicas("Retriever")  # Serve replaced them
