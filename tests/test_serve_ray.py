@@ -108,7 +108,8 @@ def app_url(served_run):
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(served_run, ["serve.llm_batch_size=4", "serve.k=3", "serve.max_k=8",
+    serve.run(build_app(served_run, ["serve.llm_batch_size=4", "serve.k=3", "serve.max_k=8", "serve.retriever_cpus=0.2",
+                                     "serve.llm_cpus=0.2",
                                      "serve.max_body_bytes=20000", "serve.max_batch_queries=8"]),
               name="hiea", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -233,3 +234,34 @@ def test_replicas_killed_under_load_lose_no_request(app_url, served_run):
         assert a["tier"] == e["tier"] and a["match"] == e["match"]
         assert [c["id"] for c in a["candidates"]] == [c["id"] for c in e["candidates"]]
     assert replicas("LLM") and replicas("Retriever")  # Serve replaced them
+
+
+def test_overload_is_503_not_500_and_unbounded_latency(app_url, served_run):
+    """A second app with a tight LLM queue: a burst beyond it is refused with 503 (retryable),
+    never a 500; the requests it takes are answered."""
+    from ray import serve
+
+    from hiea_ray.serve.app import build_app
+    from hiea_ray.serve.load import run_load
+
+    # beside the first app on 2 CPUs: small CPU shares (a replica waiting for CPUs never starts)
+    serve.run(build_app(served_run, ["serve.llm_batch_size=1", "serve.max_ongoing_requests=1",
+                                     "serve.max_queued_requests=1", "serve.retriever_cpus=0.2",
+                                     "serve.llm_cpus=0.2"]), name="tight", route_prefix="/tight")
+    try:
+        route, *_ = _offline(served_run)
+        src = [int(s) for s in route["src"]]
+        bodies = [{"id": src[i % len(src)], "tier": "llm"} for i in range(24)]
+        res = run_load(f"{app_url}/tight/v1/align", bodies, concurrency=12, max_seconds=120, retries=0)
+        counts = res["status_counts"]
+        assert set(counts) <= {"200", "503"}, counts
+        assert counts.get("503", 0) > 0 and counts.get("200", 0) > 0, counts
+    finally:
+        serve.delete("tight")
+
+
+def test_serve_command_refuses_bad_input_before_starting_ray(tmp_path, capsys):
+    from hiea_ray.cli import main
+
+    assert main(["serve", "--run", str(tmp_path)]) == 2
+    assert "not a finished hiea-ray run" in capsys.readouterr().err

@@ -68,8 +68,21 @@ async def _invalid(request: Request, exc: RequestValidationError):
         "detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errs]})
 
 
+def _unavailable(exc: Exception) -> bool:
+    """A downstream deployment is full (backpressure) or its replica died mid-request: retryable."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+    return isinstance(exc, (BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError,
+                            ActorUnavailableError))
+
+
 @api.exception_handler(Exception)
 async def _internal(request: Request, exc: Exception):  # no traceback in a response
+    if _unavailable(exc):
+        return JSONResponse(status_code=503, headers={"Retry-After": "1"},
+                            content={"error": {"field": "", "message": f"overloaded or restarting ({type(exc).__name__}): "
+                                                                       "retry with backoff"}})
     log.exception("internal error on %s", request.url.path)
     return _error(500, "", f"internal error ({type(exc).__name__})")
 

@@ -19,22 +19,31 @@ RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 def post(session, url: str, body: dict, retries: int = 6, backoff_s: float = 0.1, timeout_s: float = 120.0):
-    """(status, json or None, tries, failures) of one request with retries."""
+    """(status, json or None, tries, failures) of one request with retries; a request whose every
+    try failed returns the last status (-1: no answer at all)."""
     import requests
 
-    failures, delay = 0, backoff_s
+    failures, delay, last = 0, backoff_s, None
     for attempt in range(retries + 1):
         try:
             r = session.post(url, data=json.dumps(body), headers={"Content-Type": "application/json"}, timeout=timeout_s)
             if r.status_code not in RETRY_STATUS:
                 return r.status_code, r.json(), attempt + 1, failures
+            last = r.status_code
         except (requests.ConnectionError, requests.Timeout):
-            pass
+            last = None
         failures += 1
         if attempt < retries:
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
-    return -1, None, retries + 1, failures
+    return (last if last is not None else -1), None, retries + 1, failures
+
+
+def _counts(sent) -> dict:
+    out: dict = {}
+    for r in sent:
+        out[str(r[0])] = out.get(str(r[0]), 0) + 1
+    return out
 
 
 def run_load(url: str, bodies: list[dict], concurrency: int, max_seconds: float, retries: int = 10,
@@ -78,7 +87,8 @@ def run_load(url: str, bodies: list[dict], concurrency: int, max_seconds: float,
     pct = (lambda q: round(float(np.percentile(done, q)), 2) if len(done) else None)  # noqa: E731
     return {
         "requests": n, "sent": len(sent), "not_sent": n - len(sent), "ok": len(ok),
-        "lost": sum(1 for r in sent if r[0] == -1), "client_errors": sum(1 for r in sent if 400 <= r[0] < 500),
+        "lost": sum(1 for r in sent if r[0] == -1 or r[0] in RETRY_STATUS), "status_counts": _counts(sent),
+        "client_errors": sum(1 for r in sent if 400 <= r[0] < 500),
         "failed_tries": sum(r[3] for r in sent), "concurrency": concurrency, "wall_s": round(wall, 3),
         "rps": round(len(ok) / max(wall, 1e-9), 2), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
         "answers": [r[1] if r is not None else None for r in results],
