@@ -94,20 +94,21 @@ class Retriever:
 
         self.tier = SmallTier(ServeRun(run, overrides))
 
-    def __call__(self, queries: list[dict]) -> list[dict]:
-        """Per query: a SmallTier row, or {"error": (status, field, message)}."""
+    async def __call__(self, queries: list[dict]) -> list[dict]:
+        """Per query: a SmallTier row, or {"error": (status, field, message)}. Run on the replica's
+        event loop (no thread-pool hop: ~17 ms of CPU per query, one query at a time anyway)."""
         from hiea_ray.serve.engine import BadQuery, UnknownEntity
 
-        ok, out = [], [None] * len(queries)
+        ok, ents, out = [], [], [None] * len(queries)
         for i, q in enumerate(queries):
             try:
-                self.tier.resolve(q)
+                ents.append(self.tier.resolve(q))
                 ok.append(i)
             except UnknownEntity as e:
                 out[i] = {"error": (404, "id", str(e))}
             except BadQuery as e:
                 out[i] = {"error": (422, e.field, str(e))}
-        for i, row in zip(ok, self.tier([queries[i] for i in ok]) if ok else []):
+        for i, row in zip(ok, self.tier(ents) if ok else []):
             out[i] = row
         return out
 
@@ -123,8 +124,8 @@ class Router:
 
         self.tier = RouterTier(ServeRun(run, overrides))
 
-    def __call__(self, X: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return self.tier(X, names)
+    async def __call__(self, X: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self.tier(X, names)  # ~1 ms: on the event loop, no thread-pool hop
 
 
 @serve.deployment(name="LLM")

@@ -231,7 +231,10 @@ class SmallTier:
         from hiea_ray.core.encoder import Encoder, set_threads
         from hiea_ray.core.retrieval import build_index
 
+        import faiss
+
         set_threads(ctx.cfg.serve.torch_threads or os.cpu_count())
+        faiss.omp_set_num_threads(ctx.cfg.serve.torch_threads or os.cpu_count())
         cfg = ctx.cfg
         self.ctx = ctx
         self.kg1 = KG1(ctx)
@@ -258,10 +261,11 @@ class SmallTier:
             vecs = fuse(self.encoder.encode([x.name for x in entities], e.batch_size), vecs, e.name_weight)
         return vecs
 
-    def __call__(self, queries: list[dict]) -> list[dict]:
-        """Per query: entity, vector, every decoder's list (local targets), features, primary best."""
+    def __call__(self, queries: list) -> list[dict]:
+        """Per query (a request dict, or an already resolved ``Entity``): entity, vector, the primary
+        decoder's list (target ids, scores), the router's features, the primary best (id or -1)."""
         t0 = time.perf_counter()
-        entities = [self.resolve(x) for x in queries]
+        entities = [x if isinstance(x, Entity) else self.resolve(x) for x in queries]
         vecs = self.encode(entities)
         k = self.state.k
         kk = min(k, len(self.b))
@@ -297,6 +301,10 @@ class RouterTier:
     """The run's certainty classifier: P(the small models' top-1 is right) and the threshold."""
 
     def __init__(self, ctx: ServeRun):
+        from threadpoolctl import threadpool_limits
+
+        # one query at a time: OpenMP threads of the classifier only spin against the other replicas
+        threadpool_limits(1)
         d = ctx.run / "route" / ctx.protocol
         self.model = pickle.loads((d / "router.pkl").read_bytes())
         meta = json.loads((d / "router.json").read_text())
