@@ -106,6 +106,25 @@ def _align(data: Path, out: Path, args) -> int:
     return 0
 
 
+def _warm_up(url: str, ctx) -> None:
+    """One request through every tier before the service is announced: the first call through a
+    Serve handle sets the handle up (seconds), which should not be a user's first request."""
+    import urllib.request
+
+    from hiea_ray.io import read_lists
+
+    q, _, _ = read_lists(ctx.run / "retrieve" / ctx.protocol / "s2t.parquet")
+    if not len(q):
+        return
+    for tier in ("small", "llm") if ctx.has_llm else ("small",):
+        body = json.dumps({"id": int(q[0]), "tier": tier}).encode()
+        req = urllib.request.Request(f"{url}/v1/align", data=body, headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=120).read()
+        except OSError as e:  # the service still starts; the first request will be slow
+            logging.getLogger("hiea_ray").warning("serve: warm-up request failed (%s)", e)
+
+
 def _serve(args) -> int:
     from hiea_ray.serve.engine import ServeRun
 
@@ -125,6 +144,7 @@ def _serve(args) -> int:
     serve.start(http_options={"host": sv.host, "port": sv.port, "request_timeout_s": sv.request_timeout_s})
     serve.run(build_app(args.run, sets), name="hiea", route_prefix="/", blocking=False)
     url = f"http://{sv.host}:{sv.port}"
+    _warm_up(url, ctx)
     print(f"hiea-ray serving {args.run} ({ctx.protocol}; tiers: small"
           f"{', router' if ctx.has_router else ''}{', llm' if ctx.has_llm else ''}) at {url}\n"
           f"  POST {url}/v1/align  {{\"id\": <KG1 id>}} or {{\"entity\": {{\"name\": ..., \"relations\": [...]}}}}\n"
@@ -169,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        if args.cmd == "serve":
+            print(f"hiea-ray: {what}; the service is stopped", file=sys.stderr)
+            return 143 if isinstance(e, Terminated) else 130
         print(f"hiea-ray: {what}; finished stages are kept, re-run the same command to resume", file=sys.stderr)
         _shutdown_ray()
         return 143 if isinstance(e, Terminated) else 130

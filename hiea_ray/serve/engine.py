@@ -246,6 +246,7 @@ class SmallTier:
         self.B = np.ascontiguousarray(vecs[rows_of(ids, b)], np.float32)
         self.index = build_index(self.B, cfg.retrieve)
         self.encoder = Encoder(ctx.encoder_model(), cfg.embed.pooling, cfg.embed.max_length, amp=cfg.embed.amp)
+        self.encoder.encode(["warm-up"])  # the first forward pass allocates: not on a user's request
         self.exact = cfg.retrieve.index in ("flat", "Flat") or len(b) < 2000
 
     def resolve(self, query: dict) -> Entity:
