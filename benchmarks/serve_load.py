@@ -62,7 +62,9 @@ def offline(run: Path, protocol: str) -> dict:
 
 
 def agreement(answers: list[dict], ids: list[int], off: dict) -> dict:
-    """Served vs offline: tier, top-k candidates (small tier), match."""
+    """Served vs offline: tier, top-k candidates (small tier), match (the LLM's pick as the run's merge reads it)."""
+    from hiea_ray.core.hiea import merge
+
     route = off["route"]
     pos = {s: i for i, s in enumerate(route["src"])}
     tier = cands = match = llm_match = n_llm = 0
@@ -75,9 +77,10 @@ def agreement(answers: list[dict], ids: list[int], off: dict) -> dict:
             match += (a["match"] or {}).get("id") == route["answer"][i]
         elif "llm" in off and s in off["llm"]:
             o, lp = off["llm"][s]
-            n = int((o >= 0).sum())
-            p = np.exp(lp)
-            want = int(o[int(np.argmax(p[:n]))]) if p[:n].max() > p[n] else None
+            src, none = np.array([s]), np.zeros(0, np.int64)
+            pick = merge(src, o[None], np.zeros((1, len(o))), none, none, src, src, o[None],
+                         np.array([int((o >= 0).sum()) + 1]), lp[None]).llm_pick[0]
+            want = int(pick) if pick >= 0 else None
             llm_match += (a["match"] or {}).get("id") == want
             n_llm += 1
     n_small = int(sum(bool(route["certain"][pos[s]]) for s in ids))

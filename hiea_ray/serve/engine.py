@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from hiea_ray.config import Config, config_from_dict
 from hiea_ray.errors import UserError
@@ -86,14 +85,6 @@ class ServeRun(RunContext):
                 "decoders": self.cfg.decode.decoders, "k": self.k, "max_k": self.max_k}
 
 
-def protocol_lists(ctx: RunContext, protocol: str):
-    """(q, b, s2t, s2t_score, t2s, t2s_score) of a protocol in local indices (the decode stage's input)."""
-    r = ctx.run / "retrieve" / protocol
-    q, s2t, s2t_score = read_lists(r / "s2t.parquet")
-    b, t2s, t2s_score = read_lists(r / "t2s.parquet")
-    return q, b, to_local(b, s2t), s2t_score, to_local(q, t2s), t2s_score
-
-
 def decoder_state(ctx: ServeRun):
     """The protocol's ``DecoderState``: loaded from ``RUN/serve/<protocol>/decoder_state.pkl`` when
     it was built from the same retrieve / decode outputs, else rebuilt (the run's decoders re-run
@@ -101,6 +92,7 @@ def decoder_state(ctx: ServeRun):
     from hiea_ray.core.decoders import run_decoders
     from hiea_ray.core.online import DecoderState
     from hiea_ray.core.structure import SeedGraphs
+    from hiea_ray.stages.decode import candidate_lists
 
     p = ctx.protocol
     out = ctx.run / "serve" / p
@@ -111,7 +103,7 @@ def decoder_state(ctx: ServeRun):
         return pickle.loads(path.read_bytes())
     t0 = time.time()
     c = ctx.cfg.decode
-    q, b, s2t, s2t_score, t2s, t2s_score = protocol_lists(ctx, p)
+    q, b, s2t, s2t_score, t2s, t2s_score = candidate_lists(ctx, p)
     graphs = SeedGraphs.of(ctx.pair(), c.structure_anchors)
     state: dict = {}
     lists = {d.name: (d.idx, d.score) for d in run_decoders(c.decoders, s2t, s2t_score, t2s, t2s_score, q, b, c,
@@ -304,10 +296,12 @@ class RouterTier:
     def __init__(self, ctx: ServeRun):
         from threadpoolctl import threadpool_limits
 
+        from hiea_ray.core.router import Router
+
         # one query at a time: OpenMP threads of the classifier only spin against the other replicas
         threadpool_limits(1)
         d = ctx.run / "route" / ctx.protocol
-        self.model = pickle.loads((d / "router.pkl").read_bytes())
+        self.router = Router(model=pickle.loads((d / "router.pkl").read_bytes()))
         meta = json.loads((d / "router.json").read_text())
         self.threshold = float(meta["threshold"])
         self.features = list(meta["features"])
@@ -315,9 +309,7 @@ class RouterTier:
     def __call__(self, X: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if names != self.features:
             raise RuntimeError(f"feature mismatch: the router was fitted on {self.features}, got {names}")
-        p = self.model.predict_proba(np.asarray(X, np.float32))
-        classes = list(self.model.classes_)
-        prob = p[:, classes.index(1)] if 1 in classes else np.zeros(len(X))
+        prob = self.router.predict(np.asarray(X, np.float32))
         return prob, prob >= self.threshold
 
 
