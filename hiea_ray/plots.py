@@ -139,3 +139,27 @@ def plot_llm_curve(history: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_verbalizer_curve(history: dict, path: Path) -> None:
+    """LoRA tuning of the LLM verbalizer: loss per step, and the best / last checkpoints'
+    validation next-token accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    curve = np.asarray(history.get("curve") or [[0, np.nan]], float)
+    a.plot(curve[:, 0], curve[:, 1], lw=0.8, label="loss")
+    a.set_xlabel("step")
+    a.set_title("description next-token cross-entropy")
+    names, vals = ["best", "last"], [history.get(k, {}).get("valid_token_acc", 0.0) for k in ("best", "last")]
+    b.bar(names, vals, color=["#36c", "#999"])
+    for x, v in enumerate(vals):
+        b.text(x, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
+    b.set_ylim(0, 1.1)
+    b.set_title("validation next-token accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

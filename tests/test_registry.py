@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_stage_order_is_the_documented_one():
-    assert STAGES == ["ingest", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "route",
+    assert STAGES == ["ingest", "verbalize_train", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "route",
                       "llm_train", "llm", "evaluate"]
     for name, sd in REGISTRY.items():
         assert sd.name == name

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hiea_ray.config import EmbedConfig, VerbalizeConfig
+from hiea_ray.config import EmbedConfig, VerbalizeConfig, section_from_dict
 from hiea_ray.core.encoder import fuse
 from hiea_ray.core.verbalize import TEXTS, build_contexts, verbalize_table
 from hiea_ray.io import column_to_numpy, embeddings_column
@@ -101,7 +101,7 @@ def test_specs():
     vs = verbalize_spec(VerbalizeConfig(batch_size=123))
     assert vs.cls is Verbalizer and vs.map_batches_kwargs["batch_size"] == 123
     assert vs.map_batches_kwargs["batch_format"] == "pyarrow"
-    assert VerbalizeConfig(**vs.constructor_kwargs["cfg"]) == VerbalizeConfig(batch_size=123)
+    assert section_from_dict(VerbalizeConfig, vs.constructor_kwargs["cfg"]) == VerbalizeConfig(batch_size=123)
     es = embed_spec(EmbedConfig(rows_per_batch=77, cpus_per_actor=0.5, gpus_per_actor=1.0))
     assert es.cls is Embedder
     assert es.map_batches_kwargs == {"batch_size": 77, "batch_format": "pyarrow", "num_cpus": 0.5, "num_gpus": 1.0}

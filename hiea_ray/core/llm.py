@@ -317,10 +317,21 @@ def encode(tokenizer, texts, vectors: np.ndarray, n_options: np.ndarray, slots: 
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), vec.to(device), have.to(device)
 
 
-def _autocast(device, amp_dtype):
+def autocast(device, amp_dtype):
+    """bf16/fp16 autocast on ``device`` when ``amp_dtype`` is set, else a no-op context."""
     import contextlib
 
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+
+def optimizer_step(loss: torch.Tensor, model, optimizer, scheduler) -> float:
+    """backward, clip the trainable parameters' gradient norm to 1, optimizer and scheduler step."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
 
 
 def train_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device, amp_dtype) -> float:
@@ -329,15 +340,9 @@ def train_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device
     ids, mask, vec, have = encode(tokenizer, batch["text"], batch["vectors"], batch["n_options"], slots, device)
     answer = torch.as_tensor(np.asarray(batch["answer"], np.int64), device=device)
     model.train()
-    with _autocast(device, amp_dtype):
+    with autocast(device, amp_dtype):
         logp = model(ids, mask, vec, have, have)
-    loss = torch.nn.functional.nll_loss(logp.float(), answer)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
+    return optimizer_step(torch.nn.functional.nll_loss(logp.float(), answer), model, optimizer, scheduler)
 
 
 @torch.no_grad()
@@ -352,7 +357,7 @@ def score(model, tokenizer, texts, vectors, n_options, slots: int, device, batch
         sel = order[i : i + batch_size]
         ids, mask, vec, have = encode(tokenizer, [texts[j] for j in sel], [vectors[j] for j in sel],
                                       [n_options[j] for j in sel], slots, device)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             out.append(model(ids, mask, vec, have, have).float().cpu().numpy())
     logp = np.concatenate(out) if out else np.zeros((0, slots), np.float32)
     res = np.empty_like(logp)

@@ -116,27 +116,10 @@ def _grouped(pairs: list[tuple[str, str]], with_rel: bool, suffix: str) -> list[
     return [f"{r}{suffix}: {', '.join(ns)}" for r, ns in groups.items()]
 
 
-def verbalize_row(row: dict, cfg: VerbalizeConfig) -> str:
-    name = row["name"] or ""
-    if cfg.mode == "name":
-        return name
-    budget = cfg.max_words - len(name.split())
-    parts: list[str] = []
-
-    def add(segment: str) -> bool:
-        nonlocal budget
-        words = segment.split()
-        if not words:
-            return True
-        if len(words) > budget:
-            if budget > 0:
-                parts.append(" ".join(words[:budget]))
-            budget = 0
-            return False
-        parts.append(segment)
-        budget -= len(words)
-        return True
-
+def entity_facts(row: dict, cfg: VerbalizeConfig) -> list[str]:
+    """A context row's facts as segments, in the template's order: ``rel: n1, n2`` (outgoing),
+    ``rel of: n3`` (incoming), ``attr: value``. The template joins them within its word budget;
+    the LLM verbalizer's prompt (``core.describe``) lists them within its token budget."""
     out = _pick(row["out_rel"] or [], row["out_nbr"] or [], row["out_deg"] or [], cfg.max_neighbors)
     segments = _grouped(out, cfg.include_relations, "")
     if cfg.include_incoming:
@@ -146,9 +129,27 @@ def verbalize_row(row: dict, cfg: VerbalizeConfig) -> str:
         for k, v in sorted(zip(row["attr_key"], row["attr_val"])):
             v = " ".join((v or "").split()[:8])
             segments.append(f"{k}: {v}" if v else k)
-    for seg in segments:
-        if not add(seg):
+    return segments
+
+
+def verbalize_row(row: dict, cfg: VerbalizeConfig) -> str:
+    """The template text: ``<name>. <fact>. <fact>...`` within ``cfg.max_words`` words (the last
+    fact cut to fit); "name" mode: the name only."""
+    name = row["name"] or ""
+    if cfg.mode == "name":
+        return name
+    budget = cfg.max_words - len(name.split())
+    parts: list[str] = []
+    for seg in entity_facts(row, cfg):
+        words = seg.split()
+        if not words:
+            continue
+        if len(words) > budget:
+            if budget > 0:
+                parts.append(" ".join(words[:budget]))
             break
+        parts.append(seg)
+        budget -= len(words)
     return ". ".join([name] + parts) if parts else name
 
 

@@ -34,7 +34,7 @@ class Embedder:
         self.cfg = EmbedConfig(**cfg)
         set_threads(self.cfg.torch_threads or os.cpu_count())
         self.encoder = Encoder(self.cfg.model, self.cfg.pooling, self.cfg.max_length, amp=self.cfg.amp)
-        self.node = os.environ.get("HIEA_NODE_ID") or _node_id()
+        self.node = os.environ.get("HIEA_NODE_ID") or node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch["text"].to_pylist()
@@ -52,7 +52,7 @@ class Embedder:
         )
 
 
-def _node_id() -> str:
+def node_id() -> str:
     """The Ray node of this actor (provenance in the output), "local" outside Ray."""
     try:
         import ray

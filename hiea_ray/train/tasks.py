@@ -123,3 +123,43 @@ class LLMTask(TrainTask):
         from hiea_ray.core.llm import evaluate
 
         return evaluate(model, tokenizer, valid, opts, device)
+
+
+class VerbalizerTask(TrainTask):
+    """The LLM verbalizer: LoRA (peft) on a causal LM, next-token loss of the target descriptions
+    given their prompts (``core.generate.sft_step``); validation next-token accuracy. Checkpoints and
+    the saved model hold the LoRA weights and the tokenizer; ``base`` is the causal LM folder."""
+
+    name = "verbalizer"
+    metric = "valid_token_acc"
+
+    def __init__(self, base: str, opts: dict):
+        self.base = base
+        self.opts = opts  # lora_r, lora_alpha, lora_dropout, lora_targets
+
+    def load(self, path):
+        import torch
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tuned = (Path(path) / "adapter_config.json").is_file()
+        tok = AutoTokenizer.from_pretrained(path if tuned else self.base)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(self.base, dtype=torch.float32)
+        if tuned:
+            return PeftModel.from_pretrained(model, path, is_trainable=True), tok
+        o = self.opts
+        lora = LoraConfig(r=o["lora_r"], lora_alpha=o["lora_alpha"], lora_dropout=o["lora_dropout"],
+                          target_modules=list(o["lora_targets"]), task_type="CAUSAL_LM")
+        return get_peft_model(model, lora), tok
+
+    def step(self, model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype):
+        from hiea_ray.core.generate import sft_step
+
+        return sft_step(model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype)
+
+    def evaluate(self, model, tokenizer, valid, opts, device):
+        from hiea_ray.core.generate import sft_evaluate
+
+        return sft_evaluate(model, tokenizer, valid, opts, device)
