@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hiea_ray.core.bi_encoder_train import apply_gradients
 from hiea_ray.core.prompt import LETTERS, SLOT
 
 
@@ -324,16 +325,6 @@ def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
 
 
-def optimizer_step(loss: torch.Tensor, model, optimizer, scheduler) -> float:
-    """backward, clip the trainable parameters' gradient norm to 1, optimizer and scheduler step."""
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(loss.detach())
-
-
 def train_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device, amp_dtype) -> float:
     """One LoRA + adapter step: cross-entropy of the answer letter (the only supervised token)."""
     slots = opts["candidates"] + 1
@@ -342,7 +333,9 @@ def train_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device
     model.train()
     with autocast(device, amp_dtype):
         logp = model(ids, mask, vec, have, have)
-    return optimizer_step(torch.nn.functional.nll_loss(logp.float(), answer), model, optimizer, scheduler)
+    loss = torch.nn.functional.nll_loss(logp.float(), answer)
+    apply_gradients(model, optimizer, scheduler, loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()

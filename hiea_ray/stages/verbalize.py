@@ -184,8 +184,9 @@ def _vllm_finish(cfg: VerbalizeConfig):
         return {"id": row["id"], "kg": row["kg"], "name": row["name"],
                 "text": final_text(cfg.mode, row["name"], gen, row["template"]), "generated": gen,
                 "facts": list(row["facts"]), "facts_total": row["facts_total"], "prompt_tokens": row["prompt_tokens"],
-                "new_tokens": int(row.get("num_generated_tokens") or 0), "gen_s": float(row.get("time_taken_llm") or 0.0),
-                "worker": "vllm"}
+                # vLLM runs requests concurrently: a request's latency is no share of the engine's time,
+                # so throughput is the stage's wall clock only (gen_s 0)
+                "new_tokens": int(row.get("num_generated_tokens") or 0), "gen_s": 0.0, "worker": "vllm"}
 
     return finish
 
@@ -287,9 +288,9 @@ def generation_stats(table: pa.Table, wall: float, generated_now: int) -> dict:
     per = {}
     for w in pc.unique(table["worker"]).to_pylist():
         t = table.filter(pc.equal(table["worker"], w))
-        secs = max(float(pc.sum(t["gen_s"]).as_py() or 0.0), 1e-9)
-        per[w] = {"rows": t.num_rows, "entities_per_s": round(t.num_rows / secs, 2),
-                  "tokens_per_s": round(float(pc.sum(t["new_tokens"]).as_py()) / secs, 1)}
+        secs = float(pc.sum(t["gen_s"]).as_py() or 0.0)
+        per[w] = {"rows": t.num_rows, "entities_per_s": round(t.num_rows / secs, 2) if secs else None,
+                  "tokens_per_s": round(float(pc.sum(t["new_tokens"]).as_py()) / secs, 1) if secs else None}
     gen = table["generated"].to_pylist()
     kept = pc.list_value_length(table["facts"]).to_numpy(zero_copy_only=False)
     total = table["facts_total"].to_numpy()
