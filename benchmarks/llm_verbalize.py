@@ -19,6 +19,12 @@
    names kept, words not in the prompt; worst-ranked examples go to OUT/examples.md (dataset
    content: not in the repo).
 
+7. ``--finetune-links N`` (a second invocation, after 1-6): N seeded train links and 100 valid
+   links get LLM texts too; for each text mode the retriever is fine-tuned on them with the
+   train stage's own job (``train.retriever.train_retriever``: Ray Train, InfoNCE, mined hard
+   negatives, settings of benchmarks/configs/dbp15k-retriever.yaml) and the same subset is scored
+   again with the fine-tuned encoder.
+
 Writes benchmarks/results/llm_verbalize_<pair>.json and .png.
 """
 
@@ -113,6 +119,65 @@ def faults(table: pa.Table, names: dict[int, str]) -> dict:
             "novel_word_share_mean": round(float(np.mean(novel)), 3)}
 
 
+def mode_texts(contexts: pa.Table, gen: dict[int, str], cfg) -> dict[str, dict[int, str]]:
+    """The three texts of every entity, from the same facts."""
+    texts = {"template": {}, "llm": {}, "llm+template": {}}
+    for r in contexts.to_pylist():
+        i, t = r["id"], verbalize_row(r, cfg)
+        texts["template"][i] = t
+        texts["llm"][i] = final_text("llm", r["name"], gen[i], t)
+        texts["llm+template"][i] = final_text("llm+template", r["name"], gen[i], t)
+    return texts
+
+
+def finetune(pair, contexts_all, src, gold, tgt, out: Path, cfg, model: str, args) -> dict:
+    """Retriever fine-tuning per text mode on N train links (+100 valid links), then the subset again."""
+    import ray
+
+    from hiea_ray.core.encoder import Encoder
+    from hiea_ray.data import init_ray
+    from hiea_ray.train.retriever import train_retriever
+
+    rng = np.random.default_rng(args.seed + 1)
+    links = pair.links
+    parts = []
+    for split, n in (("train", args.finetune_links), ("valid", 100)):
+        t = links.filter(pc.equal(links["split"], split))
+        parts.append(t.take(np.sort(rng.choice(t.num_rows, min(n, t.num_rows), replace=False))))
+    sub_links = pa.concat_tables(parts)
+    ids = np.unique(np.concatenate([sub_links["src"].to_numpy(), sub_links["tgt"].to_numpy()]))
+    full = build_contexts(pair)
+    ctx_train = full.filter(pc.is_in(full["id"], value_set=pa.array(ids)))
+    init_ray(cfg)
+    table, wall, n = generate(ctx_train, out / "finetune", cfg.verbalize, model)
+    log.info("fine-tune texts: %d generated in %.0f s", n, wall)
+    gen = dict(zip(table["id"].to_pylist(), table["generated"].to_pylist()))
+    sub = read_dir(out / "parts")
+    gen.update(zip(sub["id"].to_pylist(), sub["generated"].to_pylist()))
+    both = pa.concat_tables([ctx_train, contexts_all.filter(pc.invert(pc.is_in(contexts_all["id"], value_set=pa.array(ids))))])
+    texts = mode_texts(both, gen, cfg.verbalize)
+    rcfg = load_config(str(ROOT / "benchmarks" / "configs" / "dbp15k-retriever.yaml"), args.set)
+    pos = {t: j for j, t in enumerate(tgt.tolist())}
+    gold_pos = np.array([pos[g] for g in gold.tolist()])
+    res = {"train_links": int(np.sum(sub_links["split"].to_numpy(zero_copy_only=False) == "train")), "valid_links": 100,
+           "texts_generated": n, "generation_wall_s": round(wall, 1), "metrics": {}}
+    for mode, tx in texts.items():
+        ids_sorted = sorted(tx)
+        ent_kg = dict(zip(both["id"].to_pylist(), both["kg"].to_pylist()))
+        ttable = pa.table({"id": pa.array(ids_sorted, pa.int64()), "kg": pa.array([ent_kg[i] for i in ids_sorted], pa.int8()),
+                           "name": [""] * len(ids_sorted), "text": [tx[i] for i in ids_sorted]})
+        d = out / "finetune" / mode.replace("+", "_")
+        t0 = time.time()
+        if not (d / "model").is_dir():
+            train_retriever(rcfg, ttable, sub_links, d)
+        enc = Encoder(str(d / "model"), cfg.embed.pooling, cfg.embed.max_length, amp="none")
+        r = ranks(enc, [tx[i] for i in src.tolist()], [tx[i] for i in tgt.tolist()], gold_pos, cfg.embed.batch_size)
+        res["metrics"][mode] = {**metrics(r), "train_wall_s": round(time.time() - t0, 1)}
+        log.info("fine-tuned %s: %s", mode, res["metrics"][mode])
+    ray.shutdown()
+    return res
+
+
 def throughput(contexts: pa.Table, out: Path, cfg, model: str, rows: int) -> dict:
     """1 worker x all threads vs 2 workers x 1 thread on the same first ``rows`` entities."""
     import ray
@@ -153,6 +218,11 @@ def plot(res: dict, path: Path) -> None:
         a.bar(np.arange(len(modes)) + j * w, vals, w, label=k)
         for x, v in zip(np.arange(len(modes)) + j * w, vals):
             a.text(x, v + 0.01, f"{v:.3f}", ha="center", fontsize=7)
+    ft = (res.get("finetuned") or {}).get("metrics") or {}
+    if ft:
+        vals = [ft[m]["hits@1"] for m in modes]
+        a.scatter(np.arange(len(modes)), vals, marker="*", s=60, color="k", zorder=3,
+                  label=f"hits@1 after fine-tuning ({res['finetuned']['train_links']} links)")
     a.set_xticks(np.arange(len(modes)) + w, modes)
     a.set_ylim(0, 1.1)
     a.set_title(f"{res['pair']}: {res['sources']} sources vs {res['targets']} targets, {res['encoder']} zero-shot",
@@ -188,6 +258,8 @@ def main(argv=None) -> int:
                     help="measure only throughput, adding it to an existing results file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=None)
+    ap.add_argument("--finetune-links", type=int, default=0,
+                    help="fine-tune the retriever per text mode on N train links (adds to an existing results file)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from hiea_ray.core.encoder import Encoder, resolve_model, set_threads
@@ -207,6 +279,13 @@ def main(argv=None) -> int:
     model = resolve_llm(cfg.verbalize.llm.model)
     init_ray(cfg)
     res_path = Path(args.results or ROOT / "benchmarks" / "results" / f"llm_verbalize_{pair_name}.json")
+    if args.finetune_links:
+        res = json.loads(res_path.read_text())
+        res["finetuned"] = finetune(pair, contexts, src, gold, tgt, out, cfg, model, args)
+        res_path.write_text(json.dumps(res, indent=2))
+        plot(res, res_path.with_suffix(".png"))
+        print(json.dumps(res["finetuned"], indent=2))
+        return 0
     if args.throughput_only:
         res = json.loads(res_path.read_text())
         res["throughput"] = throughput(contexts, out, cfg.verbalize, model, args.throughput_rows)
@@ -228,16 +307,9 @@ def main(argv=None) -> int:
 
     ray.shutdown()
     # texts of the three modes, from the same facts
-    by_id = {r["id"]: r for r in contexts.to_pylist()}
     gen = dict(zip(table["id"].to_pylist(), table["generated"].to_pylist()))
-    names = {i: r["name"] for i, r in by_id.items()}
-    tcfg = cfg.verbalize
-    texts = {"template": {}, "llm": {}, "llm+template": {}}
-    for i, r in by_id.items():
-        t = verbalize_row(r, tcfg)
-        texts["template"][i] = t
-        texts["llm"][i] = final_text("llm", r["name"], gen[i], t)
-        texts["llm+template"][i] = final_text("llm+template", r["name"], gen[i], t)
+    names = dict(zip(contexts["id"].to_pylist(), contexts["name"].to_pylist()))
+    texts = mode_texts(contexts, gen, cfg.verbalize)
     set_threads(os.cpu_count())
     enc = Encoder(resolve_model(cfg.embed.model), cfg.embed.pooling, cfg.embed.max_length, amp="none")
     pos = {t: j for j, t in enumerate(tgt.tolist())}
