@@ -107,8 +107,8 @@ class VerbalizerLLMConfig:
     prompt_tokens: int = 192
     # Greedy generation: at most this many new tokens per entity.
     max_new_tokens: int = 48
-    # Start each answer with the entity's name (prefilled after the chat template): the model then
-    # describes that entity, by name, instead of "The entity is ...".
+    # Start each answer with "<name> is" (prefilled after the chat template): the model then
+    # defines that entity, by name, instead of "The entity is ..." or a bare title line.
     prefill_name: bool = True
     # Generation engine: auto (vLLM through ray.data.llm when it is installed and the actors have
     # GPUs, else transformers) | transformers | vllm.

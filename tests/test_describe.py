@@ -173,10 +173,13 @@ def test_verbalizer_task_lora_steps_lower_the_loss(tiny_llm_dir, tmp_path):
     model, tok = task.load(tiny_llm_dir)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) < sum(p.numel() for p in model.parameters()) / 2
     rows = [{"name": f"entity {i}", "facts": [f"r: n{i}"], "text": f"entity {i} is r n{i}"} for i in range(4)]
+    rows[3]["text"] = "it is r n3"  # does not start as the stage's answers do: no prefill
     table = examples(rows, tok, 120)
     # the name is prefilled: the prompt ends with it and the target is the rest of the text
-    assert table["prompt"].to_pylist()[0] == chat(tok, describe_body("entity 0", ["r: n0"]), "entity 0")
-    assert table["text"].to_pylist()[0] == " is r n0"
+    assert table["prompt"].to_pylist()[0] == chat(tok, describe_body("entity 0", ["r: n0"]), "entity 0 is")
+    assert table["text"].to_pylist()[0] == " r n0"
+    assert table["prompt"].to_pylist()[3] == chat(tok, describe_body("entity 3", ["r: n3"]))
+    assert table["text"].to_pylist()[3] == "it is r n3"
     ids, mask, labels = sft_batch(tok, table["prompt"].to_pylist(), table["text"].to_pylist(), "cpu")
     assert ((labels != -100).sum(1) > 0).all() and ((labels != -100) <= (mask == 1)).all()
     before = sft_evaluate(model, tok, table, opts, torch.device("cpu"))

@@ -50,7 +50,7 @@ def test_llm_mode_writes_one_text_per_entity_and_a_sample(llm_run):
     gen = read_dir(run / "verbalize" / "parts")
     assert max(gen["new_tokens"].to_pylist()) <= 4 and max(gen["prompt_tokens"].to_pylist()) <= 200
     names = dict(zip(ents["id"].to_pylist(), ents["name"].to_pylist()))
-    assert all(g.startswith(names[i]) for i, g in zip(gen["id"].to_pylist(), gen["generated"].to_pylist()))  # prefilled
+    assert all(g.startswith(names[i] + " is") for i, g in zip(gen["id"].to_pylist(), gen["generated"].to_pylist()))  # prefilled
     stats = manifest(run, "verbalize")["stats"]
     assert stats["engine"] == "transformers" and stats["generated_now"] == texts.num_rows and not stats["tuned"]
     assert len(stats["per_worker"]) == 1 and stats["facts_in_prompt_share"] > 0

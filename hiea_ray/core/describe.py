@@ -33,6 +33,14 @@ def short_name(name: str | None) -> str:
     return " ".join((name or "").split()[:MAX_NAME_WORDS])
 
 
+def answer_prefix(name: str | None) -> str:
+    """How the answer starts when the name is prefilled: "<name> is". A bare name reads as a title
+    (SmolLM2 ended 42% of its answers with a line break right after it); "<name> is" makes it
+    define the entity, and the name is always in the text."""
+    n = short_name(name)
+    return f"{n} is" if n else ""
+
+
 def describe_body(name: str, facts: list[str]) -> str:
     lines = [INSTRUCTION, f"Entity: {name}"]
     if facts:

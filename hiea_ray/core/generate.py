@@ -13,6 +13,9 @@ import time
 
 import torch
 
+# Generation stops at a line break: a description is one line.
+STOP = ["\n"]
+
 
 def load_generator(path: str, lora: str | None = None, device: str = "cpu", amp: bool = True):
     """(model, tokenizer) ready for ``generate``: eval mode, left padding, a pad token; bf16 on a
@@ -74,11 +77,17 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     order = sorted(range(n), key=lambda i: lengths[i])
     device = next(model.parameters()).device
     eos = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    # (a tokenizer that cannot write a line break, e.g. a whitespace-split test vocabulary, has no stop)
+    can_break = "\n" in tokenizer.decode(tokenizer("a\nb", add_special_tokens=False)["input_ids"])
+    stop = {"stop_strings": STOP, "tokenizer": tokenizer} if can_break else {}
     for start in range(0, n, max(1, batch_size)):
         sel = order[start : start + batch_size]
         enc = tokenizer([prompts[i] for i in sel], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         t0 = time.perf_counter()
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        # a description is one line (describe.clean keeps the first): a row stops at its first line
+        # break, and a batch as soon as every row has stopped
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             **stop)
         dt = (time.perf_counter() - t0) / len(sel)
         new = out[:, enc["input_ids"].shape[1]:].tolist()
         for i, ids in zip(sel, new):

@@ -77,15 +77,15 @@ def final_text(mode: str, name: str, generated: str, template: str) -> str:
 
 def prompt_rows(rows: list[dict], cfg: VerbalizeConfig, tokenizer, count) -> dict[str, list]:
     """For context rows: chat-wrapped ``prompt`` (answer prefilled with the name when
-    ``verbalize.llm.prefill_name``), its ``prefix``, ``facts`` it holds, ``facts_total`` the entity
+    ``verbalize.llm.prefill_name``: "<name> is"), its ``prefix``, ``facts`` it holds, ``facts_total`` the entity
     has, ``prompt_tokens`` (within ``verbalize.llm.prompt_tokens``, the prefix included)."""
-    from hiea_ray.core.describe import fit_facts, short_name
+    from hiea_ray.core.describe import answer_prefix, fit_facts
     from hiea_ray.core.generate import chat
 
     out: dict[str, list] = {k: [] for k in ("prompt", "prefix", "facts", "facts_total", "prompt_tokens")}
     for r in rows:
         facts = entity_facts(r, cfg)
-        prefix = short_name(r["name"]) if cfg.llm.prefill_name else ""
+        prefix = answer_prefix(r["name"]) if cfg.llm.prefill_name else ""
         extra = len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
         body, kept = fit_facts(r["name"] or "", facts, lambda b: count(b) + extra, cfg.llm.prompt_tokens)
         out["prompt"].append(chat(tokenizer, body, prefix))
@@ -212,6 +212,7 @@ def _generate_vllm(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str
     import ray
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
+    from hiea_ray.core.generate import STOP
     from hiea_ray.data import DropDone
 
     lc = cfg.llm
@@ -230,7 +231,8 @@ def _generate_vllm(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str
                            "max_model_len": lc.prompt_tokens + lc.max_new_tokens + 8},
             concurrency=lc.num_actors, batch_size=lc.batch_size_gen, chat_template_stage=False,
         ),
-        preprocess=lambda row: {**row, "sampling_params": {"temperature": 0.0, "max_tokens": lc.max_new_tokens}},
+        preprocess=lambda row: {**row, "sampling_params": {"temperature": 0.0, "max_tokens": lc.max_new_tokens,
+                                                           "stop": STOP}},
         postprocess=_vllm_finish(cfg),
     )
     processor(ds).write_parquet(str(parts))

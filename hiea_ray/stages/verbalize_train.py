@@ -27,16 +27,16 @@ from hiea_ray.stages.base import RunContext, StageDef
 
 def examples(rows: list[dict], tokenizer, budget: int, prefill_name: bool = True) -> pa.Table:
     """Training rows (prompt: chat-wrapped, within the budget; text: what the model must write)
-    from ``read_train_file`` rows. With ``prefill_name`` a text that starts with the entity's name
-    has the name in the prompt (as the verbalize stage prefills it) and the rest as its target."""
-    from hiea_ray.core.describe import fit_facts, short_name
+    from ``read_train_file`` rows. With ``prefill_name`` a text that starts as the verbalize stage's
+    answers start ("<name> is") has that start in the prompt and the rest as its target."""
+    from hiea_ray.core.describe import answer_prefix, fit_facts
     from hiea_ray.core.generate import chat, token_counter
 
     count = token_counter(tokenizer)
     prompts, texts = [], []
     for r in rows:
-        name, text = short_name(r["name"]), r["text"]
-        prefix = name if prefill_name and name and text.lower().startswith(name.lower()) else ""
+        text, prefix = r["text"], answer_prefix(r["name"])
+        prefix = prefix if prefill_name and prefix and text.lower().startswith(prefix.lower()) else ""
         extra = len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
         body = fit_facts(r["name"], r["facts"], lambda b: count(b) + extra, budget)[0]
         prompts.append(chat(tokenizer, body, text[: len(prefix)]))
