@@ -261,24 +261,24 @@ def write_contexts(contexts: pa.Table, out: Path, rows: int) -> None:
     os.replace(part, out)
 
 
-def write_texts(table: pa.Table, out: Path, rows: int) -> None:
+def write_texts(parts: Path, out: Path) -> None:
+    """The texts table from the generated parts, part by part (the driver never holds them all)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    t = table.select(TEXTS.names).cast(TEXTS).sort_by("id")
-    for i in range(0, max(t.num_rows, 1), rows):
-        pq.write_table(t.slice(i, rows), out / f"texts-{i // rows:06d}.parquet")
+    for i, f in enumerate(sorted(parts.glob("*.parquet"))):
+        pq.write_table(pq.read_table(f, columns=TEXTS.names).cast(TEXTS), out / f"texts-{i:06d}.parquet")
 
 
-def write_sample(table: pa.Table, cfg: VerbalizeConfig, out: Path, seed: int) -> None:
+def write_sample(parts: Path, ids: np.ndarray, cfg: VerbalizeConfig, out: Path, seed: int) -> None:
     """``sample.json`` / ``sample.md``: a seeded sample of entities, facts beside texts."""
-    n = min(cfg.llm.sample_size, table.num_rows)
-    pick = np.sort(np.random.default_rng(seed).choice(table.num_rows, n, replace=False)) if n else []
-    rows = table.sort_by("id").take(pa.array(pick, pa.int64())).to_pylist()
-    sample = [{"id": r["id"], "kg": r["kg"], "name": r["name"], "facts": r["facts"], "generated": r["generated"],
-               "text": r["text"]} for r in rows]
-    (out / "sample.json").write_text(json.dumps(sample, indent=2, ensure_ascii=False))
+    n = min(cfg.llm.sample_size, len(ids))
+    pick = pa.array(np.random.default_rng(seed).choice(np.sort(ids), n, replace=False) if n else [], pa.int64())
+    cols = ["id", "kg", "name", "facts", "generated", "text"]
+    rows = pa.concat_tables([pq.read_table(f, columns=cols, filters=pc.is_in(pc.field("id"), value_set=pick))
+                             for f in sorted(parts.glob("*.parquet"))]).sort_by("id").to_pylist() if n else []
+    (out / "sample.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False))
     lines = [f"# {n} generated descriptions (verbalize.mode={cfg.mode}, model {cfg.llm.model})", ""]
-    for r in sample:
+    for r in rows:
         lines += [f"## {r['name']} (id {r['id']}, KG{r['kg']})", "", "Facts in the prompt:", ""]
         lines += [f"- {f}" for f in r["facts"]] or ["- (none)"]
         lines += ["", f"Generated: {r['generated'] or '(empty)'}", "", f"Text: {r['text']}", ""]
@@ -324,15 +324,15 @@ def llm_texts(ctx: RunContext, contexts: pa.Table, tmp: Path) -> dict:
             log.info("verbalize: resuming, %d of %d entities already generated", len(done), total)
         generate_parts(tmp / "contexts", parts, cfg, model, lora, done)
     wall = time.time() - t0
-    table = read_dir(parts)
-    ids = table["id"].to_numpy()
+    ids = finished_ids(parts)
     if len(ids) != total or len(np.unique(ids)) != total:
         raise RuntimeError(f"verbalize: expected {total} unique generated rows, found {len(ids)}")
-    write_texts(table, tmp / "texts", cfg.batch_size)
-    write_sample(table, cfg, tmp, ctx.cfg.data.seed)
+    write_texts(parts, tmp / "texts")
+    write_sample(parts, ids, cfg, tmp, ctx.cfg.data.seed)
     shutil.rmtree(tmp / "contexts", ignore_errors=True)
+    record = pq.read_table(parts, columns=[c for c in GENERATED.names if c not in ("text", "name")])
     return {"engine": "vllm" if use_vllm(cfg) else "transformers", "tuned": lora is not None,
-            **generation_stats(table, wall, total - len(done))}
+            **generation_stats(record, wall, total - len(done))}
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
