@@ -207,3 +207,32 @@ def test_texts_table_of_generated_rows():
     assert final_text("llm", "Name", "Desc.", "Name. r: x") == "Desc."
     assert final_text("llm+template", "Name", "Desc.", "Name. r: x") == "Desc. Name. r: x"
     assert pa.types.is_string(pa.array([final_text("llm", None, "", "")]).type)
+
+
+def test_vllm_path_rows_match_the_transformers_path(synthetic_pair, tiny_llm_dir):
+    """vLLM is not installed here: the rows around the engine are checked instead — the prompts the
+    Prompter hands to ray.data.llm are the transformers path's, and a generation passed through
+    the postprocess gives the row the transformers path writes for it."""
+    from dataclasses import asdict
+
+    import torch
+
+    from hiea_ray.core.generate import generate, load_generator
+    from hiea_ray.stages.verbalize import GENERATED, LLMVerbalizer, Prompter, vllm_finish, use_vllm
+
+    torch.set_num_threads(1)
+    contexts = build_contexts(synthetic_pair).slice(0, 6)
+    cfg = VerbalizeConfig(mode="llm+template")
+    cfg.llm.max_new_tokens, cfg.llm.torch_threads = 5, 1
+    assert not use_vllm(cfg)  # auto: no GPU actors, no vLLM
+    rows = Prompter(asdict(cfg), tiny_llm_dir)(contexts).to_pylist()
+    model, tok = load_generator(tiny_llm_dir)
+    raw, n, _ = generate(model, tok, [r["prompt"] for r in rows], 5)
+    finish = vllm_finish(cfg)
+    via_vllm = [finish({**r, "generated_text": g, "num_generated_tokens": k}) for r, g, k in zip(rows, raw, n)]
+    direct = LLMVerbalizer(asdict(cfg), tiny_llm_dir)(contexts).to_pylist()
+    for a, b in zip(via_vllm, direct):
+        assert {k: a[k] for k in ("id", "text", "generated", "facts", "new_tokens")} == \
+               {k: b[k] for k in ("id", "text", "generated", "facts", "new_tokens")}
+    assert set(via_vllm[0]) == set(GENERATED.names)
+    assert all(r["prompt_tokens"] <= cfg.llm.prompt_tokens for r in rows)

@@ -173,7 +173,7 @@ class Prompter:
         })
 
 
-def _vllm_finish(cfg: VerbalizeConfig):
+def vllm_finish(cfg: VerbalizeConfig):
     """vLLM path, after the engine: its row (``generated_text``, ``num_generated_tokens``, ``time_taken_llm``)
     -> a ``GENERATED`` row."""
     from hiea_ray.core.describe import clean
@@ -233,7 +233,7 @@ def _generate_vllm(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str
         ),
         preprocess=lambda row: {**row, "sampling_params": {"temperature": 0.0, "max_tokens": lc.max_new_tokens,
                                                            "stop": STOP}},
-        postprocess=_vllm_finish(cfg),
+        postprocess=vllm_finish(cfg),
     )
     processor(ds).write_parquet(str(parts))
 
