@@ -227,7 +227,7 @@ def plot(res: dict, path: Path) -> None:
     a.set_ylim(0, 1.1)
     a.set_title(f"{res['pair']}: {res['sources']} sources vs {res['targets']} targets, {res['encoder']} zero-shot",
                 fontsize=8)
-    a.legend(fontsize=7)
+    a.legend(fontsize=7, loc="lower right")
     tp = res.get("throughput") or {}  # absent until measured (--throughput-only)
     labels = list(tp)
     ents = [tp[k]["entities_per_s_total"] for k in labels]
@@ -239,7 +239,12 @@ def plot(res: dict, path: Path) -> None:
     b.set_ylabel("entities/s")
     b2.set_ylabel("new tokens/s")
     b.set_title(f"generation throughput, {res['model']} on {os.cpu_count()} CPUs", fontsize=8)
-    fig.legend(fontsize=7, loc="lower right")
+    for x, (e, t) in enumerate(zip(ents, toks)):
+        b.text(x - 0.2, e, f"{e:.2f}", ha="center", va="bottom", fontsize=7)
+        b2.text(x + 0.2, t, f"{t:.0f}", ha="center", va="bottom", fontsize=7)
+    h1, l1 = b.get_legend_handles_labels()
+    h2, l2 = b2.get_legend_handles_labels()
+    b.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
