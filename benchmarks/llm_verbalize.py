@@ -114,7 +114,9 @@ def faults(table: pa.Table, names: dict[int, str]) -> dict:
             for v in fact.split(": ", 1)[-1].split(", "):
                 n_nbr += 1
                 nbr_kept += v.lower() in gl
+    loops = sum(1 for g in gen if len(g.split()) >= 8 and len(set(g.split())) <= len(g.split()) / 2)
     return {"empty": int(sum(1 for g in gen if not g)), "name_kept_share": round(float(np.mean(name_kept)), 3),
+            "repetition_loops": int(loops),  # 8+ words, each distinct word used twice or more on average
             "fact_values_kept_share": round(nbr_kept / max(n_nbr, 1), 3),
             "novel_word_share_mean": round(float(np.mean(novel)), 3)}
 
@@ -263,6 +265,7 @@ def main(argv=None) -> int:
                     help="measure only throughput, adding it to an existing results file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", default=None)
+    ap.add_argument("--faults-only", action="store_true", help="recount what the generator got wrong")
     ap.add_argument("--finetune-links", type=int, default=0,
                     help="fine-tune the retriever per text mode on N train links (adds to an existing results file)")
     args = ap.parse_args(argv)
@@ -290,6 +293,12 @@ def main(argv=None) -> int:
         res_path.write_text(json.dumps(res, indent=2))
         plot(res, res_path.with_suffix(".png"))
         print(json.dumps(res["finetuned"], indent=2))
+        return 0
+    if args.faults_only:  # the fault counts again, from the generated parts (no generation)
+        res = json.loads(res_path.read_text())
+        res["faults"] = faults(read_dir(out / "parts"), dict(zip(contexts["id"].to_pylist(), contexts["name"].to_pylist())))
+        res_path.write_text(json.dumps(res, indent=2))
+        print(json.dumps(res["faults"], indent=2))
         return 0
     if args.throughput_only:
         res = json.loads(res_path.read_text())
