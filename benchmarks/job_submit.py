@@ -10,7 +10,8 @@
    jobs/align.py --data ... --out ...`` (the entrypoint users submit; the repo is uploaded as the
    job's working dir), waiting for it, then reads the job's status back through the Jobs API.
 4. Checks the job SUCCEEDED, its run folder holds metrics.json, and its logs show the pipeline's
-   stage lines; then stops that head by the process ids of its own processes (those whose command
+   stage lines; then submits the training-only job (``jobs/train.py retriever``: Ray Train inside
+   the job) and checks it SUCCEEDED and left the model folder, stopping before evaluate; then stops that head by the process ids of its own processes (those whose command
    line names its temp dir) — never ``ray stop`` without an address, which stops every Ray here.
 
 Writes benchmarks/results/job_submit.json (timings, status, Hits@1) and exits non-zero on failure.
@@ -101,6 +102,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entities", type=int, default=200)
     ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--train-task", choices=["retriever", "reranker", ""], default="retriever",
+                    help="then submit jobs/train.py with this task ('' skips it)")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (data, run, Ray logs)")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "job_submit.json"))
     args = ap.parse_args(argv)
@@ -163,6 +166,26 @@ def main(argv=None) -> int:
               and res["log_has_stage_lines"])
         if not ok:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        if ok and args.train_task:
+            # the training-only job, into a run folder of its own: the model is left there
+            train_out = work / "train-run"
+            submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+                      "--submission-id", f"hiea-train-{int(time.time())}", "--", "python", "jobs/train.py",
+                      args.train_task, "--data", str(data), "--out", str(train_out), "--set", "embed.batch_size=64",
+                      "--set", "train.rounds=1", "--set", "train.batch_size=16", "--set", "train.eval_every=1000",
+                      "--set", "train.scaling.cpus_per_worker=1"]
+            t = time.time()
+            proc = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=args.timeout)
+            res["train_job_wall_s"] = round(time.time() - t, 1)
+            job = client_api.get_job_info(submit[submit.index("--submission-id") + 1])
+            res["train_job_status"] = str(job.status)
+            stage = {"retriever": "train", "reranker": "rerank_train"}[args.train_task]
+            res["train_model_files"] = sorted(p.name for p in (train_out / stage / "model").glob("*"))
+            res["train_stopped_before_evaluate"] = not (train_out / "evaluate").exists()
+            ok = (proc.returncode == 0 and res["train_job_status"].endswith("SUCCEEDED")
+                  and "config.json" in res["train_model_files"] and res["train_stopped_before_evaluate"])
+            if not ok:
+                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
     finally:
         res["head_processes_stopped"] = stop_head(temp_dir)
         time.sleep(1)

@@ -97,12 +97,19 @@ def _align(data: Path, out: Path, args) -> int:
     cfg = load_config(args.config, args.set)
     if args.until not in STAGES:
         raise UserError(f"--until {args.until!r}: not one of {', '.join(STAGES)}")
+    from hiea_ray.stages import REGISTRY
+
+    if not REGISTRY[args.until].enabled(cfg):
+        raise UserError(f"--until {args.until}: this config does not run that stage (see its switch in "
+                        f"hiea_ray/stages/{REGISTRY[args.until].body.__module__.rsplit('.', 1)[-1]}.py)")
     t0 = time.time()
     pipe = Pipeline(cfg, data, out)
     result = pipe.run_all(until=args.until)
     if args.until == "evaluate":
         print(format_summary(pipe, result))
         print(f"\nmetrics: {out / 'metrics.json'}  plot: {out / 'evaluate' / 'metrics.png'}  total {time.time() - t0:.1f}s")
+    else:
+        print(f"stopped after {args.until}: {out / args.until}  total {time.time() - t0:.1f}s")
     return 0
 
 
