@@ -1,6 +1,7 @@
 """The Serve config and the KubeRay manifests in cluster/ are valid for what they name: Ray's own
 Serve config schema accepts them, their deployments are the app's, their import path resolves,
-the RayService carries the same Serve config as cluster/serve.yaml, and resources make sense."""
+the RayService carries the same Serve config as cluster/serve.yaml, the RayJob's entrypoint and
+configs exist and load, and resources make sense."""
 
 from __future__ import annotations
 
@@ -67,3 +68,44 @@ def test_rayservice_carries_the_same_serve_config_and_sane_resources(serve_cfg):
     assert llm["autoscaling_config"]["max_replicas"] * llm["ray_actor_options"]["num_gpus"] <= gpus
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert 8000 in [p["containerPort"] for p in head["ports"]]
+
+
+def test_rayjob_runs_files_that_exist_with_configs_that_load_and_gpus_for_its_actors():
+    """cluster/rayjob.yaml: a KubeRay RayJob whose entrypoint is a script of this repo with config
+    files that exist and load (merged as jobs/align.py merges them), the Ray version installed,
+    a working dir, paths on the mounted volume, and GPUs for the GPU actors the configs ask for."""
+    import json
+    import shlex
+
+    import ray
+
+    from hiea_ray.config import load_config
+
+    job = yaml.safe_load((ROOT / "cluster" / "rayjob.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob" and job["metadata"]["name"]
+    spec = job["spec"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[0] == "python" and (ROOT / argv[1]).is_file()
+    opts = {k: v for k, v in zip(argv[2::2], argv[3::2])}
+    assert (ROOT / opts["--config"]).is_file() and (ROOT / opts["--config-extra"]).is_file()
+    extra = yaml.safe_load((ROOT / opts["--config-extra"]).read_text())
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={json.dumps(v)}"]
+
+    cfg = load_config(ROOT / opts["--config"], list(flat(extra)))  # the job's config, as jobs/align.py builds it
+    assert yaml.safe_load(spec["runtimeEnvYAML"])["working_dir"] == "."
+    cluster = spec["rayClusterSpec"]
+    assert cluster["rayVersion"] == ray.__version__
+    head = cluster["headGroupSpec"]
+    assert str(head["rayStartParams"].get("num-cpus")) == "0"  # the head runs the driver only
+    mounts = {m["mountPath"] for c in head["template"]["spec"]["containers"] for m in c["volumeMounts"]}
+    assert all(any(opts[k].startswith(m + "/") for m in mounts) for k in ("--data", "--out"))
+    gpus = sum(g["replicas"] * int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
+               for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"])
+    for name, need in (("embed", cfg.embed.num_actors * cfg.embed.gpus_per_actor),
+                       ("llm", cfg.llm.num_actors * cfg.llm.gpus_per_actor),
+                       ("verbalize.llm", cfg.verbalize.llm.num_actors * cfg.verbalize.llm.gpus_per_actor),
+                       ("train", cfg.train.scaling.num_workers * cfg.train.scaling.use_gpu)):
+        assert need <= gpus, f"{name} asks for {need} GPUs; the RayJob's workers have {gpus}"
