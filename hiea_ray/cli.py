@@ -2,7 +2,7 @@
 
     hiea-ray align --data DIR --out RUN [--config FILE] [--set key=value ...] [--until STAGE]
     hiea-ray demo  [--out RUN] [--entities N] [--set key=value ...]
-    hiea-ray synth --out DIR [--entities N] [--seed S]
+    hiea-ray synth --out DIR [--entities N] [--seed S] [--dumps KG1,KG2]
     hiea-ray serve --run RUN [--host H] [--port P] [--set serve.key=value ...]
 
 ``serve`` starts the Ray Serve application over a finished run (``hiea_ray.serve``): POST
@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
 
     a = sub.add_parser("align", help="align a KG pair")
-    a.add_argument("--data", required=True, help="folder of a DBP15K, SRPRS or OpenEA release")
+    a.add_argument("--data", required=True, help="folder of a DBP15K, SRPRS or OpenEA release, or a pair spec "
+                   "(PAIR.yaml: two Wikidata JSON / N-Triples dumps and their links)")
     a.add_argument("--out", required=True, help="run folder (stages are reused/resumed from here)")
     common(a)
     d = sub.add_parser("demo", help="generate a synthetic KG pair and align it end to end")
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--entities", type=int, default=3000)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--dumps", metavar="KG1,KG2", help="also write the pair as dumps in OUT/dumps with a pair.yaml: "
+                   "the formats of KG1 and KG2 (wikidata-json, ntriples), e.g. wikidata-json,ntriples")
+    s.add_argument("--compress", default="gz", choices=["gz", "bz2", "none"], help="compression of the dumps")
     return p
 
 
@@ -178,7 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "synth":
             from hiea_ray.kg.synthetic import generate
 
-            print(json.dumps(generate(args.out, args.entities, args.seed), indent=2))
+            counts = generate(args.out, args.entities, args.seed)
+            if args.dumps:
+                from hiea_ray.kg.dump_fixtures import KG_FORMATS, write_dumps
+
+                fmts = args.dumps.split(",")
+                if len(fmts) != 2 or any(f not in KG_FORMATS for f in fmts):
+                    raise UserError(f"--dumps {args.dumps!r}: expected KG1,KG2 formats out of {', '.join(KG_FORMATS)}")
+                write_dumps(args.out, Path(args.out) / "dumps", fmts[0], fmts[1],
+                            "" if args.compress == "none" else args.compress, args.seed)
+                counts["pair_spec"] = str(Path(args.out) / "dumps" / "pair.yaml")
+            print(json.dumps(counts, indent=2))
             return 0
         if args.cmd == "serve":
             return _serve(args)

@@ -51,6 +51,12 @@ class DataConfig:
     one_to_many: bool = False
     # OpenEA only: which 721_5fold/N split to use.
     openea_fold: int = 1
+    # Dumps (--data PAIR.yaml): parse tasks running at once (Ray Data), one per chunk.
+    dump_workers: int = runtime(2)
+    # Dumps: plain-text files are cut into chunks of this many MB (compressed files are read whole).
+    chunk_mb: float = runtime(64.0)
+    # Dumps: hash partitions of the id assignment and of the joins (more for bigger dumps / clusters).
+    partitions: int = runtime(8)
 
 
 @dataclass

@@ -1,0 +1,315 @@
+"""Dump ingestion on Ray Data: two dumps + gold links -> the four tables the ingest stage writes.
+
+    chunks (files / byte ranges) --parse (tasks, data.dump_workers at once)--> statement rows (Parquet)
+    ENTITY/LABEL/TYPE rows --range-bucketed by a seeded 64-bit hash of the key--> map_groups: one
+        row per entity (filters, best label), ranked by the hash in its bucket
+    per-bucket counts (B numbers on the driver) --> id = the entity's global rank in hash order
+    REL / ATTR / LINK rows --Dataset.join on (kg, key)--> int64 head / tail / entity / src / tgt
+    each table --sort--> streamed batch by batch into one Parquet file
+
+The ids are a seeded random permutation of all entities (the hash), independent of file order,
+of the number of workers and of the number of buckets; the driver holds per-bucket counts, the
+property labels of a Wikidata dump and one batch at a time, never the dump. Dangling relation
+targets (filtered out or absent from the dump) and links to unknown entities are dropped and
+counted in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from hiea_ray.config import DataConfig
+from hiea_ray.errors import UserError
+from hiea_ray.kg import dumps as D
+from hiea_ray.kg.model import ATTR_TRIPLES, ENTITIES, LINKS, REL_TRIPLES
+from hiea_ray.kg.pairspec import PairSpec
+
+log = logging.getLogger("hiea_ray")
+ENTITY_ROWS = pa.schema([("kg", pa.int8()), ("key", pa.string()), ("name", pa.string()), ("bucket", pa.int64()),
+                         ("rank", pa.int64())])
+
+
+def key_hash(kg, keys, seed: int) -> np.ndarray:
+    """Seeded 64-bit SipHash of (kg, key) (pandas' vectorized ``hash_array``), as uint64."""
+    from pandas.util import hash_array
+
+    kg = np.asarray(kg).astype(str).astype(object)
+    text = np.asarray(kg + "\x00" + np.asarray(keys, dtype=object), dtype=object)
+    return hash_array(text, hash_key=f"hiea{seed:012d}"[-16:].rjust(16, "0"))
+
+
+def range_bucket(h: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of a hash by its high bits: buckets are contiguous hash ranges, so (bucket, hash)
+    order is hash order whatever the number of buckets."""
+    return ((h >> np.uint64(32)).astype(np.float64) * buckets / 2.0**32).astype(np.int64).clip(0, buckets - 1)
+
+
+def uri_name(uri: str) -> str:
+    from hiea_ray.kg.readers import uri_name as name
+
+    return name(uri)
+
+
+# --- the callables Ray Data runs (plain Python, tested without Ray) --------------------------------
+
+
+def parse_batch(batch: dict, spec: PairSpec, skip_bad: bool) -> pa.Table:
+    """Chunk descriptions (one per row) -> their statement rows."""
+    wd = spec.wikidata_side()
+    prefixes = tuple(s.entity_prefix if s.format == "wikidata-json" else "" for s in (spec.kg1, spec.kg2))
+    tables = []
+    for i in range(len(batch["path"])):
+        c = D.Chunk(int(batch["kg"][i]), str(batch["path"][i]), int(batch["start"][i]), int(batch["end"][i]),
+                    int(batch["size"][i]))
+        side = {1: spec.kg1, 2: spec.kg2}.get(c.kg)
+        links = spec.links if c.kg == 0 or c.kg == wd else None
+        tables.append(D.parse_chunk(c, side, links, skip_bad, link_kg=c.kg, prefixes=prefixes))
+    return pa.concat_tables(tables) if tables else D.STATEMENTS.empty_table()
+
+
+def select(batch: pa.Table, kinds: tuple[int, ...], columns: tuple[str, ...]) -> pa.Table:
+    t = batch.filter(pc.is_in(batch["kind"], value_set=pa.array(kinds, pa.int8())))
+    return t.select(list(columns))
+
+
+def with_bucket(batch: pa.Table, seed: int, buckets: int) -> pa.Table:
+    """ENTITY / LABEL / TYPE rows + the bucket of their (kg, key)."""
+    t = select(batch, (D.ENTITY, D.LABEL, D.TYPE), ("kind", "kg", "s", "o", "rank"))
+    h = key_hash(t["kg"].to_numpy(), t["s"].to_numpy(zero_copy_only=False), seed)
+    return t.append_column("bucket", pa.array(range_bucket(h, buckets)))
+
+
+def resolve_entities(t: pa.Table, seed: int, type_filters: dict) -> pa.Table:
+    """One bucket's rows -> one row per entity: kept by its side's type filter, named by its
+    best-ranked label (else the last URI segment), ranked by hash inside the bucket."""
+    import pandas as pd
+
+    filters = {int(k): set(v) for k, v in type_filters.items() if v}
+    df = t.to_pandas()
+    ents = df[df["kind"] == D.ENTITY][["kg", "s"]].drop_duplicates()
+    for kg, allowed in filters.items():
+        typed = df[(df["kind"] == D.TYPE) & (df["kg"] == kg) & df["o"].isin(allowed)]["s"]
+        ents = ents[(ents["kg"] != kg) | ents["s"].isin(set(typed))]
+    labels = df[df["kind"] == D.LABEL].sort_values(["rank", "o"], kind="stable")
+    labels = labels.drop_duplicates(["kg", "s"])[["kg", "s", "o"]]
+    ents = ents.merge(labels, on=["kg", "s"], how="left")
+    missing = ents["o"].isna()
+    ents.loc[missing, "o"] = [uri_name(s) for s in ents.loc[missing, "s"]]
+    h = key_hash(ents["kg"].to_numpy(), ents["s"].to_numpy(), seed)
+    ents = ents.assign(h=h).sort_values(["h", "kg", "s"], kind="stable")
+    bucket = int(t["bucket"][0].as_py()) if t.num_rows else 0
+    return pa.Table.from_pandas(
+        pd.DataFrame({"kg": ents["kg"].astype(np.int8), "key": ents["s"], "name": ents["o"],
+                      "bucket": np.full(len(ents), bucket, np.int64), "rank": np.arange(len(ents), dtype=np.int64)}),
+        schema=ENTITY_ROWS, preserve_index=False,
+    )
+
+
+def repeated(batch: pa.Table) -> pa.Table:
+    """Rows of a group count whose key occurs more than once."""
+    return batch.filter(pc.greater(batch["count()"], 1))
+
+
+def assign_ids(batch: pa.Table, offsets: dict) -> pa.Table:
+    off = np.array([offsets[int(b)] for b in batch["bucket"].to_numpy()], dtype=np.int64)
+    return pa.table({"kg": batch["kg"], "key": batch["key"], "name": batch["name"],
+                     "id": pa.array(off + batch["rank"].to_numpy())})
+
+
+def rename(batch: pa.Table, mapping: dict, columns: dict) -> pa.Table:
+    """Rename / drop columns; relation and attribute names of Wikidata sides (P-ids) -> labels."""
+    out = {}
+    for src, dst in columns.items():
+        col = batch[src]
+        if src == "p" and mapping:
+            col = pa.array([mapping.get(x, x) for x in col.to_pylist()], pa.string())
+        out[dst] = col
+    return pa.table(out)
+
+
+def split_links(batch: pa.Table, seed: int, train: float, valid: float) -> pa.Table:
+    """Seeded train/valid/test split by a hash of the link (order-free), and a random output order."""
+    u = key_hash(np.zeros(batch.num_rows, np.int64), batch["s"].to_numpy(zero_copy_only=False), seed + 1)
+    frac = (u >> np.uint64(11)).astype(np.float64) / 2.0**53
+    split = np.where(frac < train, "train", np.where(frac < train + valid, "valid", "test"))
+    order = key_hash(np.zeros(batch.num_rows, np.int64), batch["s"].to_numpy(zero_copy_only=False), seed + 2)
+    return pa.table({"src": batch["src"], "tgt": batch["tgt"], "split": pa.array(split, pa.string()),
+                     "order": pa.array(order.view(np.int64))})
+
+
+# --- the driver ------------------------------------------------------------------------------------
+
+
+def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> dict:
+    """Read the spec's dumps with Ray Data into ``out`` (entities / rel_triples / attr_triples /
+    links .parquet); returns the report. Ray must be initialized."""
+    import ray
+
+    t0 = time.time()
+    chunk_bytes = max(1, int(cfg.chunk_mb * 2**20))
+    chunks = (D.plan_chunks(1, spec.kg1.files, chunk_bytes) + D.plan_chunks(2, spec.kg2.files, chunk_bytes)
+              + (D.plan_chunks(0, spec.links.files, chunk_bytes) if spec.links.files else []))
+    in_bytes = sum(c.size for c in chunks)
+    log.info("ingest: %d dump files in %d chunks (%.1f MB), %d parse workers", len(spec.all_files()), len(chunks),
+             in_bytes / 1e6, cfg.dump_workers)
+    stage = out / "_statements"
+    shutil.rmtree(stage, ignore_errors=True)  # parts of an interrupted attempt
+    # Largest chunks first: the long ones start early.
+    items = [D.chunk_to_dict(c) for c in sorted(chunks, key=lambda c: -c.size)]
+    try:
+        ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            parse_batch, fn_kwargs={"spec": spec, "skip_bad": cfg.skip_bad_lines}, batch_size=1,
+            batch_format="numpy", concurrency=max(1, cfg.dump_workers), num_cpus=1,
+        ).write_parquet(str(stage))
+    except Exception as e:  # noqa: BLE001 - a bad line in a worker is the user's: one line, exit 2
+        raise _user_error(e) or e
+    t_parse = time.time() - t0
+    log.info("ingest: parsed in %.1f s (%.1f MB/s)", t_parse, in_bytes / 1e6 / max(t_parse, 1e-9))
+    st = ray.data.read_parquet(str(stage))
+    B, P, seed = max(1, cfg.partitions), max(1, cfg.partitions), cfg.seed
+
+    filters = {kg: s.instance_of for kg, s in ((1, spec.kg1), (2, spec.kg2)) if s.format == "ntriples"}
+    ents = (st.map_batches(with_bucket, fn_kwargs={"seed": seed, "buckets": B}, batch_format="pyarrow")
+            .groupby("bucket").map_groups(resolve_entities, fn_kwargs={"seed": seed, "type_filters": filters},
+                                          batch_format="pyarrow")
+            .materialize())
+    counts = {int(r["bucket"]): int(r["count()"]) for r in ents.groupby("bucket").count().take_all()}
+    offsets, total = {}, 0
+    for b in sorted(counts):
+        offsets[b], total = total, total + counts[b]
+    keyed = ents.map_batches(assign_ids, fn_kwargs={"offsets": offsets}, batch_format="pyarrow").materialize()
+    keys = keyed.select_columns(["kg", "key", "id"])
+    props = {r["s"]: r["o"] for r in st.map_batches(select, fn_kwargs={"kinds": (D.PROP,), "columns": ("s", "o")},
+                                                     batch_format="pyarrow").take_all()}
+    rel = st.map_batches(select, fn_kwargs={"kinds": (D.REL,), "columns": ("kg", "s", "p", "o")}, batch_format="pyarrow")
+    n_rel_in = rel.count()
+    rel = rel.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
+    rel = rel.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"kg": "kg", "id": "head", "p": "p", "o": "o"}},
+                          batch_format="pyarrow")
+    rel = rel.join(keys, join_type="inner", num_partitions=P, on=("kg", "o"), right_on=("kg", "key"))
+    rel = rel.map_batches(rename, fn_kwargs={"mapping": props, "columns": {"kg": "kg", "head": "head", "p": "relation",
+                                                                           "id": "tail"}}, batch_format="pyarrow").materialize()
+    attr = st.map_batches(select, fn_kwargs={"kinds": (D.ATTR,), "columns": ("kg", "s", "p", "o")}, batch_format="pyarrow")
+    n_attr_in = attr.count()
+    attr = attr.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
+    attr = attr.map_batches(rename, fn_kwargs={"mapping": props, "columns": {"kg": "kg", "id": "entity", "p": "attribute",
+                                                                             "o": "value"}}, batch_format="pyarrow").materialize()
+    links = st.map_batches(select, fn_kwargs={"kinds": (D.LINK,), "columns": ("s", "o", "where")}, batch_format="pyarrow")
+    n_links_in = links.count()
+    k1 = keys.filter(expr="kg == 1").select_columns(["key", "id"])
+    k2 = keys.filter(expr="kg == 2").select_columns(["key", "id"])
+    links = links.join(k1, join_type="inner", num_partitions=P, on=("s",), right_on=("key",))
+    links = links.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"s": "s", "o": "o", "where": "where", "id": "src"}},
+                              batch_format="pyarrow")
+    links = links.join(k2, join_type="inner", num_partitions=P, on=("o",), right_on=("key",))
+    links = links.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"s": "s", "where": "where", "src": "src",
+                                                                            "id": "tgt"}}, batch_format="pyarrow").materialize()
+    n_links = links.count()
+    if n_links == 0:
+        raise UserError(f"{spec.path}: links: no gold link joins two entities of the dumps "
+                        f"({n_links_in} read; check the links' keys against the entities' IRIs)")
+    one_to_many = _check_one_to_one(links, spec, cfg)
+    links = links.map_batches(split_links, fn_kwargs={"seed": seed, "train": spec.train, "valid": spec.valid},
+                              batch_format="pyarrow")
+
+    log.info("ingest: %d entities, %d relation and %d attribute triples, %d links; writing the tables", total,
+             rel.count(), attr.count(), n_links)
+    n_ent = _write_sorted(keyed, ["id"], out / "entities.parquet", ENTITIES,
+                          lambda b: {"id": b["id"], "kg": b["kg"], "uri": b["key"], "name": b["name"]})
+    _write_sorted(rel, ["head", "tail", "relation"], out / "rel_triples.parquet", REL_TRIPLES,
+                  lambda b: {c: b[c] for c in REL_TRIPLES.names})
+    _write_sorted(attr, ["entity", "attribute", "value"], out / "attr_triples.parquet", ATTR_TRIPLES,
+                  lambda b: {c: b[c] for c in ATTR_TRIPLES.names})
+    _write_sorted(links, ["order"], out / "links.parquet", LINKS, lambda b: {c: b[c] for c in LINKS.names})
+
+    bad = st.map_batches(select, fn_kwargs={"kinds": (D.BAD,), "columns": ("s", "where", "o")}, batch_format="pyarrow")
+    skipped = Counter()
+    examples = []
+    for b in bad.iter_batches(batch_format="pyarrow"):
+        skipped.update(Path(p).name for p in b["s"].to_pylist())
+        if len(examples) < 5:
+            examples += [f"{w}: {m}" for w, m in zip(b["where"].to_pylist(), b["o"].to_pylist())][: 5 - len(examples)]
+    shutil.rmtree(stage, ignore_errors=True)
+    per_kg = _per_kg(keyed, "kg")
+    split_counts = Counter()
+    for b in pq.ParquetFile(out / "links.parquet").iter_batches(columns=["split"]):
+        split_counts.update(b.column(0).to_pylist())
+    rel_kg, attr_kg = _per_kg(rel, "kg"), _per_kg(attr, "kg")
+    wall = time.time() - t0
+    report = {
+        "format": "dumps",
+        "spec": str(spec.path),
+        "sources": {"kg1": spec.kg1.format, "kg2": spec.kg2.format, "links": spec.links.format},
+        "entities": {"kg1": per_kg.get(1, 0), "kg2": per_kg.get(2, 0)},
+        "rel_triples": {"kg1": rel_kg.get(1, 0), "kg2": rel_kg.get(2, 0)},
+        "attr_triples": {"kg1": attr_kg.get(1, 0), "kg2": attr_kg.get(2, 0)},
+        "links": dict(sorted(split_counts.items())),
+        "dropped": {"rel_triples": n_rel_in - sum(rel_kg.values()), "attr_triples": n_attr_in - sum(attr_kg.values()),
+                    "links": n_links_in - n_links},
+        "skipped_lines": dict(sorted(skipped.items())),
+        **({"skipped_examples": examples} if examples else {}),
+        **({"one_to_many_links": one_to_many} if cfg.one_to_many else {}),
+        "property_labels": len(props),
+        "chunks": len(chunks),
+        "input_bytes": in_bytes,
+        "parse_s": round(t_parse, 2),
+        "wall_s": round(wall, 2),
+        "entities_per_s": round(n_ent / max(wall, 1e-9), 1),
+        "mb_per_s": round(in_bytes / 1e6 / max(wall, 1e-9), 2),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    return report
+
+
+def _per_kg(ds, col: str) -> dict:
+    return {int(r[col]): int(r["count()"]) for r in ds.groupby(col).count().take_all()}
+
+
+def _check_one_to_one(links, spec: PairSpec, cfg: DataConfig) -> int:
+    extra = 0
+    for col, side in (("src", "source"), ("tgt", "target")):
+        multi = links.groupby(col).count().map_batches(repeated, batch_format="pyarrow")
+        n = multi.count()
+        if n and not cfg.one_to_many:
+            bad = multi.take(1)[0][col]
+            where = [r["where"] for r in links.filter(expr=f"{col} == {int(bad)}").take(2)]
+            raise UserError(f"{' and '.join(where) or spec.path}: a gold link {side} is linked {int(multi.take(1)[0]['count()'])} "
+                            "times; links must be one-to-one (set data.one_to_many=true to keep such links)")
+        extra += n
+    return extra
+
+
+def _write_sorted(ds, by: list[str], path: Path, schema: pa.Schema, columns) -> int:
+    """The dataset sorted by ``by``, streamed batch by batch into one Parquet file."""
+    n = 0
+    with pq.ParquetWriter(path, schema) as w:
+        for b in ds.sort(by).iter_batches(batch_format="pyarrow", batch_size=65536):
+            w.write_table(pa.table(columns(b)).cast(schema))
+            n += b.num_rows
+    if n == 0:
+        pq.write_table(schema.empty_table(), path)
+    return n
+
+
+def _user_error(exc: BaseException) -> UserError | None:
+    """The UserError a Ray task raised, found in the error Ray hands the driver."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return UserError(str(e))
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
