@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections import Counter
@@ -188,6 +189,8 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
     for b in sorted(counts):
         offsets[b], total = total, total + counts[b]
     keyed = ents.map_batches(assign_ids, fn_kwargs={"offsets": offsets}, batch_format="pyarrow").materialize()
+    t_ids = time.time()
+    log.info("ingest: %d entities given ids in %.1f s", total, t_ids - t0 - t_parse)
     keys = keyed.select_columns(["kg", "key", "id"])
     props = {r["s"]: r["o"] for r in st.map_batches(select, fn_kwargs={"kinds": (D.PROP,), "columns": ("s", "o")},
                                                      batch_format="pyarrow").take_all()}
@@ -222,8 +225,9 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
     links = links.map_batches(split_links, fn_kwargs={"seed": seed, "train": spec.train, "valid": spec.valid},
                               batch_format="pyarrow")
 
-    log.info("ingest: %d entities, %d relation and %d attribute triples, %d links; writing the tables", total,
-             rel.count(), attr.count(), n_links)
+    t_join = time.time()
+    log.info("ingest: %d relation and %d attribute triples and %d links joined to ids in %.1f s; writing the tables",
+             rel.count(), attr.count(), n_links, t_join - t_ids)
     n_ent = _write_sorted(keyed, ["id"], out / "entities.parquet", ENTITIES,
                           lambda b: {"id": b["id"], "kg": b["kg"], "uri": b["key"], "name": b["name"]})
     _write_sorted(rel, ["head", "tail", "relation"], out / "rel_triples.parquet", REL_TRIPLES,
@@ -246,6 +250,7 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
         split_counts.update(b.column(0).to_pylist())
     rel_kg, attr_kg = _per_kg(rel, "kg"), _per_kg(attr, "kg")
     wall = time.time() - t0
+    log.info("ingest: tables written in %.1f s; %.1f s in all", time.time() - t_join, wall)
     report = {
         "format": "dumps",
         "spec": str(spec.path),
@@ -263,6 +268,9 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
         "chunks": len(chunks),
         "input_bytes": in_bytes,
         "parse_s": round(t_parse, 2),
+        "ids_s": round(t_ids - t0 - t_parse, 2),
+        "join_s": round(t_join - t_ids, 2),
+        "write_s": round(wall - (t_join - t0), 2),
         "wall_s": round(wall, 2),
         "entities_per_s": round(n_ent / max(wall, 1e-9), 1),
         "mb_per_s": round(in_bytes / 1e6 / max(wall, 1e-9), 2),
@@ -311,5 +319,10 @@ def _user_error(exc: BaseException) -> UserError | None:
         seen.add(id(e))
         if isinstance(e, UserError):
             return UserError(str(e))
+        # Ray Data hands the driver the worker's traceback as text (the UserError object is lost
+        # in UserCodeException): its last "UserError: ..." line is the message.
+        found = re.findall(r"hiea_ray\.errors\.UserError: (.+)", str(e))
+        if found:
+            return UserError(found[-1].strip())
         todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
     return None

@@ -46,8 +46,38 @@ def nt_literal(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
 
 
+class _Shards:
+    """Lines dealt round-robin over ``n`` files; a Wikidata shard is a JSON array of its own."""
+
+    def __init__(self, out: Path, stem: str, ext: str, n: int, compress: str, json_array: bool):
+        self.names = [f"{stem}{ext}" if n == 1 else f"{stem}-{i:05d}{ext}" for i in range(n)]
+        self.files = [_open(out / name, compress) for name in self.names]
+        self.json_array = json_array
+        self.count = [0] * n
+        self.i = 0
+        if json_array:
+            for f in self.files:
+                f.write("[\n")
+
+    def write(self, line: str) -> None:
+        k = self.i % len(self.files)
+        self.i += 1
+        if self.json_array:
+            line = ("" if self.count[k] == 0 else ",\n") + line
+        elif not line.endswith("\n"):
+            line += "\n"
+        self.files[k].write(line)
+        self.count[k] += 1
+
+    def close(self) -> str:
+        for f in self.files:
+            f.write("\n]\n" if self.json_array else "")
+            f.close()
+        return self.names[0] if len(self.names) == 1 else self.names[0].replace("-00000", "-*")
+
+
 def write_dumps(folder: str | Path, out: str | Path, kg1: str = "wikidata-json", kg2: str = "ntriples",
-                compress: str = "gz", seed: int = 0) -> dict:
+                compress: str = "gz", seed: int = 0, shards: int = 1) -> dict:
     folder, out = Path(folder), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = {"gz": ".gz", "bz2": ".bz2", "": ""}[compress]
@@ -65,14 +95,14 @@ def write_dumps(folder: str | Path, out: str | Path, kg1: str = "wikidata-json",
         uris = list(ents)
         if fmt == "ntriples":
             maps[kg] = {u: u for u in uris}
-            path = out / f"kg{kg}.nt{suffix}"
-            with _open(path, compress) as f:
-                for u in uris:
-                    f.write(f"<{u}> <{LABEL_PREDICATES[0]}> {nt_literal(uri_name(u))}@en .\n")
-                for h, r, t in rel:
-                    f.write(f"<{h}> <{r}> <{t}> .\n")
-                for e, a, v in attr:
-                    f.write(f"<{e}> <{a}> {nt_literal(v)} .\n")
+            f = _Shards(out, f"kg{kg}", f".nt{suffix}", shards, compress, json_array=False)
+            for u in uris:
+                f.write(f"<{u}> <{LABEL_PREDICATES[0]}> {nt_literal(uri_name(u))}@en .")
+            for h, r, t in rel:
+                f.write(f"<{h}> <{r}> <{t}> .")
+            for e, a, v in attr:
+                f.write(f"<{e}> <{a}> {nt_literal(v)} .")
+            names[kg] = f.close()
         else:
             order = np.random.default_rng(seed + kg).permutation(len(uris))
             qid = {uris[i]: f"Q{k + 1}" for k, i in enumerate(order)}
@@ -94,23 +124,17 @@ def write_dumps(folder: str | Path, out: str | Path, kg1: str = "wikidata-json",
                     "mainsnak": {"snaktype": "value", "property": props[a], "datatype": "string",
                                  "datavalue": {"type": "string", "value": v}},
                     "type": "statement", "rank": "normal"})
-            path = out / f"kg{kg}.json{suffix}"
-            with _open(path, compress) as f:
-                f.write("[\n")
-                sep = ""
-                for iri, pid in props.items():
-                    ent = {"type": "property", "id": pid, "datatype": "wikibase-item",
-                           "labels": {"en": {"language": "en", "value": uri_name(iri)}}, "claims": {}}
-                    f.write(sep + json.dumps(ent, ensure_ascii=False))
-                    sep = ",\n"
-                for i in order:
-                    u = uris[i]
-                    ent = {"type": "item", "id": qid[u], "labels": {"en": {"language": "en", "value": uri_name(u)}},
-                           "descriptions": {}, "aliases": {}, "sitelinks": {}, "claims": claims.pop(u)}
-                    f.write(sep + json.dumps(ent, ensure_ascii=False))
-                    sep = ",\n"
-                f.write("\n]\n")
-        names[kg] = path.name
+            f = _Shards(out, f"kg{kg}", f".json{suffix}", shards, compress, json_array=True)
+            for iri, pid in props.items():
+                f.write(json.dumps({"type": "property", "id": pid, "datatype": "wikibase-item",
+                                    "labels": {"en": {"language": "en", "value": uri_name(iri)}}, "claims": {}},
+                                   ensure_ascii=False))
+            for i in order:
+                u = uris[i]
+                f.write(json.dumps({"type": "item", "id": qid[u], "labels": {"en": {"language": "en", "value": uri_name(u)}},
+                                    "descriptions": {}, "aliases": {}, "sitelinks": {}, "claims": claims.pop(u)},
+                                   ensure_ascii=False))
+            names[kg] = f.close()
     with open(out / "links.nt", "w", encoding="utf-8") as f:
         for a, b in _tsv(folder / "ent_links"):
             f.write(f"<{maps[1][a]}> <{OWL_SAMEAS}> <{maps[2][b]}> .\n")
