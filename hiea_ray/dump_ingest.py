@@ -116,11 +116,6 @@ def resolve_entities(t: pa.Table, seed: int, type_filters: dict) -> pa.Table:
     )
 
 
-def repeated(batch: pa.Table) -> pa.Table:
-    """Rows of a group count whose key occurs more than once."""
-    return batch.filter(pc.greater(batch["count()"], 1))
-
-
 def assign_ids(batch: pa.Table, offsets: dict) -> pa.Table:
     off = np.array([offsets[int(b)] for b in batch["bucket"].to_numpy()], dtype=np.int64)
     return pa.table({"kg": batch["kg"], "key": batch["key"], "name": batch["name"],
@@ -151,14 +146,15 @@ def split_links(batch: pa.Table, seed: int, train: float, valid: float) -> pa.Ta
 # --- the driver ------------------------------------------------------------------------------------
 
 
-def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> dict:
+def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     """Read the spec's dumps with Ray Data into ``out`` (entities / rel_triples / attr_triples /
     links .parquet); returns the report. Ray must be initialized."""
     import ray
 
     t0 = time.time()
     chunk_bytes = max(1, int(cfg.chunk_mb * 2**20))
-    chunks = (D.plan_chunks(1, spec.kg1.files, chunk_bytes) + D.plan_chunks(2, spec.kg2.files, chunk_bytes)
+    chunks = (D.plan_chunks(1, spec.kg1.files, chunk_bytes, spec.kg1.format == "turtle")
+              + D.plan_chunks(2, spec.kg2.files, chunk_bytes, spec.kg2.format == "turtle")
               + (D.plan_chunks(0, spec.links.files, chunk_bytes) if spec.links.files else []))
     in_bytes = sum(c.size for c in chunks)
     log.info("ingest: %d dump files in %d chunks (%.1f MB), %d parse workers", len(spec.all_files()), len(chunks),
@@ -176,26 +172,32 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
         raise _user_error(e) or e
     t_parse = time.time() - t0
     log.info("ingest: parsed in %.1f s (%.1f MB/s)", t_parse, in_bytes / 1e6 / max(t_parse, 1e-9))
+    counts_in = np.zeros(8, np.int64)
+    for batch in _scan(stage, None, ["kind"]):
+        counts_in += np.bincount(batch.column(0).to_numpy(), minlength=8)[:8]
+    props = {}
+    for batch in _scan(stage, (D.PROP,), ["s", "o"]):
+        props.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
     st = ray.data.read_parquet(str(stage))
     B, P, seed = max(1, cfg.partitions), max(1, cfg.partitions), cfg.seed
 
-    filters = {kg: s.instance_of for kg, s in ((1, spec.kg1), (2, spec.kg2)) if s.format == "ntriples"}
+    filters = {kg: s.instance_of for kg, s in ((1, spec.kg1), (2, spec.kg2)) if s.format != "wikidata-json"}
     ents = (st.map_batches(with_bucket, fn_kwargs={"seed": seed, "buckets": B}, batch_format="pyarrow")
-            .groupby("bucket").map_groups(resolve_entities, fn_kwargs={"seed": seed, "type_filters": filters},
-                                          batch_format="pyarrow")
+            .groupby("bucket", num_partitions=B)
+            .map_groups(resolve_entities, fn_kwargs={"seed": seed, "type_filters": filters}, batch_format="pyarrow")
             .materialize())
-    counts = {int(r["bucket"]): int(r["count()"]) for r in ents.groupby("bucket").count().take_all()}
-    offsets, total = {}, 0
-    for b in sorted(counts):
-        offsets[b], total = total, total + counts[b]
+    per_bucket, per_kg = np.zeros(B, np.int64), np.zeros(3, np.int64)
+    for batch in ents.select_columns(["bucket", "kg"]).iter_batches(batch_format="pyarrow", batch_size=None):
+        per_bucket += np.bincount(batch["bucket"].to_numpy(), minlength=B)
+        per_kg += np.bincount(batch["kg"].to_numpy().astype(np.int64), minlength=3)[:3]
+    offsets = {b: int(o) for b, o in enumerate(np.concatenate([[0], np.cumsum(per_bucket)[:-1]]))}
+    total = int(per_bucket.sum())
     keyed = ents.map_batches(assign_ids, fn_kwargs={"offsets": offsets}, batch_format="pyarrow").materialize()
     t_ids = time.time()
     log.info("ingest: %d entities given ids in %.1f s", total, t_ids - t0 - t_parse)
     keys = keyed.select_columns(["kg", "key", "id"])
-    props = {r["s"]: r["o"] for r in st.map_batches(select, fn_kwargs={"kinds": (D.PROP,), "columns": ("s", "o")},
-                                                     batch_format="pyarrow").take_all()}
+
     rel = st.map_batches(select, fn_kwargs={"kinds": (D.REL,), "columns": ("kg", "s", "p", "o")}, batch_format="pyarrow")
-    n_rel_in = rel.count()
     rel = rel.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
     rel = rel.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"kg": "kg", "id": "head", "p": "p", "o": "o"}},
                           batch_format="pyarrow")
@@ -203,12 +205,10 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
     rel = rel.map_batches(rename, fn_kwargs={"mapping": props, "columns": {"kg": "kg", "head": "head", "p": "relation",
                                                                            "id": "tail"}}, batch_format="pyarrow").materialize()
     attr = st.map_batches(select, fn_kwargs={"kinds": (D.ATTR,), "columns": ("kg", "s", "p", "o")}, batch_format="pyarrow")
-    n_attr_in = attr.count()
     attr = attr.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
     attr = attr.map_batches(rename, fn_kwargs={"mapping": props, "columns": {"kg": "kg", "id": "entity", "p": "attribute",
                                                                              "o": "value"}}, batch_format="pyarrow").materialize()
     links = st.map_batches(select, fn_kwargs={"kinds": (D.LINK,), "columns": ("s", "o", "where")}, batch_format="pyarrow")
-    n_links_in = links.count()
     k1 = keys.filter(expr="kg == 1").select_columns(["key", "id"])
     k2 = keys.filter(expr="kg == 2").select_columns(["key", "id"])
     links = links.join(k1, join_type="inner", num_partitions=P, on=("s",), right_on=("key",))
@@ -217,17 +217,18 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
     links = links.join(k2, join_type="inner", num_partitions=P, on=("o",), right_on=("key",))
     links = links.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"s": "s", "where": "where", "src": "src",
                                                                             "id": "tgt"}}, batch_format="pyarrow").materialize()
+    rel_kg, attr_kg = _kg_counts(rel), _kg_counts(attr)
     n_links = links.count()
+    n_links_in = int(counts_in[D.LINK])
     if n_links == 0:
         raise UserError(f"{spec.path}: links: no gold link joins two entities of the dumps "
                         f"({n_links_in} read; check the links' keys against the entities' IRIs)")
     one_to_many = _check_one_to_one(links, spec, cfg)
     links = links.map_batches(split_links, fn_kwargs={"seed": seed, "train": spec.train, "valid": spec.valid},
                               batch_format="pyarrow")
-
     t_join = time.time()
     log.info("ingest: %d relation and %d attribute triples and %d links joined to ids in %.1f s; writing the tables",
-             rel.count(), attr.count(), n_links, t_join - t_ids)
+             sum(rel_kg.values()), sum(attr_kg.values()), n_links, t_join - t_ids)
     n_ent = _write_sorted(keyed, ["id"], out / "entities.parquet", ENTITIES,
                           lambda b: {"id": b["id"], "kg": b["kg"], "uri": b["key"], "name": b["name"]})
     _write_sorted(rel, ["head", "tail", "relation"], out / "rel_triples.parquet", REL_TRIPLES,
@@ -236,31 +237,28 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
                   lambda b: {c: b[c] for c in ATTR_TRIPLES.names})
     _write_sorted(links, ["order"], out / "links.parquet", LINKS, lambda b: {c: b[c] for c in LINKS.names})
 
-    bad = st.map_batches(select, fn_kwargs={"kinds": (D.BAD,), "columns": ("s", "where", "o")}, batch_format="pyarrow")
     skipped = Counter()
     examples = []
-    for b in bad.iter_batches(batch_format="pyarrow"):
-        skipped.update(Path(p).name for p in b["s"].to_pylist())
+    for b in _scan(stage, (D.BAD,), ["s", "where", "o"]):
+        skipped.update(Path(p).name for p in b.column(0).to_pylist())
         if len(examples) < 5:
-            examples += [f"{w}: {m}" for w, m in zip(b["where"].to_pylist(), b["o"].to_pylist())][: 5 - len(examples)]
+            examples += [f"{w}: {m}" for w, m in zip(b.column(1).to_pylist(), b.column(2).to_pylist())][: 5 - len(examples)]
     shutil.rmtree(stage, ignore_errors=True)
-    per_kg = _per_kg(keyed, "kg")
     split_counts = Counter()
     for b in pq.ParquetFile(out / "links.parquet").iter_batches(columns=["split"]):
         split_counts.update(b.column(0).to_pylist())
-    rel_kg, attr_kg = _per_kg(rel, "kg"), _per_kg(attr, "kg")
     wall = time.time() - t0
     log.info("ingest: tables written in %.1f s; %.1f s in all", time.time() - t_join, wall)
     report = {
         "format": "dumps",
         "spec": str(spec.path),
         "sources": {"kg1": spec.kg1.format, "kg2": spec.kg2.format, "links": spec.links.format},
-        "entities": {"kg1": per_kg.get(1, 0), "kg2": per_kg.get(2, 0)},
+        "entities": {"kg1": int(per_kg[1]), "kg2": int(per_kg[2])},
         "rel_triples": {"kg1": rel_kg.get(1, 0), "kg2": rel_kg.get(2, 0)},
         "attr_triples": {"kg1": attr_kg.get(1, 0), "kg2": attr_kg.get(2, 0)},
         "links": dict(sorted(split_counts.items())),
-        "dropped": {"rel_triples": n_rel_in - sum(rel_kg.values()), "attr_triples": n_attr_in - sum(attr_kg.values()),
-                    "links": n_links_in - n_links},
+        "dropped": {"rel_triples": int(counts_in[D.REL]) - sum(rel_kg.values()),
+                    "attr_triples": int(counts_in[D.ATTR]) - sum(attr_kg.values()), "links": n_links_in - n_links},
         "skipped_lines": dict(sorted(skipped.items())),
         **({"skipped_examples": examples} if examples else {}),
         **({"one_to_many_links": one_to_many} if cfg.one_to_many else {}),
@@ -279,21 +277,43 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path, progress=None) -> d
     return report
 
 
-def _per_kg(ds, col: str) -> dict:
-    return {int(r[col]): int(r["count()"]) for r in ds.groupby(col).count().take_all()}
+def _scan(stage: Path, kinds, columns: list[str]):
+    """Batches of the staged statement rows of these kinds (all when None), read here in the
+    driver one batch at a time (no Ray job for a small read; memory O(batch))."""
+    import pyarrow.dataset as ds
+
+    flt = None if kinds is None else ds.field("kind").isin(list(kinds))
+    yield from ds.dataset(str(stage), format="parquet").to_batches(columns=columns, filter=flt)
+
+
+def _kg_counts(d) -> dict:
+    n = np.zeros(3, np.int64)
+    for batch in d.select_columns(["kg"]).iter_batches(batch_format="pyarrow", batch_size=None):
+        n += np.bincount(batch["kg"].to_numpy().astype(np.int64), minlength=3)[:3]
+    return {1: int(n[1]), 2: int(n[2])}
 
 
 def _check_one_to_one(links, spec: PairSpec, cfg: DataConfig) -> int:
+    """Links sorted by source (then by target) and scanned for a repeated key, carrying the last
+    key across batches; the first repeat is an error naming both lines unless data.one_to_many."""
     extra = 0
     for col, side in (("src", "source"), ("tgt", "target")):
-        multi = links.groupby(col).count().map_batches(repeated, batch_format="pyarrow")
-        n = multi.count()
-        if n and not cfg.one_to_many:
-            bad = multi.take(1)[0][col]
-            where = [r["where"] for r in links.filter(expr=f"{col} == {int(bad)}").take(2)]
-            raise UserError(f"{' and '.join(where) or spec.path}: a gold link {side} is linked {int(multi.take(1)[0]['count()'])} "
-                            "times; links must be one-to-one (set data.one_to_many=true to keep such links)")
-        extra += n
+        prev_key, prev_where = None, None
+        for b in links.select_columns([col, "where"]).sort(col).iter_batches(batch_format="pyarrow", batch_size=65536):
+            if b.num_rows == 0:
+                continue
+            keys = b[col].to_numpy()
+            where = b["where"].to_pylist()
+            first = np.concatenate([[keys[0] != prev_key if prev_key is not None else True], keys[1:] != keys[:-1]])
+            dup = np.flatnonzero(~first)
+            if len(dup) and not cfg.one_to_many:
+                i = int(dup[0])
+                other = where[i - 1] if i > 0 else prev_where
+                raise UserError(f"{where[i]}: a gold link {side} is linked twice (also at {other}); links must be "
+                                "one-to-one (set data.one_to_many=true to keep such links)")
+            extra += len(dup)
+            if len(keys):
+                prev_key, prev_where = keys[-1], where[-1]
     return extra
 
 

@@ -253,6 +253,15 @@ def test_dumps_give_the_tables_of_the_openea_folder_and_bad_lines_exit_2(tmp_pat
     assert got.entities["id"].to_pylist() == sorted(got.entities["id"].to_pylist())
     n = got.links.num_rows
     assert abs(rep["links"]["train"] / n - 0.2) < 0.06 and abs(rep["links"]["valid"] / n - 0.1) < 0.05
+    # a source linked to a second target: one line naming both links, exit 2
+    links = (tmp_path / "dumps" / "links.nt").read_text().splitlines()
+    a, b = links[0].split(" ")[0], links[1].split(" ")[2]
+    (tmp_path / "dumps" / "links.nt").write_text("\n".join(links + [f"{a} <http://www.w3.org/2002/07/owl#sameAs> {b} ."]) + "\n")
+    r = subprocess.run(cli + ["--out", str(tmp_path / "dup"), "--set", "data.skip_bad_lines=true"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "links.nt:" in last and "is linked twice (also at" in last and "one_to_many" in last, last
 
 
 @pytest.mark.slow
@@ -269,3 +278,34 @@ def test_the_real_wikidata_sample_parses():
     assert claims == 149
     assert len(kinds(t, D.REL)) + len(kinds(t, D.ATTR)) == sum(
         1 for e in ents for v in e.get("claims", {}).values() for c in v if c["mainsnak"].get("snaktype") == "value")
+
+
+def test_turtle_reads_as_its_ntriples(tmp_path):
+    ttl = """@prefix ex: <http://a/> .
+@prefix p: <http://p/> .
+@prefix rdfs: <http://www.w3.org/2000/01/rdf-schema#> .
+ex:x rdfs:label "Ex"@en , "Ix"@de ;
+     p:knows ex:y , ex:z ;
+     p:note \"\"\"two
+lines\"\"\" .
+ex:y p:born "1950" .
+"""
+    nt = [f'<http://a/x> <{LABEL}> "Ex"@en .', f'<http://a/x> <{LABEL}> "Ix"@de .',
+          '<http://a/x> <http://p/knows> <http://a/y> .', '<http://a/x> <http://p/knows> <http://a/z> .',
+          '<http://a/x> <http://p/note> "two\\nlines" .', '<http://a/y> <http://p/born> "1950" .']
+    (tmp_path / "k.ttl").write_text(ttl)
+    rows = lambda t: sorted(zip(*[t[c].to_pylist() for c in ("kind", "s", "p", "o", "rank")]))  # noqa: E731
+    got = D.parse_chunk(D.Chunk(1, str(tmp_path / "k.ttl")), SideSpec(format="turtle", files=[]), None, False)
+    want = parse_lines(tmp_path, nt, SideSpec(format="ntriples", files=[]))
+    assert rows(got) == rows(want) and len(rows(got)) == 7
+    (tmp_path / "bad.ttl").write_text("@prefix ex: <http://a/> .\nex:x ex:p ex:y ;; .\nex:q\n")
+    with pytest.raises(UserError, match=r"bad.ttl: not valid Turtle"):
+        D.parse_chunk(D.Chunk(1, str(tmp_path / "bad.ttl")), SideSpec(format="turtle", files=[]), None, False)
+
+
+def test_tsv_links_expand_wikidata_ids(tmp_path):
+    assert D.tsv_link(b"Q42\thttp://dbpedia.org/resource/Douglas_Adams\n", (WD, "")) == (
+        WD + "Q42", "http://dbpedia.org/resource/Douglas_Adams")
+    assert D.tsv_link(b"   \n", ("", "")) is None
+    with pytest.raises(ValueError, match="expected 2 tab-separated keys"):
+        D.tsv_link(b"Q1\tQ2\tQ3\n", ("", ""))

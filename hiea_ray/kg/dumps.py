@@ -1,7 +1,7 @@
-"""Dump parsing, Ray-free: a chunk of a Wikidata JSON or N-Triples dump -> statement rows.
+"""Dump parsing, Ray-free: a chunk of a Wikidata JSON, N-Triples or Turtle dump -> statement rows.
 
 Every dump is cut into chunks (``plan_chunks``): whole files when compressed (gzip and bz2 cannot
-be entered mid-stream), byte ranges of ``chunk_bytes`` when plain text (a line belongs to the chunk
+be entered mid-stream) or Turtle (prefixes and multi-line statements; parsed by rdflib), byte ranges of ``chunk_bytes`` when plain text (a line belongs to the chunk
 its first byte is in). ``parse_chunk`` turns one chunk into an Arrow table of ``STATEMENTS``:
 
     kind  ENTITY (s = key)          an entity of the side (after its filters)
@@ -59,14 +59,15 @@ class Chunk:
         return f"{self.path}: line starting at byte {offset}"
 
 
-def plan_chunks(kg: int, files: list[str], chunk_bytes: int) -> list[Chunk]:
+def plan_chunks(kg: int, files: list[str], chunk_bytes: int, whole: bool = False) -> list[Chunk]:
+    """Chunks of the files: whole files when compressed or ``whole`` (Turtle), else byte ranges."""
     out = []
     for path in files:
         try:
             size = os.path.getsize(path)
         except OSError as e:
             raise UserError(f"{path}: cannot read ({e.strerror})") from None
-        if path.endswith((".gz", ".bz2")) or size <= chunk_bytes:
+        if whole or path.endswith((".gz", ".bz2")) or size <= chunk_bytes:
             out.append(Chunk(kg, path, 0, -1, size))
             continue
         for start in range(0, size, chunk_bytes):
@@ -315,9 +316,10 @@ class NTriplesParser:
         except UnicodeDecodeError as e:
             raise ValueError(f"not UTF-8 ({e})") from None
         t = parse_ntriple(text)
-        if t is None:
-            return
-        s, p, o, literal, lang = t
+        if t is not None:
+            self.triple(*t, rows)
+
+    def triple(self, s: str, p: str, o: str, literal: bool, lang: str, rows: Rows) -> None:
         if s not in self.seen:
             self.seen.add(s)
             rows.add(ENTITY, s)
@@ -333,6 +335,40 @@ class NTriplesParser:
         if self.props and p not in self.props:
             return
         rows.add(ATTR if literal else REL, s, p, o)
+
+
+def parse_turtle(chunk: Chunk, side: SideSpec, rows: Rows) -> None:
+    """A whole Turtle file through rdflib (the graph of one file is held by the worker: shard big
+    Turtle dumps, or convert them to N-Triples, which streams). Its triples go through the
+    N-Triples side's rules."""
+    from rdflib import BNode, Graph, Literal
+
+    g = Graph()
+    try:
+        with open_binary(chunk.path) as f:
+            g.parse(f, format="turtle", publicID="urn:x-hiea:base/")
+    except (EOFError, zlib.error, OSError) as e:
+        raise UserError(f"{chunk.path}: truncated or corrupt compressed file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - rdflib's BadSyntax and friends: the file and its message
+        raise UserError(f"{chunk.path}: not valid Turtle ({' '.join(str(e).split())[:300]})") from None
+    nt = NTriplesParser(side)
+
+    def node(x) -> str:
+        return f"_:{x}" if isinstance(x, BNode) else str(x)
+
+    for s, p, o in g:
+        if isinstance(o, Literal):
+            nt.triple(node(s), str(p), str(o), True, (o.language or "").lower(), rows)
+        else:
+            nt.triple(node(s), str(p), node(o), False, "", rows)
+
+
+def open_binary(path: str):
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    return open(path, "rb")
 
 
 def sameas_link(line: bytes, reverse: bool):
@@ -364,6 +400,9 @@ def parse_chunk(chunk: Chunk, side: SideSpec | None, links: LinkSpec | None, ski
     """All statement rows of one chunk. A bad line is a ``UserError`` naming the file and line
     (or byte offset), unless ``skip_bad``: then one BAD row for it."""
     rows = Rows(chunk.kg)
+    if side is not None and side.format == "turtle":
+        parse_turtle(chunk, side, rows)
+        return rows.table()
     if chunk.kg == 0:
         fn = (lambda ln, r, w: _link(sameas_link(ln, links.reverse), r, w)) if links.format == "sameas" \
             else (lambda ln, r, w: _link(tsv_link(ln, prefixes), r, w))

@@ -3,7 +3,7 @@
     hiea-ray align --data PAIR.yaml --out RUN
 
     kg1:
-      format: wikidata-json            # wikidata-json | ntriples
+      format: wikidata-json            # wikidata-json | ntriples | turtle
       path: dumps/latest-all.json.gz   # a file, a glob or a folder of shards (.gz / .bz2 read as such)
       languages: [zh, en]              # label languages in order of preference (then aliases, then the id)
       instance_of: [Q5]                # optional entity filter: P31 values (Wikidata) / rdf:type IRIs
@@ -32,7 +32,7 @@ import yaml
 
 from hiea_ray.errors import UserError
 
-FORMATS = ("wikidata-json", "ntriples")
+FORMATS = ("wikidata-json", "ntriples", "turtle")
 RELEASES = ("dbp15k", "srprs", "openea")
 LINK_FORMATS = ("sameas", "tsv", "wikidata-sitelink", "wikidata-property")
 WIKIDATA_ENTITY = "http://www.wikidata.org/entity/"
@@ -50,7 +50,7 @@ COMPRESSED = (".gz", ".bz2")
 class SideSpec:
     """One KG's dump."""
 
-    # wikidata-json | ntriples
+    # wikidata-json | ntriples | turtle (Turtle: rdflib, a whole file per task; same rules as ntriples)
     format: str
     # Files of the dump (globs and folders expanded, sorted); filled from `path` (one or a list).
     files: list[str]
@@ -64,7 +64,7 @@ class SideSpec:
     instance_of: list[str] = field(default_factory=list)
     # Keep only these properties (P-ids / predicate IRIs) as relations and attributes. Empty: all.
     properties: list[str] = field(default_factory=list)
-    # N-Triples: predicates whose literals name an entity, in order of preference.
+    # N-Triples / Turtle: predicates whose literals name an entity, in order of preference.
     label_predicates: list[str] = field(default_factory=lambda: list(LABEL_PREDICATES))
     # Entity IRI prefix of a Wikidata dump (keys are full IRIs, as in owl:sameAs files).
     entity_prefix: str = WIKIDATA_ENTITY
