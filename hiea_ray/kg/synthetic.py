@@ -69,8 +69,9 @@ def _word(rng, lo=2, hi=3) -> str:
 def make_world(n: int, rng: np.random.Generator, avg_degree: float = 4.0) -> World:
     types = rng.choice(len(TYPES), size=n, p=TYPE_SHARE)
     types[: len(TYPES)] = np.arange(len(TYPES))  # every type present
-    first = [_word(rng, 1, 2) for _ in range(max(20, n // 40))]
-    last = [_word(rng, 2, 3) for _ in range(max(40, n // 8))]
+    # Arrays, not lists: rng.choice converts a list on every call (quadratic at 10^6 entities).
+    first = np.array([_word(rng, 1, 2) for _ in range(max(20, n // 40))], dtype=object)
+    last = np.array([_word(rng, 2, 3) for _ in range(max(40, n // 8))], dtype=object)
     names = []
     for t in types:
         kind = TYPES[t]
