@@ -57,6 +57,9 @@ class DataConfig:
     chunk_mb: float = runtime(64.0)
     # Dumps: hash partitions of the id assignment and of the joins (more for bigger dumps / clusters).
     partitions: int = runtime(8)
+    # Dumps: Ray Data's target block size (MB) while ingesting; the driver streams the sorted tables
+    # into their files a block or two at a time, so this bounds its memory.
+    block_mb: float = runtime(32.0)
 
 
 @dataclass
@@ -510,6 +513,12 @@ class Config:
                 raise UserError(f"config field evaluate.protocols: unknown protocol {p!r}")
         if not 0.0 <= self.data.valid_fraction < 1.0:
             raise UserError("config field data.valid_fraction: must be in [0, 1)")
+        for name in ("dump_workers", "partitions"):
+            if getattr(self.data, name) < 1:
+                raise UserError(f"config field data.{name}: must be >= 1")
+        for name in ("chunk_mb", "block_mb"):
+            if not getattr(self.data, name) > 0:
+                raise UserError(f"config field data.{name}: must be > 0")
         if not 0.0 <= self.embed.name_weight <= 1.0:
             raise UserError("config field embed.name_weight: must be in [0, 1]")
         if self.retrieve.k < 1 or self.decode.csls_k < 1:

@@ -133,6 +133,42 @@ def rename(batch: pa.Table, mapping: dict, columns: dict) -> pa.Table:
     return pa.table(out)
 
 
+def subjects(batch: pa.Table) -> pa.Table:
+    """REL / ATTR / LINK rows keyed by their subject: (kg, s); a link's source is on KG1."""
+    t = select(batch, (D.REL, D.ATTR, D.LINK), ("kind", "kg", "s", "p", "o", "where"))
+    kg = pc.if_else(pc.equal(t["kind"], D.LINK), pa.scalar(1, pa.int8()), t["kg"])
+    return t.set_column(1, "kg", kg)
+
+
+def attributes(batch: pa.Table, props: dict) -> pa.Table:
+    t = batch.filter(pc.equal(batch["kind"], D.ATTR))
+    return rename(t, props, {"kg": "kg", "id": "entity", "p": "attribute", "o": "value"})
+
+
+def objects(batch: pa.Table) -> pa.Table:
+    """Joined REL / LINK rows keyed by their object: (kg, o); a link's target is on KG2."""
+    t = batch.filter(pc.not_equal(batch["kind"], D.ATTR))
+    kg = pc.if_else(pc.equal(t["kind"], D.LINK), pa.scalar(2, pa.int8()), t["kg"])
+    return pa.table({"kind": t["kind"], "kg": kg, "s": t["s"], "p": t["p"], "o": t["o"], "where": t["where"],
+                     "head": t["id"]})
+
+
+def relations(batch: pa.Table, props: dict) -> pa.Table:
+    t = batch.filter(pc.equal(batch["kind"], D.REL))
+    return rename(t, props, {"kg": "kg", "head": "head", "p": "relation", "id": "tail"})
+
+
+def link_ids(batch: pa.Table) -> pa.Table:
+    t = batch.filter(pc.equal(batch["kind"], D.LINK))
+    return pa.table({"s": t["s"], "where": t["where"], "src": t["head"], "tgt": t["id"]})
+
+
+def count_by(batch: pa.Table, column: str, size: int) -> pa.Table:
+    """Counts of the values 0..size-1 of an integer column in one block (summed by the driver)."""
+    n = np.bincount(batch[column].to_numpy().astype(np.int64), minlength=size)[:size]
+    return pa.table({"value": np.arange(size), "n": n})
+
+
 def split_links(batch: pa.Table, seed: int, train: float, valid: float) -> pa.Table:
     """Seeded train/valid/test split by a hash of the link (order-free), and a random output order."""
     u = key_hash(np.zeros(batch.num_rows, np.int64), batch["s"].to_numpy(zero_copy_only=False), seed + 1)
@@ -149,6 +185,18 @@ def split_links(batch: pa.Table, seed: int, train: float, valid: float) -> pa.Ta
 def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     """Read the spec's dumps with Ray Data into ``out`` (entities / rel_triples / attr_triples /
     links .parquet); returns the report. Ray must be initialized."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    ctx.target_max_block_size = int(cfg.block_mb * 2**20)
+    try:
+        return _ingest(spec, cfg, out)
+    finally:
+        ctx.target_max_block_size = saved
+
+
+def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     import ray
 
     t0 = time.time()
@@ -186,10 +234,7 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
             .groupby("bucket", num_partitions=B)
             .map_groups(resolve_entities, fn_kwargs={"seed": seed, "type_filters": filters}, batch_format="pyarrow")
             .materialize())
-    per_bucket, per_kg = np.zeros(B, np.int64), np.zeros(3, np.int64)
-    for batch in ents.select_columns(["bucket", "kg"]).iter_batches(batch_format="pyarrow", batch_size=None):
-        per_bucket += np.bincount(batch["bucket"].to_numpy(), minlength=B)
-        per_kg += np.bincount(batch["kg"].to_numpy().astype(np.int64), minlength=3)[:3]
+    per_bucket, per_kg = _counts(ents, "bucket", B), _counts(ents, "kg", 3)
     offsets = {b: int(o) for b, o in enumerate(np.concatenate([[0], np.cumsum(per_bucket)[:-1]]))}
     total = int(per_bucket.sum())
     keyed = ents.map_batches(assign_ids, fn_kwargs={"offsets": offsets}, batch_format="pyarrow").materialize()
@@ -197,26 +242,15 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     log.info("ingest: %d entities given ids in %.1f s", total, t_ids - t0 - t_parse)
     keys = keyed.select_columns(["kg", "key", "id"])
 
-    rel = st.map_batches(select, fn_kwargs={"kinds": (D.REL,), "columns": ("kg", "s", "p", "o")}, batch_format="pyarrow")
-    rel = rel.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
-    rel = rel.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"kg": "kg", "id": "head", "p": "p", "o": "o"}},
-                          batch_format="pyarrow")
-    rel = rel.join(keys, join_type="inner", num_partitions=P, on=("kg", "o"), right_on=("kg", "key"))
-    rel = rel.map_batches(rename, fn_kwargs={"mapping": props, "columns": {"kg": "kg", "head": "head", "p": "relation",
-                                                                           "id": "tail"}}, batch_format="pyarrow").materialize()
-    attr = st.map_batches(select, fn_kwargs={"kinds": (D.ATTR,), "columns": ("kg", "s", "p", "o")}, batch_format="pyarrow")
-    attr = attr.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
-    attr = attr.map_batches(rename, fn_kwargs={"mapping": props, "columns": {"kg": "kg", "id": "entity", "p": "attribute",
-                                                                             "o": "value"}}, batch_format="pyarrow").materialize()
-    links = st.map_batches(select, fn_kwargs={"kinds": (D.LINK,), "columns": ("s", "o", "where")}, batch_format="pyarrow")
-    k1 = keys.filter(expr="kg == 1").select_columns(["key", "id"])
-    k2 = keys.filter(expr="kg == 2").select_columns(["key", "id"])
-    links = links.join(k1, join_type="inner", num_partitions=P, on=("s",), right_on=("key",))
-    links = links.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"s": "s", "o": "o", "where": "where", "id": "src"}},
-                              batch_format="pyarrow")
-    links = links.join(k2, join_type="inner", num_partitions=P, on=("o",), right_on=("key",))
-    links = links.map_batches(rename, fn_kwargs={"mapping": {}, "columns": {"s": "s", "where": "where", "src": "src",
-                                                                            "id": "tgt"}}, batch_format="pyarrow").materialize()
+    # Two joins for all three tables: subjects (relation heads, attribute entities, link sources),
+    # then objects (relation tails, link targets).
+    facts = st.map_batches(subjects, batch_format="pyarrow")
+    facts = facts.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
+    attr = facts.map_batches(attributes, fn_kwargs={"props": props}, batch_format="pyarrow").materialize()
+    objs = facts.map_batches(objects, batch_format="pyarrow")
+    objs = objs.join(keys, join_type="inner", num_partitions=P, on=("kg", "o"), right_on=("kg", "key")).materialize()
+    rel = objs.map_batches(relations, fn_kwargs={"props": props}, batch_format="pyarrow").materialize()
+    links = objs.map_batches(link_ids, batch_format="pyarrow").materialize()
     rel_kg, attr_kg = _kg_counts(rel), _kg_counts(attr)
     n_links = links.count()
     n_links_in = int(counts_in[D.LINK])
@@ -286,10 +320,18 @@ def _scan(stage: Path, kinds, columns: list[str]):
     yield from ds.dataset(str(stage), format="parquet").to_batches(columns=columns, filter=flt)
 
 
+def _counts(d, column: str, size: int) -> np.ndarray:
+    """Value counts of a column, counted block by block in Ray tasks: only the small per-block
+    counts reach the driver."""
+    n = np.zeros(size, np.int64)
+    for r in d.select_columns([column]).map_batches(count_by, fn_kwargs={"column": column, "size": size},
+                                                    batch_format="pyarrow", batch_size=None).take_all():
+        n[int(r["value"])] += int(r["n"])
+    return n
+
+
 def _kg_counts(d) -> dict:
-    n = np.zeros(3, np.int64)
-    for batch in d.select_columns(["kg"]).iter_batches(batch_format="pyarrow", batch_size=None):
-        n += np.bincount(batch["kg"].to_numpy().astype(np.int64), minlength=3)[:3]
+    n = _counts(d, "kg", 3)
     return {1: int(n[1]), 2: int(n[2])}
 
 
