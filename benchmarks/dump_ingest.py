@@ -86,6 +86,8 @@ def run_one(spec: Path, run: Path, workers: int) -> dict:
         "mb_per_s": round(rep["input_bytes"] / 1e6 / rep["wall_s"], 2),
         "parse_mb_per_s": round(rep["input_bytes"] / 1e6 / rep["parse_s"], 2),
         "driver_peak_rss_gib": round(driver / 2**30, 3), "total_peak_rss_gib": round(total / 2**30, 3),
+        "phases_s": {k: rep[f"{k}_s"] for k in ("parse", "ids", "join", "write")},
+        "driver_rss_after_gib": rep["driver_rss_gib"],
     }
 
 

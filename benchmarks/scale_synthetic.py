@@ -71,6 +71,8 @@ def main(argv=None) -> int:
         t1 = time.time()
         with PeakRSS() as mem:
             pipe.run_stage(name)
+            if REGISTRY[name].publish is not None:  # evaluate: metrics.json to the run root
+                REGISTRY[name].publish(pipe)
         m = json.loads((out / name / "manifest.json").read_text())
         stages[name] = {
             "wall_s": round(time.time() - t1, 2),

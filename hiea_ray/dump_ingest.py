@@ -214,11 +214,12 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     try:
         ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             parse_batch, fn_kwargs={"spec": spec, "skip_bad": cfg.skip_bad_lines}, batch_size=1,
-            batch_format="numpy", concurrency=max(1, cfg.dump_workers), num_cpus=1,
+            batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=max(1, cfg.dump_workers)), num_cpus=1,
         ).write_parquet(str(stage))
     except Exception as e:  # noqa: BLE001 - a bad line in a worker is the user's: one line, exit 2
         raise _user_error(e) or e
     t_parse = time.time() - t0
+    rss = {"parse": _rss()}
     log.info("ingest: parsed in %.1f s (%.1f MB/s)", t_parse, in_bytes / 1e6 / max(t_parse, 1e-9))
     counts_in = np.zeros(8, np.int64)
     for batch in _scan(stage, None, ["kind"]):
@@ -239,6 +240,7 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     total = int(per_bucket.sum())
     keyed = ents.map_batches(assign_ids, fn_kwargs={"offsets": offsets}, batch_format="pyarrow").materialize()
     t_ids = time.time()
+    rss["ids"] = _rss()
     log.info("ingest: %d entities given ids in %.1f s", total, t_ids - t0 - t_parse)
     keys = keyed.select_columns(["kg", "key", "id"])
 
@@ -261,6 +263,7 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     links = links.map_batches(split_links, fn_kwargs={"seed": seed, "train": spec.train, "valid": spec.valid},
                               batch_format="pyarrow")
     t_join = time.time()
+    rss["join"] = _rss()
     log.info("ingest: %d relation and %d attribute triples and %d links joined to ids in %.1f s; writing the tables",
              sum(rel_kg.values()), sum(attr_kg.values()), n_links, t_join - t_ids)
     n_ent = _write_sorted(keyed, ["id"], out / "entities.parquet", ENTITIES,
@@ -270,6 +273,7 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     _write_sorted(attr, ["entity", "attribute", "value"], out / "attr_triples.parquet", ATTR_TRIPLES,
                   lambda b: {c: b[c] for c in ATTR_TRIPLES.names})
     _write_sorted(links, ["order"], out / "links.parquet", LINKS, lambda b: {c: b[c] for c in LINKS.names})
+    rss["write"] = _rss()
 
     skipped = Counter()
     examples = []
@@ -304,6 +308,7 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
         "join_s": round(t_join - t_ids, 2),
         "write_s": round(wall - (t_join - t0), 2),
         "wall_s": round(wall, 2),
+        "driver_rss_gib": rss,
         "entities_per_s": round(n_ent / max(wall, 1e-9), 1),
         "mb_per_s": round(in_bytes / 1e6 / max(wall, 1e-9), 2),
     }
@@ -317,7 +322,15 @@ def _scan(stage: Path, kinds, columns: list[str]):
     import pyarrow.dataset as ds
 
     flt = None if kinds is None else ds.field("kind").isin(list(kinds))
-    yield from ds.dataset(str(stage), format="parquet").to_batches(columns=columns, filter=flt)
+    yield from ds.dataset(str(stage), format="parquet").to_batches(columns=columns, filter=flt, batch_readahead=0,
+                                                                   fragment_readahead=0)
+
+
+def _rss() -> float:
+    """This process's resident memory now, GiB."""
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**30, 3)
 
 
 def _counts(d, column: str, size: int) -> np.ndarray:
