@@ -65,10 +65,11 @@ def dumps_for(base: Path, n: int, fmt: str, shards: int) -> Path:
     return out / "pair.yaml"
 
 
-def run_one(spec: Path, run: Path, workers: int) -> dict:
+def run_one(spec: Path, run: Path, workers: int, block_mb: float) -> dict:
     shutil.rmtree(run, ignore_errors=True)
     cmd = [str(ROOT / ".venv" / "bin" / "hiea-ray"), "align", "--data", str(spec), "--out", str(run), "--until", "ingest",
-           "-q", "--set", f"data.dump_workers={workers}", "--set", f"ray.num_cpus={max(2, workers)}"]
+           "-q", "--set", f"data.dump_workers={workers}", "--set", f"ray.num_cpus={max(2, workers)}",
+           "--set", f"data.block_mb={block_mb}"]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     driver, total = sample_tree(proc)
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
     ap.add_argument("--shards", type=int, default=4, help="dump files per side")
+    ap.add_argument("--block-mb", type=float, default=32.0, help="data.block_mb (Ray Data block size while ingesting)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "dump-ingest"))
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "dump_ingest.json"))
     args = ap.parse_args(argv)
@@ -111,10 +113,11 @@ def main(argv=None) -> int:
             print(f"{fmt} n={n}: dumps ready ({time.time() - t0:.0f} s)", flush=True)
             for w in args.workers:
                 row = {"format": fmt, "world_entities": n, "workers": w, "shards_per_side": args.shards,
-                       **run_one(spec, base / f"run-{fmt}-{w}", w)}
-                res["runs"] = [r for r in res["runs"] if (r["format"], r["world_entities"], r["workers"]) != (fmt, n, w)]
+                       "block_mb": args.block_mb, **run_one(spec, base / f"run-{fmt}-{w}", w, args.block_mb)}
+                key = lambda r: (r["format"], r["world_entities"], r["workers"], r.get("block_mb", 32.0))  # noqa: E731
+                res["runs"] = [r for r in res["runs"] if key(r) != key(row)]
                 res["runs"].append(row)
-                res["runs"].sort(key=lambda r: (r["format"], r["world_entities"], r["workers"]))
+                res["runs"].sort(key=key)
                 result_path.write_text(json.dumps(res, indent=2))
                 print(json.dumps(row), flush=True)
     plot(res, result_path.with_suffix(".png"))
@@ -130,12 +133,13 @@ def plot(res: dict, path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     for fmt, color in zip(FORMATS, ("tab:blue", "tab:green")):
         for w, style in ((1, "--"), (2, "-")):
-            rows = [r for r in res["runs"] if r["format"] == fmt and r["workers"] == w]
+            rows = [r for r in res["runs"] if r["format"] == fmt and r["workers"] == w and r.get("block_mb", 32.0) == 32.0]
             if not rows:
                 continue
             x = [r["entities"]["kg1"] + r["entities"]["kg2"] for r in rows]
             a.plot(x, [r["entities_per_s"] for r in rows], style, marker="o", color=color, label=f"{fmt}, {w} worker(s)")
-        rows = [r for r in res["runs"] if r["format"] == fmt and r["workers"] == max(x["workers"] for x in res["runs"])]
+        rows = [r for r in res["runs"] if r["format"] == fmt and r.get("block_mb", 32.0) == 32.0
+                and r["workers"] == max(x["workers"] for x in res["runs"])]
         x = [r["entities"]["kg1"] + r["entities"]["kg2"] for r in rows]
         b.plot(x, [r["driver_peak_rss_gib"] for r in rows], "-", marker="o", color=color, label=f"{fmt}: driver")
         b.plot(x, [r["total_peak_rss_gib"] for r in rows], ":", marker="s", color=color, label=f"{fmt}: driver + Ray")
