@@ -34,13 +34,16 @@ from hiea_ray.kg.synthetic import generate  # noqa: E402
 FORMATS = ("wikidata-json", "ntriples")
 
 
-def sample_tree(proc: subprocess.Popen, interval: float = 0.2) -> tuple[int, int]:
-    """Run until ``proc`` exits; (peak driver RSS, peak RSS of the driver + its descendants)."""
+def sample_tree(proc: subprocess.Popen, interval: float = 0.2) -> tuple[int, int, int]:
+    """Run until ``proc`` exits; (peak driver RSS, peak driver private memory = RSS less shared
+    mappings such as Ray's object store pages, peak RSS of the driver + its descendants)."""
     me = psutil.Process(proc.pid)
-    peak_driver = peak_total = 0
+    peak_driver = peak_private = peak_total = 0
     while proc.poll() is None:
         try:
-            d = me.memory_info().rss
+            m = me.memory_info()
+            d = m.rss
+            peak_private = max(peak_private, m.rss - m.shared)
             total = d
             for c in me.children(recursive=True):
                 try:
@@ -51,7 +54,7 @@ def sample_tree(proc: subprocess.Popen, interval: float = 0.2) -> tuple[int, int
             break
         peak_driver, peak_total = max(peak_driver, d), max(peak_total, total)
         time.sleep(interval)
-    return peak_driver, peak_total
+    return peak_driver, peak_private, peak_total
 
 
 def dumps_for(base: Path, n: int, fmt: str, shards: int) -> Path:
@@ -72,7 +75,7 @@ def run_one(spec: Path, run: Path, workers: int, block_mb: float) -> dict:
            "--set", f"data.block_mb={block_mb}"]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    driver, total = sample_tree(proc)
+    driver, private, total = sample_tree(proc)
     out = proc.stdout.read()
     wall = time.time() - t0
     if proc.returncode != 0:
@@ -86,7 +89,8 @@ def run_one(spec: Path, run: Path, workers: int, block_mb: float) -> dict:
         "entities_per_s": round(ents / rep["wall_s"], 1), "parse_entities_per_s": round(ents / rep["parse_s"], 1),
         "mb_per_s": round(rep["input_bytes"] / 1e6 / rep["wall_s"], 2),
         "parse_mb_per_s": round(rep["input_bytes"] / 1e6 / rep["parse_s"], 2),
-        "driver_peak_rss_gib": round(driver / 2**30, 3), "total_peak_rss_gib": round(total / 2**30, 3),
+        "driver_peak_rss_gib": round(driver / 2**30, 3), "driver_peak_private_gib": round(private / 2**30, 3),
+        "total_peak_rss_gib": round(total / 2**30, 3),
         "phases_s": {k: rep[f"{k}_s"] for k in ("parse", "ids", "join", "write")},
         "driver_rss_after_gib": rep["driver_rss_gib"],
     }
@@ -142,6 +146,8 @@ def plot(res: dict, path: Path) -> None:
                 and r["workers"] == max(x["workers"] for x in res["runs"])]
         x = [r["entities"]["kg1"] + r["entities"]["kg2"] for r in rows]
         b.plot(x, [r["driver_peak_rss_gib"] for r in rows], "-", marker="o", color=color, label=f"{fmt}: driver")
+        b.plot(x, [r.get("driver_peak_private_gib", 0) for r in rows], "-.", marker="^", color=color,
+               label=f"{fmt}: driver, private")
         b.plot(x, [r["total_peak_rss_gib"] for r in rows], ":", marker="s", color=color, label=f"{fmt}: driver + Ray")
     a.set(xscale="log", xlabel="entities (both sides)", ylabel="entities / s (whole ingest)", title="throughput")
     b.set(xscale="log", xlabel="entities (both sides)", ylabel="peak RSS (GiB)", title="memory")

@@ -326,11 +326,14 @@ def _scan(stage: Path, kinds, columns: list[str]):
                                                                    fragment_readahead=0)
 
 
-def _rss() -> float:
-    """This process's resident memory now, GiB."""
+def _rss() -> dict:
+    """This process's resident memory now, GiB: all of it, and the part that is shared mappings
+    (Ray's object store pages the driver has read blocks from; counted in RSS while mapped)."""
     import psutil
 
-    return round(psutil.Process().memory_info().rss / 2**30, 3)
+    m = psutil.Process().memory_info()
+    shared = getattr(m, "shared", 0)
+    return {"rss": round(m.rss / 2**30, 3), "private": round((m.rss - shared) / 2**30, 3)}
 
 
 def _counts(d, column: str, size: int) -> np.ndarray:

@@ -193,6 +193,12 @@ def test_pair_spec_errors_name_the_field(tmp_path):
         spec(base + "links: {format: sameas, path: a.nt}\nsplit: {train: 0.8, valid: 0.3}")
     s = spec(base + "links: {format: sameas, path: a.nt}")
     assert s.kg1.files == [str(tmp_path / "a.nt")] and s.train == 0.2
+    # a benchmark release instead of two dumps
+    generate(tmp_path / "rel", 60, seed=0)
+    s = spec("release: {format: openea, path: rel}\n")
+    assert s.release == "openea" and read_pair(s.release_path, DataConfig()).links.num_rows > 0
+    with pytest.raises(UserError, match=r"p.yaml: release.path: .*a.nt is not a folder"):
+        spec("release: {format: openea, path: a.nt}\n")
 
 
 def test_ids_do_not_depend_on_the_bucket_count():

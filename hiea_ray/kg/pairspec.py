@@ -180,7 +180,8 @@ def load_pair_spec(path: str | Path) -> PairSpec:
         rel = _Fields(path, values["release"], "release")
         rel.unknown({"format", "path"})
         spec.release = rel.get("format", str, choices=RELEASES)
-        spec.release_path = rel.files("path")[0]
+        folder = rel.get("path", str)
+        spec.release_path = folder if os.path.isabs(folder) else str(path.parent / folder)
         if not os.path.isdir(spec.release_path):
             raise rel.err("path", f"{spec.release_path} is not a folder")
         return spec
