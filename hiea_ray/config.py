@@ -53,7 +53,8 @@ class DataConfig:
     openea_fold: int = 1
     # Dumps (--data PAIR.yaml): parse tasks running at once (Ray Data), one per chunk.
     dump_workers: int = runtime(2)
-    # Dumps: plain-text files are cut into chunks of this many MB (compressed files are read whole).
+    # Dumps: plain-text and multistream .bz2 files are cut into chunks of about this many MB (of the
+    # file on disk); gzip, single-stream bz2 and Turtle files are read whole, one task each.
     chunk_mb: float = runtime(64.0)
     # Dumps: hash partitions of the id assignment and of the joins (more for bigger dumps / clusters).
     partitions: int = runtime(8)

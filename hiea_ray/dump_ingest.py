@@ -71,7 +71,7 @@ def parse_batch(batch: dict, spec: PairSpec, skip_bad: bool) -> pa.Table:
     tables = []
     for i in range(len(batch["path"])):
         c = D.Chunk(int(batch["kg"][i]), str(batch["path"][i]), int(batch["start"][i]), int(batch["end"][i]),
-                    int(batch["size"][i]))
+                    int(batch["size"][i]), int(batch["prev"][i]))
         side = {1: spec.kg1, 2: spec.kg2}.get(c.kg)
         links = spec.links if c.kg == 0 or c.kg == wd else None
         tables.append(D.parse_chunk(c, side, links, skip_bad, link_kg=c.kg, prefixes=prefixes))

@@ -315,3 +315,35 @@ def test_tsv_links_expand_wikidata_ids(tmp_path):
     assert D.tsv_link(b"   \n", ("", "")) is None
     with pytest.raises(ValueError, match="expected 2 tab-separated keys"):
         D.tsv_link(b"Q1\tQ2\tQ3\n", ("", ""))
+
+
+def test_multistream_bz2_is_cut_at_streams_and_reads_every_line_once(tmp_path):
+    import bz2
+
+    rng = np.random.default_rng(1)
+    lines = [f'<http://a/{i}> <http://p/x> "{"w" * int(rng.integers(0, 300))}" .\n' for i in range(3000)]
+    text = "".join(lines).encode()
+    # pbzip2-like: streams cut at arbitrary bytes (mid-line), one exactly after a line break, one
+    # line longer than a whole stream
+    cuts = sorted(set(int(c) for c in rng.integers(1, len(text) - 1, 25)) | {text.index(b"\n", 5000) + 1})
+    text = text[: cuts[3]] + b'"' + b"y" * 60000 + text[cuts[3]:]  # a long line spanning streams
+    cuts = [c if c < cuts[3] else c + 60001 for c in cuts] + [cuts[3] + 20000, cuts[3] + 40000]
+    cuts = sorted(set(cuts))
+    parts = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+    p = tmp_path / "m.nt.bz2"
+    p.write_bytes(b"".join(bz2.compress(x) for x in parts))
+    want = text.decode().splitlines(keepends=True)
+    starts = D.bz2_streams(str(p))
+    assert len(starts) == len(parts)
+    for size in (1, 5000, 20000, 10**9):
+        chunks = D.plan_chunks(1, [str(p)], size)
+        assert (len(chunks) > 1) == (size < p.stat().st_size // 2)
+        got = [raw.decode() for c in chunks for _, _, raw in D.read_lines(c)]
+        assert got == want, size
+    # a single-stream .bz2 stays one chunk; a truncated range is one clear error
+    (tmp_path / "s.nt.bz2").write_bytes(bz2.compress(text))
+    assert len(D.plan_chunks(1, [str(tmp_path / "s.nt.bz2")], 100)) == 1
+    (tmp_path / "t.nt.bz2").write_bytes(p.read_bytes()[:-50])
+    with pytest.raises(UserError, match=r"t.nt.bz2: truncated or corrupt bz2 stream"):
+        for c in D.plan_chunks(1, [str(tmp_path / "t.nt.bz2")], 5000):
+            list(D.read_lines(c))

@@ -1,7 +1,8 @@
 """Dump parsing, Ray-free: a chunk of a Wikidata JSON, N-Triples or Turtle dump -> statement rows.
 
-Every dump is cut into chunks (``plan_chunks``): whole files when compressed (gzip and bz2 cannot
-be entered mid-stream) or Turtle (prefixes and multi-line statements; parsed by rdflib), byte ranges of ``chunk_bytes`` when plain text (a line belongs to the chunk
+Every dump is cut into chunks (``plan_chunks``): whole files when gzip (it cannot be entered
+mid-stream) or Turtle (prefixes and multi-line statements; parsed by rdflib), runs of streams of a
+multistream bz2 file (``bz2_streams``; a single-stream file is whole), byte ranges of ``chunk_bytes`` when plain text (a line belongs to the chunk
 its first byte is in). ``parse_chunk`` turns one chunk into an Arrow table of ``STATEMENTS``:
 
     kind  ENTITY (s = key)          an entity of the side (after its filters)
@@ -52,10 +53,13 @@ class Chunk:
     start: int = 0
     end: int = -1
     size: int = 0  # bytes on disk of the piece (compressed size for whole compressed files)
+    prev: int = -1  # bz2 ranges: where the stream before ``start`` begins (-1: none)
 
     def where(self, lineno: int, offset: int) -> str:
         if self.start == 0:
             return f"{self.path}:{lineno}"
+        if self.path.endswith(".bz2"):
+            return f"{self.path}: line {lineno} of the bz2 streams from byte {self.start}"
         return f"{self.path}: line starting at byte {offset}"
 
 
@@ -67,6 +71,9 @@ def plan_chunks(kg: int, files: list[str], chunk_bytes: int, whole: bool = False
             size = os.path.getsize(path)
         except OSError as e:
             raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        if not whole and path.endswith(".bz2") and size > chunk_bytes:
+            out += _bz2_chunks(kg, path, size, chunk_bytes)
+            continue
         if whole or path.endswith((".gz", ".bz2")) or size <= chunk_bytes:
             out.append(Chunk(kg, path, 0, -1, size))
             continue
@@ -74,6 +81,102 @@ def plan_chunks(kg: int, files: list[str], chunk_bytes: int, whole: bool = False
             end = min(size, start + chunk_bytes)
             out.append(Chunk(kg, path, start, end, end - start))
     return out
+
+
+# A bz2 stream starts with "BZh" + the block size digit + the block magic 0x314159265359.
+_BZ2_STREAM = re.compile(rb"BZh[1-9]1AY&SY")
+
+
+def bz2_streams(path: str, scan_bytes: int = 1 << 24) -> list[int]:
+    """Byte offsets of the streams of a multistream .bz2 file (pbzip2, lbzip2 and Wikidata's
+    multistream dumps write one stream per block): the stream header pattern, each candidate
+    checked by decompressing from it."""
+    found = []
+    with open(path, "rb") as f:
+        base, tail = 0, b""
+        while True:
+            block = f.read(scan_bytes)
+            if not block:
+                break
+            data = tail + block
+            for m in _BZ2_STREAM.finditer(data):
+                off = base - len(tail) + m.start()
+                if not found or off > found[-1]:
+                    found.append(off)
+            tail = data[-9:]
+            base += len(block)
+        real = []
+        for off in found:
+            f.seek(off)
+            try:
+                bz2.BZ2Decompressor().decompress(f.read(1 << 16), max_length=1)
+                real.append(off)
+            except (OSError, EOFError):
+                continue  # the pattern inside compressed data
+    return real
+
+
+def _bz2_chunks(kg: int, path: str, size: int, chunk_bytes: int) -> list[Chunk]:
+    """Byte ranges of a multistream .bz2 cut at stream starts, about ``chunk_bytes`` each (one
+    chunk when the file is a single stream)."""
+    starts = bz2_streams(path)
+    if len(starts) < 2 or starts[0] != 0:
+        return [Chunk(kg, path, 0, -1, size)]
+    out, begin, prev = [], 0, -1
+    for i, off in enumerate(starts[1:], 1):
+        if off - begin >= chunk_bytes:
+            out.append(Chunk(kg, path, begin, off, off - begin, prev))
+            begin, prev = off, starts[i - 1]
+    out.append(Chunk(kg, path, begin, size, size - begin, prev))
+    return out
+
+
+def _bz2_range_lines(chunk: Chunk):
+    """Lines of the bz2 streams starting in [start, end): a line begun in them and running on past
+    ``end`` is read to its end from the next stream; a line begun in the stream before ``start``
+    belongs to the previous chunk (that stream is decompressed to see whether it ended with a line
+    break). A line belongs to the chunk its first byte is in."""
+    with open(chunk.path, "rb") as f:
+        skip = False
+        if chunk.start > 0:
+            f.seek(chunk.prev)
+            skip = not bz2.decompress(f.read(chunk.start - chunk.prev)).endswith(b"\n")
+        f.seek(chunk.start)
+        pos, pending, lineno, past_end = chunk.start, b"", 0, False
+        d, fed = bz2.BZ2Decompressor(), False
+        while True:
+            if d.eof:
+                rest = d.unused_data
+                next_start = pos - len(rest)  # compressed offset of the next stream
+                d, fed = bz2.BZ2Decompressor(), False
+                if next_start >= chunk.end:
+                    past_end = True
+                    if skip or not pending:
+                        return  # nothing of ours runs on into the next chunk
+                data = b""
+                if rest:
+                    data, fed = d.decompress(rest), True
+            else:
+                raw = f.read(1 << 20)
+                if not raw:
+                    if fed:
+                        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                    break
+                pos += len(raw)
+                data, fed = d.decompress(raw), True
+            lines = (pending + data).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if skip:
+                    skip = False
+                    continue
+                lineno += 1
+                yield lineno, chunk.start, line + b"\n"
+                if past_end:
+                    return
+        if pending and not skip:
+            lineno += 1
+            yield lineno, chunk.start, pending
 
 
 def chunk_to_dict(c: Chunk) -> dict:
@@ -84,6 +187,12 @@ def read_lines(chunk: Chunk):
     """Yield (lineno, byte offset, line) of the chunk: line numbers count from the file's start
     when the chunk starts there. A truncated or corrupt compressed file is a ``UserError``."""
     path = chunk.path
+    if path.endswith(".bz2") and chunk.end >= 0:
+        try:
+            yield from _bz2_range_lines(chunk)
+        except (EOFError, OSError) as e:
+            raise UserError(f"{path}: truncated or corrupt bz2 stream in bytes {chunk.start}-{chunk.end} ({e})") from None
+        return
     try:
         if path.endswith(".gz"):
             f = gzip.open(path, "rb")
