@@ -22,6 +22,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from hiea_ray.errors import UserError
 from hiea_ray.kg import dumps as D
 from hiea_ray.kg.model import ATTR_TRIPLES, ENTITIES, LINKS, REL_TRIPLES
 from hiea_ray.kg.pairspec import PairSpec
+from hiea_ray.kg.readers import uri_name
 
 log = logging.getLogger("hiea_ray")
 ENTITY_ROWS = pa.schema([("kg", pa.int8()), ("key", pa.string()), ("name", pa.string()), ("bucket", pa.int64()),
@@ -53,12 +55,6 @@ def range_bucket(h: np.ndarray, buckets: int) -> np.ndarray:
     """Bucket of a hash by its high bits: buckets are contiguous hash ranges, so (bucket, hash)
     order is hash order whatever the number of buckets."""
     return ((h >> np.uint64(32)).astype(np.float64) * buckets / 2.0**32).astype(np.int64).clip(0, buckets - 1)
-
-
-def uri_name(uri: str) -> str:
-    from hiea_ray.kg.readers import uri_name as name
-
-    return name(uri)
 
 
 # --- the callables Ray Data runs (plain Python, tested without Ray) --------------------------------
@@ -210,7 +206,7 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     stage = out / "_statements"
     shutil.rmtree(stage, ignore_errors=True)  # parts of an interrupted attempt
     # Largest chunks first: the long ones start early.
-    items = [D.chunk_to_dict(c) for c in sorted(chunks, key=lambda c: -c.size)]
+    items = [asdict(c) for c in sorted(chunks, key=lambda c: -c.size)]
     try:
         ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             parse_batch, fn_kwargs={"spec": spec, "skip_bad": cfg.skip_bad_lines}, batch_size=1,
@@ -228,7 +224,8 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     for batch in _scan(stage, (D.PROP,), ["s", "o"]):
         props.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
     st = ray.data.read_parquet(str(stage))
-    B, P, seed = max(1, cfg.partitions), max(1, cfg.partitions), cfg.seed
+    B = P = cfg.partitions  # buckets of the id assignment = partitions of the joins
+    seed = cfg.seed
 
     filters = {kg: s.instance_of for kg, s in ((1, spec.kg1), (2, spec.kg2)) if s.format != "wikidata-json"}
     ents = (st.map_batches(with_bucket, fn_kwargs={"seed": seed, "buckets": B}, batch_format="pyarrow")

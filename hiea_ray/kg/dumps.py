@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
 import json
 import os
 import re
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -179,10 +178,6 @@ def _bz2_range_lines(chunk: Chunk):
             yield lineno, chunk.start, pending
 
 
-def chunk_to_dict(c: Chunk) -> dict:
-    return asdict(c)
-
-
 def read_lines(chunk: Chunk):
     """Yield (lineno, byte offset, line) of the chunk: line numbers count from the file's start
     when the chunk starts there. A truncated or corrupt compressed file is a ``UserError``."""
@@ -194,12 +189,7 @@ def read_lines(chunk: Chunk):
             raise UserError(f"{path}: truncated or corrupt bz2 stream in bytes {chunk.start}-{chunk.end} ({e})") from None
         return
     try:
-        if path.endswith(".gz"):
-            f = gzip.open(path, "rb")
-        elif path.endswith(".bz2"):
-            f = bz2.open(path, "rb")  # multistream (pbzip2 / Wikidata) files included
-        else:
-            f = open(path, "rb")
+        f = open_binary(path)  # multistream bz2 files (pbzip2 / Wikidata) read as one stream
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     lineno, pos = 0, chunk.start
@@ -307,7 +297,7 @@ class WikidataParser:
         eid, etype = ent["id"], ent.get("type", "item")
         labels = _dict(ent.get("labels"))
         if etype == "property":
-            best = self._label(labels, {})
+            best = self._label(labels)
             if best is not None:
                 rows.add(PROP, eid, o=best[1])
         if etype not in self.types:
@@ -362,7 +352,7 @@ class WikidataParser:
                 a, b = (key, other) if self.link_kg == 1 else (other, key)
                 rows.add(LINK, a, o=b, where=where)
 
-    def _label(self, labels: dict, _):
+    def _label(self, labels: dict):
         best = None
         for lang, rank in self.lang_rank.items():
             lab = labels.get(lang)
@@ -533,12 +523,3 @@ def parse_chunk(chunk: Chunk, side: SideSpec | None, links: LinkSpec | None, ski
 def _link(pair, rows: Rows, where: str) -> None:
     if pair is not None:
         rows.add(LINK, pair[0], o=pair[1], where=where)
-
-
-def open_text(path: str) -> io.TextIOBase:
-    """A dump file as text, decompressed by its suffix (for the fixtures and tools)."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if path.endswith(".bz2"):
-        return bz2.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
