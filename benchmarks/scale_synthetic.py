@@ -31,11 +31,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "runs" / "scale"))
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "scale_synthetic.json"))
+    ap.add_argument("--data", help="an already generated synthetic pair folder to use (else generated into "
+                    "OUT/data with --entities)")
+    ap.add_argument("--until", help="stop after this stage; a later call with the same --out resumes and keeps "
+                    "the measurements of the stages it reuses from --result")
     ap.add_argument("--dumps", metavar="KG1,KG2", help="read the pair from generated dumps of these formats "
                     "(wikidata-json, ntriples) through a pair spec instead of the OpenEA folder")
     args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("hiea_ray").setLevel(logging.INFO)
     out = Path(args.out)
-    data = out / "data"
+    data = Path(args.data) if args.data else out / "data"
     t0 = time.time()
     if not (data / "ent_links").is_file():
         generate(data, args.entities, seed=0)
@@ -64,7 +72,14 @@ def main(argv=None) -> int:
 
     init_ray(cfg)
     pipe = Pipeline(cfg, source, out)
+    result = Path(args.result)
+    # A resumed run (--until, then again) keeps the measurements of the stages it reuses.
+    earlier = json.loads(result.read_text()) if result.is_file() else {}
     stages = {}
+    res = {"generate_s": round(gen_s, 2), "stages": stages, "config": "benchmarks/configs/scale-synthetic.yaml",
+           "overrides": args.set, "input": f"dumps ({args.dumps}) via pair spec" if args.dumps else "OpenEA folder"}
+    if earlier.get("generate_s"):
+        res["generate_s"] = earlier["generate_s"]
     for name in STAGES:
         if not REGISTRY[name].enabled(cfg):  # an optional stage that is off (retriever training)
             continue
@@ -74,21 +89,29 @@ def main(argv=None) -> int:
             if REGISTRY[name].publish is not None:  # evaluate: metrics.json to the run root
                 REGISTRY[name].publish(pipe)
         m = json.loads((out / name / "manifest.json").read_text())
-        stages[name] = {
-            "wall_s": round(time.time() - t1, 2),
-            "peak_rss_gib": mem.peak_gib,
-            "rows": m["stats"].get("rows"),
-            "rows_per_s": m["stats"].get("rows_per_s"),
-            "reused": name in pipe.timings and pipe.timings[name]["reused"],
-        }
+        reused = name in pipe.timings and pipe.timings[name]["reused"]
+        if reused and name in earlier.get("stages", {}):
+            stages[name] = earlier["stages"][name]
+        else:
+            stages[name] = {
+                "wall_s": round(time.time() - t1, 2),
+                "peak_rss_gib": mem.peak_gib,
+                "rows": m["stats"].get("rows"),
+                "rows_per_s": m["stats"].get("rows_per_s"),
+                "reused": reused,
+            }
         print(name, stages[name], flush=True)
-    metrics = json.loads((out / "metrics.json").read_text())["all_protocols"]["metrics"]
-    report = pipe.pair().report
-    res = {"entities": report["entities"], "rel_triples": report["rel_triples"], "links": report["links"],
-           "generate_s": round(gen_s, 2), "stages": stages, "metrics": metrics, "config": "benchmarks/configs/scale-synthetic.yaml",
-           "input": f"dumps ({args.dumps}) via pair spec" if args.dumps else "OpenEA folder"}
-    Path(args.result).write_text(json.dumps(res, indent=2))
-    _plot(stages, Path(args.result).with_suffix(".png"), report["entities"])
+        if name == "ingest":
+            report = pipe.pair().report
+            res.update(entities=report["entities"], rel_triples=report["rel_triples"], links=report["links"])
+        res["total_wall_s"] = round(sum(v["wall_s"] for v in stages.values()), 1)
+        res["peak_rss_gib"] = max(v["peak_rss_gib"] for v in stages.values())
+        result.write_text(json.dumps(res, indent=2))  # after every stage: a killed run leaves its numbers
+        if name == args.until:
+            return 0
+    res["metrics"] = json.loads((out / "metrics.json").read_text())["all_protocols"]["metrics"]
+    result.write_text(json.dumps(res, indent=2))
+    _plot(stages, result.with_suffix(".png"), report["entities"])
     print(json.dumps(res, indent=2))
     return 0
 

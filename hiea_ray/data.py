@@ -112,10 +112,13 @@ class DropDone:
 
 
 def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per_block: int,
-                done: np.ndarray | None = None, column: str = "id") -> None:
+                done: np.ndarray | None = None, column: str = "id", progress: tuple[str, int] | None = None) -> None:
     """A resumable Ray Data stage: read Parquet -> drop rows whose ``column`` is in ``done`` ->
-    the stage class on an actor pool -> Parquet part files in ``parts``."""
+    the stage class on an actor pool -> Parquet part files in ``parts``. ``progress`` = (label,
+    total rows): progress lines (rows/s, ETA) while it runs (``hiea_ray.progress``)."""
     import ray
+
+    from hiea_ray.progress import watch_parts
 
     ds = ray.data.read_parquet(str(src))
     if done is not None and len(done):
@@ -137,7 +140,11 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         **spec.map_batches_kwargs,
     )
-    ds.write_parquet(str(parts))
+    if progress is None:
+        ds.write_parquet(str(parts))
+        return
+    with watch_parts(progress[0], parts, progress[1], 0 if done is None else len(done)):
+        ds.write_parquet(str(parts))
 
 
 def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int) -> None:

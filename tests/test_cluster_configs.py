@@ -109,3 +109,43 @@ def test_rayjob_runs_files_that_exist_with_configs_that_load_and_gpus_for_its_ac
                        ("verbalize.llm", cfg.verbalize.llm.num_actors * cfg.verbalize.llm.gpus_per_actor),
                        ("train", cfg.train.scaling.num_workers * cfg.train.scaling.use_gpu)):
         assert need <= gpus, f"{name} asks for {need} GPUs; the RayJob's workers have {gpus}"
+
+
+def test_cluster_launcher_yaml_passes_rays_own_validation_and_fits_the_gpu_configs():
+    """cluster/launcher.yaml (`ray up`): Ray's autoscaler fills in its defaults and validates it
+    against its schema exactly as `ray up` does; the Ray in the image and the one the nodes start
+    is the version installed here; the head runs no tasks; the GPU nodes hold the actors that
+    cluster/gpu.yaml asks for; the commands it runs and documents name files of this repo."""
+    import copy
+    import re
+
+    import ray
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from hiea_ray.config import load_config
+
+    raw = (ROOT / "cluster" / "launcher.yaml").read_text()
+    cfg = yaml.safe_load(raw)
+    validate_config(prepare_config(copy.deepcopy(cfg)))
+    assert f"ray:{ray.__version__}-" in cfg["docker"]["image"]
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"]["CPU"] == 0
+    assert any("--num-cpus=0" in c for c in cfg["head_start_ray_commands"])
+    gpu_nodes = [t for t in types.values() if t["resources"].get("GPU")]
+    per_node = max(t["resources"]["GPU"] for t in gpu_nodes)
+    most = sum(t["resources"]["GPU"] * t["max_workers"] for t in gpu_nodes)
+    gpu = yaml.safe_load((ROOT / "cluster" / "gpu.yaml").read_text())
+    assert gpu["embed"]["num_actors"] * gpu["embed"]["gpus_per_actor"] <= most
+    assert gpu["embed"]["cpus_per_actor"] * per_node <= max(t["resources"]["CPU"] for t in gpu_nodes)
+    # the repository is synced to where the setup and start commands use it
+    (repo,) = [k for k, v in cfg["file_mounts"].items() if v == "."]
+    for cmd in cfg["setup_commands"] + cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]:
+        for path in re.findall(re.escape(repo) + r"/([\w./-]+)", cmd):
+            assert path.startswith(".venv/") or (ROOT / path).exists(), f"{cmd!r} names {path}, not in the repo"
+    assert any("scripts/setup.sh" in c for c in cfg["setup_commands"]) and (ROOT / "scripts" / "setup.sh").is_file()
+    # the documented submit command runs files that exist, with configs that load
+    submits = re.findall(r"python (\S+) .*?--config (\S+) --config-extra (\S+)", raw, re.S)
+    assert submits
+    for script, conf, extra in submits:
+        assert (ROOT / script).is_file() and (ROOT / extra).is_file()
+        load_config(ROOT / conf)

@@ -126,3 +126,34 @@ def test_fuse():
     mid = (a + b) / np.linalg.norm(a + b, axis=1, keepdims=True)
     np.testing.assert_allclose(fuse(a, b, 0.5), mid, atol=1e-6)
     assert fuse(a, b, 0.3).dtype == np.float32
+
+
+@pytest.mark.parametrize("backend,min_cos", [("onnx", 0.9999), ("onnx-int8", 0.95), ("torch-int8", 0.95)])
+def test_cpu_backends_give_the_torch_vectors(tiny_encoder_dir, synthetic_texts, tmp_path, monkeypatch, backend, min_cos):
+    """embed.backend: the ONNX export (cached by model content) gives torch's vectors; the int8
+    backends stay close to them; the ONNX export is reused, not redone, by a second encoder."""
+    import torch
+
+    monkeypatch.setenv("HIEA_CACHE", str(tmp_path))
+    texts = synthetic_texts["text"].to_pylist()[:64]
+    ref = Encoder(tiny_encoder_dir, pooling="mean", max_length=64, device=torch.device("cpu")).encode(texts, 16)
+    enc = Encoder(tiny_encoder_dir, pooling="mean", max_length=64, device=torch.device("cpu"), backend=backend, threads=1)
+    v = enc.encode(texts, 16)
+    assert v.shape == ref.shape and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    cos = (v * ref).sum(1)
+    assert cos.min() >= min_cos, (backend, cos.min())
+    if backend.startswith("onnx"):
+        files = sorted(tmp_path.rglob("*.onnx"))
+        assert [f.name for f in files] == (["model.int8.onnx", "model.onnx"] if backend == "onnx-int8" else ["model.onnx"])
+        stamp = [f.stat().st_mtime_ns for f in files]
+        Encoder(tiny_encoder_dir, pooling="mean", device=torch.device("cpu"), backend=backend, threads=1)
+        assert [f.stat().st_mtime_ns for f in files] == stamp  # cached
+
+
+def test_unknown_backend_is_one_line_naming_the_field():
+    from hiea_ray.config import load_config
+    from hiea_ray.errors import UserError
+
+    with pytest.raises(UserError, match=r"embed.backend: 'tensorrt' is not one of"):
+        load_config(overrides=["embed.backend=tensorrt"])

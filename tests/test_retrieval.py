@@ -120,3 +120,17 @@ def test_bad_index_string_is_a_user_error():
     b = unit(np.random.default_rng(5).standard_normal((3000, 30)))
     with pytest.raises(UserError, match="retrieve.index"):  # PQ8 needs a dimension divisible by 8
         build_index(b, RetrieveConfig(index="IVF16,PQ8", gpu="no"))
+
+
+def test_auto_index_is_exact_up_to_the_threshold_then_ivf_sized_by_n():
+    from hiea_ray.config import RetrieveConfig
+    from hiea_ray.core.retrieval import factory_string
+
+    c = RetrieveConfig()
+    assert c.index == "auto"
+    assert factory_string(c, 10_000) == "Flat" and factory_string(c, 250_000) == "Flat"
+    assert factory_string(c, 1_000_000) == "IVF4096,Flat"
+    assert factory_string(c, 10_000_000) == "IVF16384,Flat"
+    small = RetrieveConfig(exact_max_targets=0)
+    assert factory_string(small, 100_000) == "IVF1024,Flat" and factory_string(small, 1500) == "Flat"
+    assert factory_string(small, 20_000) == f"IVF{20_000 // 39},Flat"  # >= 39 training points per list

@@ -25,6 +25,7 @@ from torch import nn
 
 from hiea_ray.core.bi_encoder_train import apply_gradients
 from hiea_ray.core.prompt import LETTERS, SLOT
+from hiea_ray.model_store import cache_dir
 
 
 def option_token_ids(tokenizer, n_options: int) -> list[int]:
@@ -223,11 +224,6 @@ def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, t
 # -- model loading ---------------------------------------------------------------------------------
 DEFAULT_LLM = "SmolLM2-135M-Instruct"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $HIEA_CACHE, else ~/.cache/hiea-ray."""
-    return Path(os.environ.get("HIEA_CACHE") or Path.home() / ".cache" / "hiea-ray")
 
 
 def resolve_llm(name: str) -> str:

@@ -2,7 +2,7 @@
 
 ``knn(queries, base, k, ...)`` builds an index over ``base`` from a ``faiss.index_factory``
 string (``retrieve.index``: "Flat", "IVF4096,Flat", "HNSW32", "IVF65536,PQ32", ...; the aliases
-flat / ivf / hnsw; moved to all GPUs when faiss has them and the config allows) and searches ``queries`` in batches, so the
+auto / flat / ivf / hnsw; moved to all GPUs when faiss has them and the config allows) and searches ``queries`` in batches, so the
 memory beyond the index is O(query_batch * k). Returns (scores float32 (n, k), indices int64
 (n, k)) with -1 / -inf padding where the base has fewer than k rows.
 """
@@ -32,8 +32,10 @@ def factory_string(cfg: RetrieveConfig, n: int) -> str:
     """The index_factory string of ``retrieve.index`` for n base rows (aliases expanded; exact
     search below 2000 rows, where training a quantizer is pointless)."""
     name = cfg.index
-    if name.lower() == "flat" or n < 2000:
+    if name.lower() == "flat" or n < 2000 or (name.lower() == "auto" and n <= cfg.exact_max_targets):
         return "Flat"
+    if name.lower() == "auto":  # nlist ~ 4 sqrt(n), a power of two (benchmarks/ann.py)
+        return f"IVF{min(1 << int(round(np.log2(4 * np.sqrt(n)))), n // 39)},Flat"
     if name.lower() == "ivf":
         return f"IVF{max(1, min(cfg.ivf_nlist, n // 39))},Flat"
     if name.lower() == "hnsw":

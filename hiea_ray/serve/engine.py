@@ -221,7 +221,7 @@ class SmallTier:
 
     def __init__(self, ctx: ServeRun):
         from hiea_ray.core.encoder import Encoder, set_threads
-        from hiea_ray.core.retrieval import build_index
+        from hiea_ray.core.retrieval import build_index, factory_string
 
         import faiss
 
@@ -237,9 +237,10 @@ class SmallTier:
         ids, _, vecs = ctx.embeddings()
         self.B = np.ascontiguousarray(vecs[rows_of(ids, b)], np.float32)
         self.index = build_index(self.B, cfg.retrieve)
-        self.encoder = Encoder(ctx.encoder_model(), cfg.embed.pooling, cfg.embed.max_length, amp=cfg.embed.amp)
+        self.encoder = Encoder(ctx.encoder_model(), cfg.embed.pooling, cfg.embed.max_length, amp=cfg.embed.amp,
+                               backend=cfg.embed.backend)
         self.encoder.encode(["warm-up"])  # the first forward pass allocates: not on a user's request
-        self.exact = cfg.retrieve.index in ("flat", "Flat") or len(b) < 2000
+        self.exact = factory_string(cfg.retrieve, len(b)) == "Flat"
 
     def resolve(self, query: dict) -> Entity:
         return self.kg1.of_id(int(query["id"])) if query.get("id") is not None else \

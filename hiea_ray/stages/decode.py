@@ -8,6 +8,7 @@ scores: ``core.fusion.fused_lists``); runs ``core.decoders.run_decoders``; write
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from hiea_ray.core.fusion import fused_lists
 from hiea_ray.core.structure import SeedGraphs
 from hiea_ray.io import column_to_numpy, ids_or_pad, read_dir, read_lists, to_local, write_lists
 from hiea_ray.stages.base import RunContext, StageDef
+
+log = logging.getLogger("hiea_ray")
 
 
 def candidate_lists(ctx: RunContext, protocol: str):
@@ -57,8 +60,10 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         q, b, s2t, s2t_score, t2s, t2s_score = candidate_lists(ctx, protocol)
         out = tmp / protocol
         out.mkdir(parents=True, exist_ok=True)
-        for d in run_decoders(c.decoders, s2t, s2t_score, t2s, t2s_score, q, b, c, seed_graphs):
+        for j, d in enumerate(run_decoders(c.decoders, s2t, s2t_score, t2s, t2s_score, q, b, c, seed_graphs)):
             timing[f"{protocol}/{d.name}"] = d.wall_s
+            log.info("decode %s: %s done in %.1f s (%d of %d decoders, %s sources)", protocol, d.name, d.wall_s,
+                     j + 1, len(c.decoders), f"{len(q):,}")
             write_lists(out / f"{d.name}.parquet", q, ids_or_pad(b, d.idx), d.score)
             pq.write_table(pa.table({"src": q[d.match_rows], "tgt": b[d.match_cols], "score": d.match_score.astype(np.float32)}),
                            out / f"{d.name}.match.parquet")

@@ -33,7 +33,8 @@ class Embedder:
     def __init__(self, cfg: dict):
         self.cfg = EmbedConfig(**cfg)
         set_threads(self.cfg.torch_threads or os.cpu_count())
-        self.encoder = Encoder(self.cfg.model, self.cfg.pooling, self.cfg.max_length, amp=self.cfg.amp)
+        self.encoder = Encoder(self.cfg.model, self.cfg.pooling, self.cfg.max_length, amp=self.cfg.amp,
+                               backend=self.cfg.backend, threads=self.cfg.torch_threads or os.cpu_count())
         self.node = os.environ.get("HIEA_NODE_ID") or node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -72,11 +73,13 @@ def embed_spec(cfg: EmbedConfig) -> MapSpec:
     )
 
 
-def embed_dataset(texts_dir: Path, parts: Path, e: EmbedConfig, done: np.ndarray | None = None) -> None:
+def embed_dataset(texts_dir: Path, parts: Path, e: EmbedConfig, done: np.ndarray | None = None,
+                  total: int | None = None) -> None:
     """The embed chain: read texts -> (drop done ids) -> encoder actor pool -> Parquet parts."""
     from hiea_ray.data import map_parquet
 
-    map_parquet(texts_dir, parts, embed_spec(e), e.num_actors, e.rows_per_batch, done)
+    map_parquet(texts_dir, parts, embed_spec(e), e.num_actors, e.rows_per_batch, done,
+                progress=None if total is None else ("embed", total))
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
@@ -93,7 +96,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     if len(done) < total:
         if len(done):
             log.info("embed: resuming, %d of %d rows already embedded", len(done), total)
-        embed_dataset(texts_dir, parts, e, done)
+        embed_dataset(texts_dir, parts, e, done, total)
     wall = time.time() - t0
     table = read_dir(parts)
     ids = table["id"].to_numpy()

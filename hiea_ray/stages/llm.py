@@ -115,7 +115,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
             spec = MapSpec(LLMScorer, {"cfg": asdict(lc), "base": base, "trained": trained, "vector_dim": int(vecs.shape[1])},
                            {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow", "num_cpus": lc.cpus_per_actor,
                             "num_gpus": lc.gpus_per_actor})
-            map_parquet(path, parts, spec, lc.num_actors, lc.rows_per_batch, done, "src")
+            map_parquet(path, parts, spec, lc.num_actors, lc.rows_per_batch, done, "src", progress=(f"llm {protocol}", total))
         wall = time.time() - t0
         got = finished_ids(parts, "src")
         if len(got) != total or len(np.unique(got)) != total:

@@ -115,7 +115,8 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         if len(done) < total:
             if len(done):
                 log.info("rerank %s: resuming, %d of %d sources already reranked", protocol, len(done), total)
-            map_parquet(s2t, parts, rerank_spec(rc, model, texts), rc.num_actors, rc.rows_per_batch, done, "src")
+            map_parquet(s2t, parts, rerank_spec(rc, model, texts), rc.num_actors, rc.rows_per_batch, done, "src",
+                        progress=(f"rerank {protocol}", total))
             c = pq.read_table(s2t, columns=["cand"])["cand"].combine_chunks().flatten().to_numpy()
             pairs += int((c.reshape(total, -1)[:, : rc.k] >= 0).sum() * (total - len(done)) / max(total, 1))
         got = finished_ids(parts, "src")

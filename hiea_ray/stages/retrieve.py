@@ -11,11 +11,10 @@ import logging
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from hiea_ray.core.metrics import protocol_sets
 from hiea_ray.core.retrieval import knn
 from hiea_ray.io import ids_or_pad, rows_of, write_lists
+from hiea_ray.progress import Progress
 from hiea_ray.stages.base import RunContext, StageDef
 
 log = logging.getLogger("hiea_ray")
@@ -32,10 +31,10 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         Q, B = vecs[rows_of(ids, q)], vecs[rows_of(ids, b)]
         d = tmp / protocol
         d.mkdir(parents=True, exist_ok=True)
-        with tqdm(total=len(q) + len(b), desc=f"retrieve {protocol}", unit="ent", leave=False,
-                  disable=not log.isEnabledFor(logging.INFO)) as bar:
-            s, i = knn(Q, B, k, ctx.cfg.retrieve, progress=bar.update)
-            s2, i2 = knn(B, Q, k, ctx.cfg.retrieve, progress=bar.update)
+        bar = Progress(f"retrieve {protocol}", len(q) + len(b), unit="queries")
+        s, i = knn(Q, B, k, ctx.cfg.retrieve, progress=bar.update)
+        s2, i2 = knn(B, Q, k, ctx.cfg.retrieve, progress=bar.update)
+        bar.close()
         write_lists(d / "s2t.parquet", q, ids_or_pad(b, i), s)
         write_lists(d / "t2s.parquet", b, ids_or_pad(q, i2), s2)
         rows += len(q) + len(b)

@@ -192,7 +192,7 @@ def vllm_finish(cfg: VerbalizeConfig):
 
 
 def generate_parts(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str, lora: str | None,
-                   done: np.ndarray | None = None) -> None:
+                   done: np.ndarray | None = None, total: int | None = None) -> None:
     """The generation chain: context blocks -> (drop done ids) -> LLM actor pool -> ``GENERATED`` parts."""
     from hiea_ray.data import map_parquet
 
@@ -202,7 +202,8 @@ def generate_parts(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str
     spec = MapSpec(LLMVerbalizer, {"cfg": asdict(cfg), "model": model, "lora": lora},
                    {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow", "num_cpus": lc.cpus_per_actor,
                     "num_gpus": lc.gpus_per_actor})
-    map_parquet(contexts, parts, spec, lc.num_actors, lc.rows_per_batch, done)
+    map_parquet(contexts, parts, spec, lc.num_actors, lc.rows_per_batch, done,
+                progress=None if total is None else ("verbalize (LLM)", total))
 
 
 def _generate_vllm(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str, lora: str | None,
@@ -322,7 +323,7 @@ def llm_texts(ctx: RunContext, contexts: pa.Table, tmp: Path) -> dict:
     if len(done) < total:
         if len(done):
             log.info("verbalize: resuming, %d of %d entities already generated", len(done), total)
-        generate_parts(tmp / "contexts", parts, cfg, model, lora, done)
+        generate_parts(tmp / "contexts", parts, cfg, model, lora, done, total)
     wall = time.time() - t0
     ids = finished_ids(parts)
     if len(ids) != total or len(np.unique(ids)) != total:
