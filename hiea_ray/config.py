@@ -211,7 +211,7 @@ class EmbedConfig:
     # "torch"; "torch-int8" (Linear layers dynamically quantized, per channel); "onnx" (ONNX
     # Runtime on a one-time ONNX export, cached in ~/.cache/hiea-ray/onnx); "onnx-int8" (that
     # export with int8 per-channel weights). On GPU, torch runs whatever this says.
-    backend: str = "torch"
+    backend: str = added(default="torch")
 
 
 # embed.backend values
@@ -229,7 +229,7 @@ class RetrieveConfig:
     # "Flat", ivf = "IVF<ivf_nlist>,Flat" (nlist clamped to n/39), hnsw = "HNSW<hnsw_m>". Below
     # 2000 target rows the exact flat index is always used. Trained indexes train on the targets.
     index: str = "auto"
-    exact_max_targets: int = 250_000
+    exact_max_targets: int = added(default=250_000)
     # IVF indexes: lists probed per query (clamped to nlist); ivf_nlist is the ivf alias's list count.
     ivf_nlist: int = 1024
     ivf_nprobe: int = 64
