@@ -81,8 +81,10 @@ def train_workers(workers: list[int], data: Path) -> dict:
         wall = time.time() - t0
         m = json.loads((out / "train" / "manifest.json").read_text())
         rounds = m["stats"]["rounds"]
+        last = rounds[-1]["last"]
         res[str(w)] = {"workers": w, "torch_threads_per_worker": threads, "train_stage_wall_s": m["wall_s"],
-                       "command_wall_s": round(wall, 1), "rounds": rounds}
+                       "command_wall_s": round(wall, 1), "pairs_per_s": last["pairs_per_s"], "steps": last["step"],
+                       "valid_mrr": last["valid_mrr"], "rounds": rounds}
         print("train", res[str(w)], flush=True)
     return res
 
@@ -117,7 +119,7 @@ def plot(sizes: dict, workers: dict, path: Path) -> None:
     if workers.get("embed") and workers.get("train"):
         e, t = workers["embed"], workers["train"]
         title += (f"; embed 1 vs 2 actors: {e['1']['rows_per_s']:,.0f} vs {e['2']['rows_per_s']:,.0f} rows/s; "
-                  f"train 1 vs 2 workers: {t['1']['train_stage_wall_s']:.0f} vs {t['2']['train_stage_wall_s']:.0f} s")
+                  f"train 1 vs 2 workers: {t['1']['pairs_per_s']:.0f} vs {t['2']['pairs_per_s']:.0f} pairs/s")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -128,7 +128,7 @@ def test_fuse():
     assert fuse(a, b, 0.3).dtype == np.float32
 
 
-@pytest.mark.parametrize("backend,min_cos", [("onnx", 0.9999), ("onnx-int8", 0.95), ("torch-int8", 0.95)])
+@pytest.mark.parametrize("backend,min_cos", [("onnx", 0.9999), ("onnx-int8", 0.95), ("torch-int8", 0.95), ("torch-bf16", 0.99)])
 def test_cpu_backends_give_the_torch_vectors(tiny_encoder_dir, synthetic_texts, tmp_path, monkeypatch, backend, min_cos):
     """embed.backend: the ONNX export (cached by model content) gives torch's vectors; the int8
     backends stay close to them; the ONNX export is reused, not redone, by a second encoder."""

@@ -22,8 +22,8 @@ from hiea_ray.errors import UserError
 
 log = logging.getLogger("hiea_ray")
 
-# Inference backends of the encoder (embed.backend): plain torch; torch with its Linear layers
-# dynamically quantized to int8; ONNX Runtime on the model exported once to ONNX (fp32), or that
+# Inference backends of the encoder (embed.backend): plain torch; torch under bf16 autocast on
+# CPU (oneDNN's bf16 kernels); torch with its Linear layers dynamically quantized to int8; ONNX Runtime on the model exported once to ONNX (fp32), or that
 # ONNX model with its weights dynamically quantized to int8 by onnxruntime.quantization. The
 # ONNX files are cached per model content in cache_dir()/onnx. CPU backends: on GPU, torch runs.
 
@@ -128,6 +128,10 @@ class Encoder:
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp) if self.device.type == "cuda" else None
+        if self.backend == "torch-bf16" and self.device.type == "cpu":
+            if not cpu_has_bf16():
+                log.warning("embed.backend=torch-bf16: this CPU has no native bf16 (AVX512-BF16 / AMX); it runs, slowly")
+            self.amp_dtype = torch.bfloat16
 
     def _forward(self, texts: list[str]) -> torch.Tensor:
         if self.session is not None:
@@ -168,6 +172,14 @@ def fuse(name_vecs: np.ndarray, text_vecs: np.ndarray, name_weight: float) -> np
 def set_threads(n: float | int) -> None:
     """torch intra-op threads for this process (Ray sets OMP_NUM_THREADS=1 in its workers)."""
     torch.set_num_threads(max(1, int(n)))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def quantize_torch_int8(model: torch.nn.Module) -> torch.nn.Module:
