@@ -46,3 +46,16 @@ class PeakRSS:
     @property
     def peak_gib(self) -> float:
         return round(self.peak / 2**30, 3)
+
+
+def load_result(path, *sections: str):
+    """A benchmark's JSON result file (Path, dict), read back when it exists so a rerun adds to
+    it, with ``sections`` present as dicts."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    for s in sections:
+        res.setdefault(s, {})
+    return path, res

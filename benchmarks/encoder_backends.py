@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import load_result  # noqa: E402
 from hiea_ray.cli import main as cli  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "datasets" / "DBP15K"
@@ -109,17 +110,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", nargs="+", default=["zh_en"])
     ap.add_argument("--models", nargs="+", default=["default"])
-    ap.add_argument("--backends", nargs="+", default=["torch", "torch-int8", "onnx", "onnx-int8"])
+    ap.add_argument("--backends", nargs="+", default=["torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8"])
     ap.add_argument("--speed-texts", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "encoder_backends.json"))
     args = ap.parse_args(argv)
-    result = Path(args.result)
-    res = json.loads(result.read_text()) if result.is_file() else {}
-    res.setdefault("speed", {})
-    res.setdefault("accuracy", {})
+    result, res = load_result(args.result, "speed", "accuracy")
 
     def save():
         result.write_text(json.dumps(res, indent=2, sort_keys=True))

@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 PY = sys.executable
+
+from benchmarks.common import load_result  # noqa: E402
 
 
 def size_run(n: int, rerun: bool, data: Path | None = None) -> dict:
@@ -138,10 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rerun", action="store_true")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "scaling.json"))
     args = ap.parse_args(argv)
-    result = Path(args.result)
-    res = json.loads(result.read_text()) if result.is_file() else {}
-    res.setdefault("sizes", {})
-    res.setdefault("workers", {})
+    result, res = load_result(args.result, "sizes", "workers")
     if not args.workers_only:
         for n in args.sizes:
             data = Path(args.data_1e6) if n == 1_000_000 and Path(args.data_1e6, "ent_links").is_file() else None
