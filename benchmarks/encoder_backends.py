@@ -78,6 +78,37 @@ def speed(model: str, backends: list[str], texts: list[str], threads: int) -> di
     return out
 
 
+def rerank_speed(texts: list[str], threads: int, group: int = 10) -> dict:
+    """The reranker's cross-encoder (the packaged MiniLM with a fresh seeded head, as rerank.model
+    default starts) scoring (source, candidate) pairs in groups of ``group`` candidates, fp32 against
+    bf16 autocast on CPU: pairs/s, the largest logit difference, and how often the best candidate
+    of a group is the same."""
+    import numpy as np
+    import torch
+
+    from hiea_ray.core.cross_encoder import load_reranker, score_pairs
+    from hiea_ray.core.encoder import set_threads
+
+    set_threads(threads)
+    torch.manual_seed(0)
+    model, tok = load_reranker("default")
+    n = len(texts) // (group + 1)
+    src = [texts[i] for i in range(n) for _ in range(group)]
+    cand = [texts[n + i * group + j] for i in range(n) for j in range(group)]
+    out = {}
+    for name, dt in (("torch", None), ("torch-bf16", torch.bfloat16)):
+        score_pairs(model, tok, src[:64], cand[:64], 128, torch.device("cpu"), 64, dt)
+        t0 = time.perf_counter()
+        out[name] = score_pairs(model, tok, src, cand, 128, torch.device("cpu"), 64, dt)
+        out[f"{name}_pairs_per_s"] = round(len(src) / (time.perf_counter() - t0), 1)
+    a, b = out.pop("torch"), out.pop("torch-bf16")
+    out.update(pairs=len(src), speedup=round(out["torch-bf16_pairs_per_s"] / out["torch_pairs_per_s"], 2),
+               max_abs_logit_diff=round(float(np.abs(a - b).max()), 4), logit_range=round(float(a.max() - a.min()), 3),
+               same_best_candidate=round(float(np.mean(a.reshape(n, group).argmax(1) == b.reshape(n, group).argmax(1))), 4))
+    print("rerank", out, flush=True)
+    return out
+
+
 def sample_texts(pair: str, n: int, seed: int = 0) -> list[str]:
     import pyarrow.parquet as pq
 
@@ -109,12 +140,13 @@ def accuracy(pair: str, model: str, backend: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", nargs="+", default=["zh_en"])
-    ap.add_argument("--models", nargs="+", default=["default"])
+    ap.add_argument("--models", nargs="*", default=["default"])
     ap.add_argument("--backends", nargs="+", default=["torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8"])
     ap.add_argument("--speed-texts", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--rerank", action="store_true", help="also the reranker's cross-encoder, fp32 vs bf16")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "encoder_backends.json"))
     args = ap.parse_args(argv)
     result, res = load_result(args.result, "speed", "accuracy")
@@ -129,6 +161,9 @@ def main(argv=None) -> int:
             res["speed"].setdefault(model, {}).update(got)
             res["speed_setup"] = {"texts": len(texts), "source": "DBP15K zh_en template texts (seeded sample)",
                                   "threads": args.threads, "batch_size": 64, "max_length": 128}
+            save()
+        if args.rerank:
+            res["rerank_speed"] = rerank_speed(texts, args.threads)
             save()
     if not args.no_accuracy:
         for pair in args.pairs:

@@ -359,6 +359,9 @@ class RerankConfig:
     torch_threads: int = runtime(0)
     # bf16 autocast in the rerank actors on GPU (ignored on CPU).
     amp: bool = True
+    # Inference on CPU: "torch" or "torch-bf16" (bf16 autocast, as embed.backend; fast on CPUs with
+    # native bf16). On GPU, amp applies.
+    backend: str = added(default="torch")
 
 
 @dataclass
@@ -509,6 +512,7 @@ class Config:
             ("embed.pooling", self.embed.pooling, {"auto", "mean", "cls"}),
             ("embed.amp", self.embed.amp, {"bf16", "fp16", "none"}),
             ("embed.backend", self.embed.backend, set(EMBED_BACKENDS)),
+            ("rerank.backend", self.rerank.backend, {"torch", "torch-bf16"}),
             ("retrieve.gpu", self.retrieve.gpu, {"auto", "yes", "no"}),
             ("decode.matcher", self.decode.matcher, {"greedy", "hungarian"}),
             ("rerank.candidates", self.rerank.candidates, {"retrieve", "sinkhorn"}),

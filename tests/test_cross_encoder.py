@@ -126,6 +126,24 @@ def test_score_pairs_independent_of_batching(tiny_reranker):
     assert np.allclose(a[:4], a[4:8], atol=1e-5)
 
 
+def test_score_pairs_under_cpu_bf16_stay_close_to_fp32(tiny_reranker):
+    """rerank.backend=torch-bf16: the same logits within bf16's precision, the same order."""
+    m, tok = tiny_reranker
+    src = ["alpha city", "beta person born in gamma", "delta", "epsilon org"] * 3
+    cand = ["alpha", "beta", "delta town with a long text " * 3, "e"] * 3
+    a = ce.score_pairs(m, tok, src, cand, 48)
+    b = ce.score_pairs(m, tok, src, cand, 48, amp_dtype=torch.bfloat16)
+    assert b.dtype == np.float32 and np.allclose(a, b, atol=0.05 * max(1.0, float(np.abs(a).max())))
+
+
+def test_unknown_rerank_backend_is_one_line():
+    from hiea_ray.config import load_config
+    from hiea_ray.errors import UserError
+
+    with pytest.raises(UserError, match=r"rerank.backend: 'onnx' is not one of"):
+        load_config(overrides=["rerank.backend=onnx"])
+
+
 def test_train_step_fits_a_batch(tiny_encoder_dir):
     torch.manual_seed(0)
     m, tok = ce.load_reranker(str(tiny_encoder_dir))

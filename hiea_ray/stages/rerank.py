@@ -47,6 +47,8 @@ class Reranker:
         set_threads(self.cfg.torch_threads or os.cpu_count())  # as the embed stage: 0 = all cores
         self.device = torch.device("cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
         self.amp = torch.bfloat16 if (self.device.type == "cuda" and self.cfg.amp) else None
+        if self.device.type == "cpu" and self.cfg.backend == "torch-bf16":
+            self.amp = torch.bfloat16  # oneDNN bf16 on CPU (core.encoder.cpu_has_bf16)
         self.model, self.tokenizer = load_reranker(model)
         self.model.to(self.device)
         self._texts = TextLookup(resolve(texts))
