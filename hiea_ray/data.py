@@ -147,10 +147,14 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per
         ds.write_parquet(str(parts))
 
 
-def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int) -> None:
+def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int,
+               progress: str | None = None) -> None:
     """In-memory Arrow blocks -> the stage class on an actor pool -> Parquet files in ``out``
-    (one file per block: a later stage's actor pool spreads them over the nodes)."""
+    (one file per block: a later stage's actor pool spreads them over the nodes); ``progress``:
+    a label for progress lines while it runs."""
     import ray
+
+    from hiea_ray.progress import watch_parts
 
     ds = ray.data.from_arrow(blocks).map_batches(
         spec.cls,
@@ -158,4 +162,9 @@ def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         **spec.map_batches_kwargs,
     )
-    ds.write_parquet(str(out))
+    if progress is None:
+        ds.write_parquet(str(out))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with watch_parts(progress, out, sum(b.num_rows for b in blocks)):
+        ds.write_parquet(str(out))

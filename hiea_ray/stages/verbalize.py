@@ -351,7 +351,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         blocks = [contexts.slice(i, step) for i in range(0, max(contexts.num_rows, 1), step)]
         out = tmp / "texts"
         shutil.rmtree(out, ignore_errors=True)
-        map_blocks(blocks, out, verbalize_spec(cfg), cfg.num_actors)
+        map_blocks(blocks, out, verbalize_spec(cfg), cfg.num_actors, progress="verbalize")
     texts = read_dir(tmp / "texts")
     wall = time.time() - t0
     return {"rows": texts.num_rows, "rows_per_s": round(texts.num_rows / max(wall, 1e-9), 1),
