@@ -121,7 +121,7 @@ class Encoder:
         elif backend == "torch-int8":
             self.model = quantize_torch_int8(self.model)
         elif backend in ("onnx", "onnx-int8"):
-            self.session = onnx_session(path, self.model, backend == "onnx-int8", threads)
+            self.session = onnx_session(path, backend == "onnx-int8", threads)
             self.input_names = [i.name for i in self.session.get_inputs()]
         self.model.to(self.device).eval()
         self.pooling = pooling_mode(path, pooling)
@@ -207,11 +207,13 @@ def onnx_path(folder: str, quantize: bool) -> Path:
     from hiea_ray.manifest import fingerprint_files
     from hiea_ray.model_store import cache_dir
 
-    key = fingerprint_files(Path(folder)) if Path(folder).exists() else folder.replace("/", "--")
-    return cache_dir() / "onnx" / key / ("model.int8.onnx" if quantize else "model.onnx")
+    root = cache_dir() / "onnx"
+    # digests cached by (size, mtime, ctime, inode): an actor's start re-hashes no unchanged weights
+    key = fingerprint_files(Path(folder), root / "fingerprints.json") if Path(folder).exists() else folder.replace("/", "--")
+    return root / key / ("model.int8.onnx" if quantize else "model.onnx")
 
 
-def export_onnx(folder: str, model: torch.nn.Module, dest: Path) -> None:
+def export_onnx(folder: str, dest: Path) -> None:
     """The encoder (last hidden state) to ONNX with dynamic batch and sequence axes, through
     torch's export-based exporter; written to a temporary name and renamed (actors racing on a
     cold cache each write their own file; one rename wins, both are the same model)."""
@@ -233,7 +235,7 @@ def export_onnx(folder: str, model: torch.nn.Module, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def onnx_session(folder: str, model: torch.nn.Module, quantize: bool, threads: int | None = None):
+def onnx_session(folder: str, quantize: bool, threads: int | None = None):
     """An ONNX Runtime session on the (cached) ONNX export of the model, int8 when ``quantize``."""
     try:
         import onnxruntime as ort
@@ -242,7 +244,7 @@ def onnx_session(folder: str, model: torch.nn.Module, quantize: bool, threads: i
     fp32 = onnx_path(folder, False)
     if not fp32.is_file():
         log.info("encoder: exporting %s to ONNX (%s)", folder, fp32)
-        export_onnx(folder, model, fp32)
+        export_onnx(folder, fp32)
     path = fp32
     if quantize:
         path = onnx_path(folder, True)
