@@ -118,8 +118,6 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per
     total rows): progress lines (rows/s, ETA) while it runs (``hiea_ray.progress``)."""
     import ray
 
-    from hiea_ray.progress import watch_parts
-
     ds = ray.data.read_parquet(str(src))
     if done is not None and len(done):
         ds = ds.map_batches(
@@ -140,11 +138,7 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         **spec.map_batches_kwargs,
     )
-    if progress is None:
-        ds.write_parquet(str(parts))
-        return
-    with watch_parts(progress[0], parts, progress[1], 0 if done is None else len(done)):
-        ds.write_parquet(str(parts))
+    _write(ds, parts, progress, 0 if done is None else len(done))
 
 
 def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int,
@@ -154,17 +148,23 @@ def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int
     a label for progress lines while it runs."""
     import ray
 
-    from hiea_ray.progress import watch_parts
-
     ds = ray.data.from_arrow(blocks).map_batches(
         spec.cls,
         fn_constructor_kwargs=spec.constructor_kwargs,
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         **spec.map_batches_kwargs,
     )
+    _write(ds, out, None if progress is None else (progress, sum(b.num_rows for b in blocks)))
+
+
+def _write(ds, out: Path, progress: tuple[str, int] | None, done: int = 0) -> None:
+    """ds -> Parquet files in ``out``; with ``progress`` = (label, total rows), progress lines
+    counted from the files written (``done`` rows were there before, from a killed run)."""
+    from hiea_ray.progress import watch_parts
+
     if progress is None:
         ds.write_parquet(str(out))
         return
     out.mkdir(parents=True, exist_ok=True)
-    with watch_parts(progress, out, sum(b.num_rows for b in blocks)):
+    with watch_parts(progress[0], out, progress[1], done):
         ds.write_parquet(str(out))
