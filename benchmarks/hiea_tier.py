@@ -8,8 +8,9 @@ against the share routed.
 Everything but the curve comes from the run's own outputs (route/report.json, llm_train/history.json,
 metrics.json, the stage manifests). The curve ranks the test sources by the router's P(right) and
 routes the least certain share s to the LLM: for s up to the share the run routed, the LLM answers
-are the run's own; beyond it, the LLM's accuracy on ``--extra`` randomly drawn certain sources
-(scored here with the run's trained LLM, one forward pass each) is used as an estimate (dashed).
+are the run's own; beyond it, the merge's accuracy (the LLM fused with the small model at the
+run's weight) on ``--extra`` randomly drawn certain sources (scored here with the run's trained
+LLM, one forward pass each) is used as an estimate (dashed).
 Writes benchmarks/results/hiea_tier_<pair>.json and .png. The test links are used for evaluation
 only: nothing is chosen on them.
 """
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from hiea_ray.config import Config, config_from_dict  # noqa: E402
-from hiea_ray.core.hiea import merge  # noqa: E402
+from hiea_ray.core.hiea import fusion_weight, merge  # noqa: E402
 from hiea_ray.core.router import primary_decoder  # noqa: E402
 from hiea_ray.io import column_to_numpy, read_dir, read_lists, rows_of  # noqa: E402
 from hiea_ray.kg.model import KGPair  # noqa: E402
@@ -37,9 +38,9 @@ from hiea_ray.kg.model import KGPair  # noqa: E402
 CHATEA_CALLS = "up to 31+ generated LLM calls per entity (ChatEA, as reported in the HIEA paper)"
 
 
-def extra_llm_answers(run: Path, cfg: Config, protocol: str, src: np.ndarray) -> np.ndarray:
+def extra_llm_answers(run: Path, cfg: Config, protocol: str, src: np.ndarray, fusion: float) -> tuple[np.ndarray, np.ndarray]:
     """The run's trained LLM on extra sources (its prompts built as the llm stage builds them):
-    the picked target id per source (-1 = none)."""
+    per source, the LLM's own pick (-1 = none) and the merge's top-1 at ``fusion``."""
     import torch
 
     from hiea_ray.core.llm import resolve_llm
@@ -50,7 +51,7 @@ def extra_llm_answers(run: Path, cfg: Config, protocol: str, src: np.ndarray) ->
 
     ctx = RunContext(cfg, "", run)
     lc = cfg.llm
-    q, cand, _ = read_lists(run / "decode" / protocol / f"{primary_decoder(cfg.route.primary, cfg.decode.decoders)}.parquet")
+    q, cand, score = read_lists(run / "decode" / protocol / f"{primary_decoder(cfg.route.primary, cfg.decode.decoders)}.parquet")
     ids, _, vecs = ctx.embeddings()
     nb = neighbourhoods(ctx.pair(), seed_and_certain(ctx, protocol), lc.max_facts)
     fmt = prompt_format(trained_model(ctx), lc.adapter_tokens)
@@ -62,8 +63,9 @@ def extra_llm_answers(run: Path, cfg: Config, protocol: str, src: np.ndarray) ->
     scorer = LLMScorer(asdict(lc), resolve_llm(lc.model), trained_model(ctx), int(vecs.shape[1]))
     out = scorer(table)
     none = np.zeros(0, np.int64)  # the LLM's own pick, as the hiea merge reads it
-    return merge(q, cand, np.zeros(cand.shape), none, none, src, out["src"].to_numpy(), column_to_numpy(out["options"]),
-                 out["n_options"].to_numpy(), column_to_numpy(out["logp"])).llm_pick
+    m = merge(q, cand, score, none, none, src, out["src"].to_numpy(), column_to_numpy(out["options"]),
+              out["n_options"].to_numpy(), column_to_numpy(out["logp"]), fusion)
+    return m.llm_pick, m.cand[rows_of(q, out["src"].to_numpy()), 0]
 
 
 def main(argv=None) -> int:
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
     # the LLM trained in this run, or (llm.train: false) the run whose llm_train/model it uses
     trained_in = run / "llm_train" if cfg.llm.train else Path(cfg.llm.trained).parent
     history = json.loads((trained_in / "history.json").read_text())
+    fusion = fusion_weight(cfg.llm.fusion, trained_in / "model")
     manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in ("route", "llm")}
     pair = KGPair.read(run / "ingest")
     test = pair.links_of("test")
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
     m = pq.read_table(run / "decode" / protocol / f"{metrics['hiea']['primary']}.match.parquet")
     merged = merge(q, cand, score, m["src"].to_numpy(), m["tgt"].to_numpy(), r_src[~certain], llm["src"].to_numpy(),
                    column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]),
-                   cfg.llm.fusion)
+                   fusion)
     llm_top = dict(zip(r_src[~certain].tolist(), merged.cand[rows_of(q, r_src[~certain]), 0].tolist()))
     # information only (test links; nothing is chosen by it): Hits@1 on the routed test sources
     # when the LLM's distribution is fused with the small model's at other weights
@@ -112,10 +115,13 @@ def main(argv=None) -> int:
     pool = r_src[certain & on_test]
     extra_src = np.sort(rng.choice(pool, min(args.extra, len(pool)), replace=False)) if args.extra and len(pool) else pool[:0]
     t0 = time.time()
-    extra_pick = extra_llm_answers(run, cfg, protocol, extra_src) if len(extra_src) else np.zeros(0, np.int64)
+    extra_pick, extra_fused = (extra_llm_answers(run, cfg, protocol, extra_src, fusion) if len(extra_src)
+                               else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
     extra_wall = time.time() - t0
     g_extra = np.array([gold[s] for s in extra_src.tolist()])
     extra_llm_acc = float(np.mean(extra_pick == g_extra)) if len(extra_src) else None
+    # the merge's answer there (LLM fused with the small model at the run's weight): what the curve uses
+    extra_hiea_acc = float(np.mean(extra_fused == g_extra)) if len(extra_src) else None
     extra_small_acc = float(np.mean(r_ans[rows_of(r_src, extra_src)] == g_extra)) if len(extra_src) else None
     ts = r_src[on_test]
     order = np.argsort(r_prob[on_test], kind="stable")  # least certain first
@@ -133,7 +139,7 @@ def main(argv=None) -> int:
             kind = "measured"
         else:  # beyond the routed set: the LLM's accuracy on the extra sample stands in
             j = int(measured_part.sum())
-            right = llm_right[:j].sum() + (k - j) * (extra_llm_acc or 0.0) + small_right[k:].sum()
+            right = llm_right[:j].sum() + (k - j) * (extra_hiea_acc or 0.0) + small_right[k:].sum()
             kind = "estimated"
         curve.append({"share_routed": round(float(share), 3), "hits@1": round(float(right / n), 4), "kind": kind,
                       "llm_calls": k, "llm_hours_on_this_cpu": round(k / eps / 3600, 3)})
@@ -146,7 +152,9 @@ def main(argv=None) -> int:
                    "labelled_certain_fraction": route_rep["labelled"]["certain_fraction"],
                    "labelled_sources": route_rep["labelled"]["sources"], "threshold": route_rep["threshold"],
                    "routed_to_llm": route_rep["routed_to_llm"], "wall_s": manifests["route"]["wall_s"]},
-        "llm_train": {"trained_in": str(trained_in), "examples": history["train_examples"], "valid_acc": history["best"]["valid_acc"],
+        "llm_train": {"trained_in": str(trained_in), "readout": cfg.llm.readout, "validation": history.get("validation", "links"),
+                      "valid_examples": history["valid_examples"], "fusion": history.get("fusion"),
+                      "examples": history["train_examples"], "valid_acc": history["best"]["valid_acc"],
                       "valid_small_acc": history["valid_small_acc"], "wall_s": history["wall_s"],
                       "steps": len(history["curve"]), "s_per_step": round(history["wall_s"] / max(len(history["curve"]), 1), 2)},
         "routed": {"sources": h["routed_test"], "llm_hits@1": h["llm_hits@1_routed"], "small_hits@1": h["small_hits@1_routed"],
@@ -159,8 +167,10 @@ def main(argv=None) -> int:
                  "llm_fraction": h["llm_fraction"], "prompt_tokens_mean": h.get("prompt_tokens_mean"),
                  "prompt_tokens_max": h.get("prompt_tokens_max"), "llm_wall_s": h.get("wall_s"),
                  "llm_entities_per_s": h.get("entities_per_s"), "chatea": CHATEA_CALLS},
+        "fusion": fusion,
         "routed_hits@1_by_fusion_weight_information_only": fusion_sweep,
-        "extra_certain_sample": {"sources": int(len(extra_src)), "llm_hits@1": extra_llm_acc, "small_hits@1": extra_small_acc,
+        "extra_certain_sample": {"sources": int(len(extra_src)), "llm_hits@1": extra_llm_acc, "hiea_hits@1": extra_hiea_acc,
+                                 "small_hits@1": extra_small_acc,
                                  "wall_s": round(extra_wall, 1)},
         "curve": curve,
     }
@@ -186,7 +196,7 @@ def plot(res: dict, path: Path) -> None:
     a.plot(x[meas], y[meas], "o-", color="#36c", label="measured (the run's LLM answers)")
     if (~meas).any():
         last = np.flatnonzero(meas)[-1]
-        a.plot(x[last:], y[last:], "o--", color="#36c", alpha=0.5, label="estimated (LLM accuracy on a sample)")
+        a.plot(x[last:], y[last:], "o--", color="#36c", alpha=0.5, label="estimated (the merge on a sample of certain sources)")
     routed = res["cost"]["llm_fraction"] * 100
     a.axvline(routed, color="red", ls=":", lw=1, label=f"router's choice ({routed:.1f}%)")
     a.axhline(y[0], color="grey", ls=":", lw=1, label=f"small model alone ({y[0]:.3f})")

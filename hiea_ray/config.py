@@ -63,6 +63,16 @@ class DataConfig:
     block_mb: float = runtime(32.0)
 
 
+def added(default_factory=None, default=dataclasses.MISSING, used_when=None):
+    """A field added after runs existed: left out of stage keys while it has its default value (so
+    finished runs keep their keys and are reused) or, with ``used_when(section)``, while the section
+    does not use it (the LLM verbalizer's settings in template mode)."""
+    meta = {"omit_default": True, "used_when": used_when}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainScaling:
     """The Ray Train contract shared by every training task (retriever, reranker, LLM): how many
@@ -77,8 +87,11 @@ class TrainScaling:
     cpus_per_worker: float = runtime(1.0)
     # torch intra-op threads per worker (0 = Ray's OMP_NUM_THREADS).
     torch_threads: int = 0
-    # bf16 autocast on GPU workers (ignored on CPU).
+    # bf16 autocast on GPU workers (ignored on CPU unless cpu_amp).
     amp: bool = True
+    # bf16 autocast on CPU workers too (oneDNN's AVX512-BF16 / AMX kernels: the 135M LLM's LoRA
+    # step 2.3x faster on this 2-core CPU; off by default: not bit-exact, slow on CPUs without them).
+    cpu_amp: bool = added(default=False)
     # Gradient checkpointing (GPU only: trades compute for activation memory).
     gradient_checkpointing: bool = False
     # DeepSpeed ZeRO: 0 = off (plain DDP), 1 = optimizer states sharded, 2 = also gradients,
@@ -88,16 +101,6 @@ class TrainScaling:
     max_failures: int = runtime(1)
     # Seed of the model init / data order / sampling of the task.
     seed: int = 0
-
-
-def added(default_factory=None, default=dataclasses.MISSING, used_when=None):
-    """A field added after runs existed: left out of stage keys while it has its default value (so
-    finished runs keep their keys and are reused) or, with ``used_when(section)``, while the section
-    does not use it (the LLM verbalizer's settings in template mode)."""
-    meta = {"omit_default": True, "used_when": used_when}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def _uses_llm(section) -> bool:
@@ -405,6 +408,11 @@ class LLMConfig:
     prompt_tokens: int = 320
     # At most this many facts per entity are considered (bridges to certain neighbours first).
     max_facts: int = 8
+    # How the answer is read from the one forward pass: "letters" = the next-token logits of the
+    # option letters at the end of the prompt; "slots" = a score per candidate from the hidden state
+    # at its slot (moved to the end of its line) and one for "none" at the end, by a small trained
+    # head (no letter binding to learn: a 135M model learns it where the letters stay at chance).
+    readout: str = added(default="letters")
     # Knowledge adapter: soft tokens per entity slot from the retriever's entity vector (0 = off:
     # the slot keeps a plain token embedding).
     adapter_tokens: int = 1
@@ -428,7 +436,16 @@ class LLMConfig:
     scaling: TrainScaling = field(default_factory=TrainScaling)
     # Merge ("hiea" decoder): uncertain sources ranked by (1 - fusion) * LLM probability +
     # fusion * the small model's softmax over the same candidates; "none" > every candidate -> abstain.
-    fusion: float = 0.0
+    # "auto": the weight with the best Hits@1 on llm_train's routed validation examples. Only the
+    # evaluate stage (and the Serve tier) use it: left out of llm_train's and llm's keys, so trying
+    # another weight re-runs the merge, not the training.
+    fusion: float | str = field(default=0.0, metadata={"runtime": True})
+    # What llm_train validates on (and keeps the best checkpoint by): "routed" = the labelled seed
+    # sources the router would route (out of fold: candidates made as a routed test source's), a
+    # share routed_valid_fraction (at most valid_links) held out of training, the rest added to it;
+    # "links" = the valid links with the retriever's candidates (gold inserted when missed).
+    validation: str = "routed"
+    routed_valid_fraction: float = 0.5
     # Inference (Ray Data actor pool over the routed sources).
     infer_batch_size: int = runtime(8)
     rows_per_batch: int = runtime(64)
@@ -436,8 +453,11 @@ class LLMConfig:
     cpus_per_actor: float = runtime(1.0)
     gpus_per_actor: float = 0.0
     torch_threads: int = runtime(0)
-    # bf16 on GPU actors / workers (ignored on CPU).
+    # bf16 on GPU actors / workers (ignored on CPU unless cpu_amp).
     amp: bool = True
+    # bf16 autocast on CPU actors too (oneDNN's AVX512-BF16 / AMX kernels: ~2.5x faster passes here;
+    # scores not batch-invariant, so an online tier serving the run must use the same setting).
+    cpu_amp: bool = added(default=False)
 
 
 @dataclass
@@ -566,8 +586,14 @@ class Config:
             raise UserError("config field route.max_llm_fraction: must be in [0, 1] or null")
         if not 0.0 <= self.llm.none_fraction < 1.0:
             raise UserError("config field llm.none_fraction: must be in [0, 1)")
-        if not 0.0 <= self.llm.fusion <= 1.0:
-            raise UserError("config field llm.fusion: must be in [0, 1]")
+        if self.llm.fusion != "auto" and not (isinstance(self.llm.fusion, float) and 0.0 <= self.llm.fusion <= 1.0):
+            raise UserError(f"config field llm.fusion: {self.llm.fusion!r} must be a number in [0, 1] or auto")
+        if self.llm.readout not in ("letters", "slots"):
+            raise UserError(f"config field llm.readout: {self.llm.readout!r} is not one of ['letters', 'slots']")
+        if self.llm.validation not in ("routed", "links"):
+            raise UserError(f"config field llm.validation: {self.llm.validation!r} is not one of ['links', 'routed']")
+        if not 0.0 < self.llm.routed_valid_fraction < 1.0:
+            raise UserError("config field llm.routed_valid_fraction: must be in (0, 1)")
         if self.llm.enabled and not self.llm.train and not self.llm.trained:
             raise UserError("config field llm.trained: llm.train is false, so name a trained llm_train model folder")
         if self.llm.enabled and self.llm.candidates > min(self.retrieve.k, 25):
@@ -686,7 +712,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"null", "none"}):
             return None
-        return _coerce(value, args[0], where)
+        for a in args[:-1]:  # float | str: the first type the value fits
+            try:
+                return _coerce(value, a, where)
+            except UserError:
+                pass
+        return _coerce(value, args[-1], where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise UserError(f"config field {where}: expected a mapping, got {value!r}")

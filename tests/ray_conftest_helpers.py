@@ -120,7 +120,7 @@ def hiea_cfg(e2e: dict, llm_dir, *extra: str):
         "route.folds=3", "route.max_llm_fraction=0.5", "llm.enabled=true", f"llm.model={llm_dir}", "llm.candidates=3",
         "llm.prompt_tokens=160", "llm.max_facts=3", "llm.max_train_links=48", "llm.valid_links=16", "llm.batch_size=8",
         "llm.eval_every=100", "llm.scaling.torch_threads=1", "llm.scaling.cpus_per_worker=0.5", "llm.torch_threads=1",
-        "llm.rows_per_batch=16", "llm.infer_batch_size=8", *extra))
+        "llm.rows_per_batch=16", "llm.infer_batch_size=8", "llm.readout=slots", "llm.fusion=auto", *extra))
 
 
 _HIEA: dict = {}

@@ -95,30 +95,71 @@ OPTS = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_targets": ["q_p
         "candidates": 2}
 
 
-def test_saved_lora_and_adapter_reload_to_the_same_distribution(tiny_llm, tmp_path):
-    from hiea_ray.core.llm import PromptFormat, load_hiea_llm, score
+@pytest.mark.parametrize("readout", ["letters", "slots"])
+def test_saved_lora_and_adapter_reload_to_the_same_distribution(tiny_llm, tmp_path, readout):
+    from hiea_ray.core.llm import PromptFormat, load_hiea_llm, model_readout, score
 
     torch.manual_seed(0)
-    model, tok = load_hiea_llm(tiny_llm, None, 8, OPTS, trainable=True)
+    opts = {**OPTS, "readout": readout}
+    model, tok = load_hiea_llm(tiny_llm, None, 8, opts, trainable=True)
     with torch.no_grad():  # make LoRA and the adapter non-trivial
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn_like(p))
-    fmt = PromptFormat(tok, 2)
+    fmt = PromptFormat(tok, 2, readout)
     prompt = build_prompt(EntityView(0, "A"), [EntityView(1, "B"), EntityView(2, "C")], fmt.count, 200,
-                          np.random.default_rng(0), slot=fmt.slot)
+                          np.random.default_rng(0), slot=fmt.slot, slot_last=fmt.slot_last)
     texts = [fmt.wrap(prompt.text)]
     vec = [np.random.default_rng(1).normal(size=3 * 8).astype(np.float32)]
     before = score(model, tok, texts, vec, [3], 3, torch.device("cpu"))
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    again, tok2 = load_hiea_llm(tiny_llm, str(tmp_path / "m"), 8, OPTS, trainable=False)
+    # the saved folder's readout wins over the options a later run passes
+    again, tok2 = load_hiea_llm(tiny_llm, str(tmp_path / "m"), 8, {**OPTS, "readout": "letters"}, trainable=False)
+    assert again.readout == readout == model_readout(tmp_path / "m")
     after = score(again, tok2, texts, vec, [3], 3, torch.device("cpu"))
     assert np.allclose(before, after, atol=1e-5) and np.isclose(np.exp(after).sum(), 1.0, atol=1e-5)
-    fresh, _ = load_hiea_llm(tiny_llm, None, 8, OPTS, trainable=False)
+    fresh, _ = load_hiea_llm(tiny_llm, None, 8, opts, trainable=False)
     assert not np.allclose(score(fresh, tok, texts, vec, [3], 3, torch.device("cpu")), before, atol=1e-4)
     with pytest.raises(UserError, match="takes 8-dim entity vectors; this run's encoder gives 16-dim"):
         load_hiea_llm(tiny_llm, str(tmp_path / "m"), 16, OPTS, trainable=False)
+
+
+def test_slot_readout_scores_each_candidate_at_its_line_end_and_none_at_the_prompt_end(tiny_llm):
+    """llm.readout=slots: candidate j's score = the head on the hidden state at its (last) slot
+    token, which closes its line; "none" at the last position; the letters' column layout (a prompt
+    with fewer candidates: none at n_options - 1, -inf after); gradients reach head, LoRA, adapter."""
+    from hiea_ray.core.llm import PromptFormat, encode, load_hiea_llm
+
+    torch.manual_seed(0)
+    opts = {**OPTS, "candidates": 3, "readout": "slots"}
+    model, tok = load_hiea_llm(tiny_llm, None, 8, opts, trainable=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    fmt = PromptFormat(tok, 2, "slots")
+    prompt = build_prompt(EntityView(0, "A"), [EntityView(1, "B", ["r: C"]), EntityView(2, "C")], fmt.count, 200,
+                          np.random.default_rng(0), slot=fmt.slot, slot_last=True)
+    assert all(line.endswith(fmt.slot) for line in prompt.text.splitlines()[1:4])
+    vec = np.random.default_rng(1).normal(size=4 * 8).astype(np.float32)
+    ids, mask, v, have = encode(tok, [fmt.wrap(prompt.text)], [vec], [3], 4, torch.device("cpu"))
+    logp = model(ids, mask, v, have, have)
+    assert logp.shape == (1, 4) and torch.isinf(logp[0, 3]) and torch.isclose(logp.exp().sum(), torch.tensor(1.0))
+    with torch.no_grad():  # by hand: the full forward's last hidden states at the slot groups' last tokens
+        embeds = model.lm.get_input_embeddings()(ids)
+        from hiea_ray.core.llm import inject
+
+        embeds = inject(embeds, ids, model.slot_id, model.adapter(v), have)
+        h = model.lm(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[-1][0]
+        slot_pos = (ids[0] == model.slot_id).nonzero().flatten().tolist()[1::2]  # 2 tokens per slot: the second
+        want = [float(model.score_head.cand(h[p])) for p in slot_pos[1:]] + [float(model.score_head.none(h[-1]))]
+    np.testing.assert_allclose((logp[0, :3] - logp[0, :3].logsumexp(0)).detach().numpy(),
+                               torch.log_softmax(torch.tensor(want), 0).numpy(), atol=1e-5)
+    logp[0, 0].backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "score_head.cand" in n or "adapter" in n)
+    assert any("lora" in n and g is not None and g.abs().sum() > 0 for n, g in grads.items())
 
 
 def test_a_training_example_never_shows_its_own_link_as_a_bridge():
@@ -130,3 +171,91 @@ def test_a_training_example_never_shows_its_own_link_as_a_bridge():
     assert nb.view(12).facts == ["r of: t (= s)"]  # the gold's neighbour 11 would name the source
     assert nb.view(12, hide=frozenset({1, 11})).facts == ["r of: t"]
     assert nb.view(11, hide=frozenset({1, 11})).facts == ["r: tn (= sn)"]  # other bridges stay
+
+
+def test_small_probs_and_choose_fusion_on_a_toy_case():
+    from hiea_ray.core.hiea import choose_fusion, small_probs
+
+    options = np.array([[7, 5, -1], [4, 9, 6]])
+    cand = np.array([[5, 7, 8], [9, 6, 3]])
+    score = np.array([[0.6, 0.2, 0.1], [0.5, -0.1, 0.3]])  # option 4 of row 1 is not in its list; -0.1 clips to 0
+    small = small_probs(options, cand, score)
+    np.testing.assert_allclose(small, [[0.25, 0.75, 0.0], [0.0, 1.0, 0.0]])
+    # the LLM is right on row 0 (option 0) where the small model is wrong; row 1: gold = option 0, which
+    # the small model gives 0 and the LLM 0.6
+    logp = np.log(np.array([[0.7, 0.2, 0.0 + 1e-12, 0.1], [0.6, 0.3, 0.05, 0.05]]))
+    n_opt = np.array([3, 4])
+    answer = np.array([0, 0])
+    w, acc = choose_fusion(logp, n_opt, small, answer)
+    assert acc[0.0] == 1.0 and acc[1.0] == 0.0
+    # row 0 stays right while 0.7 - 0.45 w > 0.2 + 0.55 w (w < 0.5); row 1 while 0.6 (1 - w) > 0.3 + 0.7 w
+    # (w < 0.23): the largest weight with both right is 0.2
+    assert w == 0.2 and acc[0.2] == 1.0 and acc[0.3] == acc[0.4] == 0.5 and acc[0.6] == 0.0
+    # "none" as the right answer is no hit for any weight
+    w, acc = choose_fusion(logp, n_opt, small, np.array([2, 3]))
+    assert w == 1.0 and set(acc.values()) == {0.0}
+
+
+def test_fusion_weight_auto_reads_the_trained_models_choice(tmp_path):
+    import json
+
+    from hiea_ray.core.hiea import fusion_weight
+
+    assert fusion_weight(0.3, None) == 0.3
+    with pytest.raises(UserError, match="fusion.json"):
+        fusion_weight("auto", tmp_path)
+    (tmp_path / "fusion.json").write_text(json.dumps({"fusion": 0.7}))
+    assert fusion_weight("auto", tmp_path) == 0.7
+
+
+def test_routed_validation_holds_its_sources_out_of_training_and_shows_test_like_candidates():
+    """llm.validation=routed: the labelled sources the router routes, split; held-out ones never train
+    and get their primary list's top C (no gold inserted: "none" is right when it is missing)."""
+    import pyarrow as pa
+
+    from hiea_ray.config import LLMConfig
+    from hiea_ray.core.prompt import Neighbourhoods
+    from hiea_ray.io import embeddings_column
+    from hiea_ray.train.llm import routed_split, training_tables
+
+    n = 40  # KG1 ids 0..39, KG2 ids 100..139; link i -> 100 + i
+    ids = np.concatenate([np.arange(n), 100 + np.arange(n)])
+    names = [f"e{i}" for i in ids]
+    nb = Neighbourhoods(ids, names, np.array([0, 1]), ["r", "r"], np.array([1, 2]), max_facts=2)
+    vecs = np.random.default_rng(0).normal(size=(len(ids), 4)).astype(np.float32)
+
+    class Fmt:  # whitespace tokens, no chat template
+        slot = SLOT
+        wrap = staticmethod(lambda t: t)
+        count = staticmethod(lambda t: len(t.split()))
+
+    src = np.arange(n)
+    links = pa.table({"src": src, "tgt": 100 + src, "split": ["train"] * 30 + ["valid"] * 10})
+    # every labelled source's primary list: a wrong target first; the gold second for even sources only
+    cand = np.stack([[100 + (i + 1) % n, 100 + i if i % 2 == 0 else 100 + (i + 2) % n, 100 + (i + 3) % n,
+                      100 + (i + 4) % n] for i in src])
+    labelled = pa.table({"src": src, "tgt": 100 + src, "prob": np.linspace(0, 1, n).astype(np.float32),
+                         "routed": src < 24, "right": np.zeros(n, bool), "cand": embeddings_column(cand),
+                         "score": embeddings_column(np.tile([0.9, 0.8, 0.7, 0.6], (n, 1)))})
+    lc = LLMConfig(candidates=3, prompt_tokens=200, valid_links=8, routed_valid_fraction=0.5, none_fraction=0.0)
+    hard, held = routed_split(labelled, lc)
+    assert held.num_rows == 8 and hard.num_rows == 16  # min(0.5 * 24, valid_links)
+    assert set(held["src"].to_pylist()).isdisjoint(hard["src"].to_pylist()) and max(held["src"].to_pylist()) < 24
+
+    def ranked_of(s, depth):
+        return np.stack([100 + (np.asarray(s) + j) % n for j in range(depth)], axis=1)
+
+    train, valid = training_tables(links, ranked_of, nb, Fmt(), lc, ids, vecs, (hard, held))
+    assert set(train["src"].to_pylist()).isdisjoint(held["src"].to_pylist())
+    assert train.num_rows == 30 - int(np.isin(held["src"].to_numpy(), np.arange(30)).sum()) + hard.num_rows
+    assert valid["src"].to_pylist() == held["src"].to_pylist()
+    from hiea_ray.io import column_to_numpy
+
+    opts = column_to_numpy(valid["options"])
+    for s, o, a, k in zip(valid["src"].to_pylist(), opts, valid["answer"].to_pylist(), valid["n_options"].to_pylist()):
+        assert sorted(o.tolist()) == sorted(cand[s, :3].tolist())  # exactly the list's top 3
+        if s % 2 == 0:
+            assert o[a] == 100 + s
+        else:
+            assert a == k - 1  # gold missed: "none" is right
+        assert valid["small"].to_pylist()[valid["src"].to_pylist().index(s)] == o.tolist().index(cand[s, 0])

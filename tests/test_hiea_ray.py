@@ -58,6 +58,15 @@ def test_pipeline_routes_trains_scores_and_merges(hiea_run):
     assert (model / "hiea_llm.json").is_file() and (model / "knowledge_adapter.pt").is_file()
     assert (model / "adapter_config.json").is_file() and not (run / "llm_train" / "ray").exists()
     assert (run / "llm_train" / "curve.png").is_file()
+    # validated on the labelled sources the router routes (held out of training); fusion chosen there
+    labelled = pq.read_table(run / "route" / "standard" / "labelled.parquet")
+    assert labelled.num_rows == rep["labelled"]["sources"] and 0 < sum(labelled["routed"].to_pylist()) < labelled.num_rows
+    history = json.loads((run / "llm_train" / "history.json").read_text())
+    assert history["validation"] == "routed" and 0 < history["valid_examples"] <= 16
+    fusion = json.loads((model / "fusion.json").read_text())
+    by_weight = fusion["valid_hits1_by_fusion"]
+    assert h["fusion"] == fusion["fusion"] and by_weight[str(fusion["fusion"])] == max(by_weight.values()) and len(by_weight) == 11
+    assert json.loads((model / "hiea_llm.json").read_text())["readout"] == "slots"
     # a second run reuses everything
     again = Pipeline(hiea_run["cfg"], hiea_run["pipe"].data, run)
     again.run_all()
@@ -185,8 +194,11 @@ def test_router_labels_never_come_from_their_own_anchors(hiea_run, monkeypatch):
         return real(names, s2t, s2t_score, t2s, t2s_score, q, b, c, graphs_fn)
 
     monkeypatch.setattr(route, "run_decoders", spy)
-    X, right, src = route.labelled_features(ctx, "standard", graphs, seeds, fold, "structure", ctx.embeddings())
-    assert len(seen) == cfg.route.folds and len(src) == seeds.num_rows == len(X)
+    X, right, src, cand, _ = route.labelled_features(ctx, "standard", graphs, seeds, fold, "structure", ctx.embeddings())
+    assert len(seen) == cfg.route.folds and len(src) == seeds.num_rows == len(X) == len(cand)
+    # each labelled source's list is its fold's primary list, in global ids: right = its head is the gold
+    gold = dict(zip(seeds["src"].to_pylist(), seeds["tgt"].to_pylist()))
+    assert np.array_equal(right, cand[:, 0] == np.array([gold[s] for s in src.tolist()]))
     for j, (q, anchors) in enumerate(seen):
         f_src = seeds["src"].to_numpy()[fold == j]
         assert np.isin(f_src, q).all()  # the fold is decoded ...

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hiea_ray.core.llm import KnowledgeAdapter, inject, option_logprobs, option_token_ids
+from hiea_ray.core.llm import KnowledgeAdapter, inject, option_logits, option_logprobs, option_token_ids
 from hiea_ray.core.prompt import LETTERS, NONE, SLOT, EntityView, build_prompt, facts_of
 
 
@@ -175,3 +175,26 @@ def test_neighbourhoods_show_bridges_first():
     assert v.name == "Yao" and v.facts[0] == "team: Rockets (= Houston Rockets)"
     assert set(v.facts) == {"team: Rockets (= Houston Rockets)", "born in: Shanghai", "coach of: Coach"}
     assert nb.view(11).facts == ["born in of: Yao"]
+
+
+def test_option_logits_under_lora_equal_the_full_heads_rows(tiny_lm):
+    """The readout computes the LM head for the option rows at the last position only; with LoRA
+    (non-zero, so it matters) inside the decoder it must equal the full forward's logits there."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny_lm
+    lm = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    src, cands = _views()
+    prompts = [build_prompt(src, cands[: 2 + i], words, 1000, np.random.default_rng(i)).text for i in range(3)]
+    opts = option_token_ids(tok, 3)
+    tok.padding_side = "right"
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        full = lm(**batch).logits
+        last = batch["attention_mask"].sum(1) - 1
+        want = full[torch.arange(3), last][:, opts]
+        got = option_logits(lm, batch["attention_mask"], opts, input_ids=batch["input_ids"])
+    assert not torch.allclose(want, model(**batch).logits[torch.arange(3), last][:, opts], atol=1e-3)  # LoRA acts
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)

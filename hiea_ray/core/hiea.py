@@ -44,12 +44,7 @@ def merge(q: np.ndarray, cand: np.ndarray, score: np.ndarray, match_src: np.ndar
     have = np.arange(c)[None, :] < (n_options - 1)[:, None]
     cand_p[~have] = -1.0
     if fusion > 0:
-        # the primary decoder's score of each option, looked up in the source's list
-        small = np.zeros_like(cand_p)
-        for i, r in enumerate(rows):
-            pos = {int(t): j for j, t in enumerate(cand[r]) if t >= 0}
-            small[i] = [max(float(score[r, pos[int(t)]]), 0.0) if int(t) in pos else 0.0 for t in options[i]]
-        small = small / np.maximum(small.sum(1, keepdims=True), 1e-12)
+        small = small_probs(options, cand[rows], score[rows])
         cand_p = np.where(have, (1 - fusion) * cand_p + fusion * small, -1.0)
     order = np.argsort(-cand_p, axis=1, kind="stable")
     ranked = np.take_along_axis(options, order, axis=1)
@@ -76,3 +71,52 @@ def merge(q: np.ndarray, cand: np.ndarray, score: np.ndarray, match_src: np.ndar
             mt.append(t)
             taken.add(t)
     return Merged(out, np.asarray(ms, np.int64), np.asarray(mt, np.int64), llm_src[answers < 0], llm_pick)
+
+
+def small_probs(options: np.ndarray, cand: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """(n, C) the small model's distribution over each prompt's options: the primary decoder's
+    score of each option (looked up in the source's list cand / score, (n, k)), clipped at 0 and
+    normalised; 0 for padding and for options not in the list."""
+    small = np.zeros(options.shape, np.float64)
+    for i in range(len(options)):
+        pos = {int(t): j for j, t in enumerate(cand[i]) if t >= 0}
+        small[i] = [max(float(score[i, pos[int(t)]]), 0.0) if int(t) >= 0 and int(t) in pos else 0.0 for t in options[i]]
+    return small / np.maximum(small.sum(1, keepdims=True), 1e-12)
+
+
+FUSION_GRID = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 11))
+
+
+def choose_fusion(logp: np.ndarray, n_options: np.ndarray, small: np.ndarray, answer: np.ndarray,
+                  grid=FUSION_GRID) -> tuple[float, dict]:
+    """``llm.fusion: auto``: the weight w of the merge's ``(1 - w) * P_llm + w * P_small`` whose
+    top option is right most often on labelled examples (logp (n, C + 1) the LLM's, with "none"
+    at n_options - 1; small (n, C); answer: the right option, n_options - 1 = none, which no
+    candidate ranking gets right). Ties go to the larger weight (nearer the small model, whose
+    accuracy w = 1 is). Returns (w, {w: Hits@1})."""
+    c = small.shape[1]
+    p = np.exp(logp[:, :c].astype(np.float64))
+    have = np.arange(c)[None, :] < (n_options - 1)[:, None]
+    acc = {}
+    for w in grid:
+        mixed = np.where(have, (1 - w) * p + w * small, -1.0)
+        acc[float(w)] = round(float(np.mean(mixed.argmax(1) == answer)), 4) if len(answer) else 0.0
+    best = max(acc, key=lambda w: (acc[w], w))
+    return best, acc
+
+
+def fusion_weight(fusion, model_folder) -> float:
+    """The merge's fusion weight: ``llm.fusion`` as a number, or "auto" = the weight llm_train
+    chose on its routed validation examples (``fusion.json`` in the trained model folder)."""
+    import json
+    from pathlib import Path
+
+    from hiea_ray.errors import UserError
+
+    if fusion != "auto":
+        return float(fusion)
+    path = Path(model_folder) / "fusion.json" if model_folder else None
+    if path is None or not path.is_file():
+        raise UserError(f"llm.fusion=auto: {path or 'the LLM model folder'} has no fusion.json (a model trained with "
+                        "llm.validation=routed writes it); set llm.fusion to a number")
+    return float(json.loads(path.read_text())["fusion"])

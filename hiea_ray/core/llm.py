@@ -6,6 +6,11 @@
   position, restricted to the option tokens and renormalized: a distribution over the candidates
   and "none", with no generation, no parsing and no invalid answer. Equal to scoring each option
   as a one-token continuation (``tests/test_llm_core.py`` checks it against that brute force).
+- ``llm.readout: slots`` (``HieaLLM`` with a ``ScoreHead``): the same single pass, but each
+  candidate's score is read from the hidden state at its own slot token (moved to the end of its
+  line, so that position has read the source and the whole candidate) and "none"'s at the end of
+  the prompt; the option columns keep the letters' layout. A small model need not learn to bind
+  letters to lines (on DBP15K zh_en the 135M model stays at chance with letters).
 - ``KnowledgeAdapter``: a trainable MLP from the small model's entity vector (the fine-tuned
   bi-encoder's, optionally with structure features appended) to ``n_tokens`` soft tokens of the
   LLM's hidden size; ``inject`` places them at the prompt's slot tokens (``prompt.SLOT``) in the
@@ -44,14 +49,76 @@ def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), pos, torch.zeros_like(pos)).max(dim=1).values
 
 
+def _plain_head(lm):
+    """(decoder, head) when the causal LM's logits are ``head(decoder(...).last_hidden_state)``
+    with a plain linear head (Llama, Qwen, Mistral, GPT-2, ...), else None (soft-capped or scaled
+    logits, a LoRA-wrapped head): then the full forward is used."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    cfg = getattr(base, "config", None)
+    if (type(head) is not nn.Linear or getattr(cfg, "final_logit_softcapping", None) is not None
+            or getattr(cfg, "logit_scale", None) not in (None, 1.0) or getattr(base, "base_model", base) is base):
+        return None
+    return base.base_model, head
+
+
+def option_logits(lm, attention_mask: torch.Tensor, option_ids: list[int], input_ids: torch.Tensor | None = None,
+                  inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, O) next-token logits of the option tokens at each prompt's last real position.
+
+    Only those B x O logits are computed: the decoder's last hidden state at the answer position
+    times the option rows of the LM head (the full head — vocabulary x every position — is a fifth
+    of a 135M model's forward and backward, for logits nobody reads). Falls back to the full
+    forward for heads that are not a plain linear layer."""
+    kw = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
+    last = last_positions(attention_mask)
+    rows = torch.arange(len(last), device=attention_mask.device)
+    plain = _plain_head(lm)
+    if plain is None:
+        logits = lm(attention_mask=attention_mask, **kw).logits  # (B, T, V)
+        return logits[rows, last][:, option_ids]
+    decoder, head = plain
+    hidden = decoder(attention_mask=attention_mask, **kw).last_hidden_state[rows, last]  # (B, H)
+    ids = torch.as_tensor(option_ids, device=hidden.device)
+    w = head.weight[ids].to(hidden.dtype)
+    return torch.nn.functional.linear(hidden, w, None if head.bias is None else head.bias[ids].to(hidden.dtype))
+
+
+def final_hidden(lm, attention_mask: torch.Tensor, inputs_embeds: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) the causal LM's last hidden states (after its final norm), without its LM head."""
+    plain = _plain_head(lm)
+    if plain is not None:
+        return plain[0](inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+    return lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-1]
+
+
+def slot_positions(input_ids: torch.Tensor, slot_id: int, n_slots: int, per_slot: int) -> torch.Tensor:
+    """(B, n_slots) position of the last token of each entity's slot group (``per_slot`` slot
+    tokens each); 0 where a prompt has fewer entities (masked by the caller)."""
+    mask = input_ids == slot_id
+    cum = mask.long().cumsum(1)
+    at = [(mask & (cum == (j + 1) * per_slot)).long().argmax(1) for j in range(n_slots)]
+    return torch.stack(at, 1)
+
+
+class ScoreHead(nn.Module):
+    """``llm.readout: slots``: a candidate's score from the hidden state at its slot (the end of its
+    line), "none"'s from the hidden state at the end of the prompt; zero-initialised (uniform)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.cand = nn.Linear(hidden, 1)
+        self.none = nn.Linear(hidden, 1)
+        for m in (self.cand, self.none):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def option_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, option_ids: list[int],
                     inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """(B, O) log-probabilities over the options from one forward pass (differentiable)."""
-    kw = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
-    logits = model(attention_mask=attention_mask, **kw).logits  # (B, T, V)
-    last = last_positions(attention_mask)
-    at = logits[torch.arange(len(last), device=logits.device), last]  # (B, V)
-    return torch.log_softmax(at[:, option_ids].float(), dim=-1)
+    at = option_logits(model, attention_mask, option_ids, input_ids=input_ids, inputs_embeds=inputs_embeds)
+    return torch.log_softmax(at.float(), dim=-1)
 
 
 class KnowledgeAdapter(nn.Module):
@@ -96,24 +163,47 @@ class HieaLLM(nn.Module):
     to the option letters (``option_ids``) of the options it shows, give a distribution over
     its candidates and "none". DDP wraps this module whole (LoRA and adapter train together)."""
 
-    def __init__(self, lm, adapter: KnowledgeAdapter | None, slot_id: int, option_ids: list[int]):
+    def __init__(self, lm, adapter: KnowledgeAdapter | None, slot_id: int, option_ids: list[int],
+                 score_head: ScoreHead | None = None, per_slot: int = 1):
         super().__init__()
         self.lm = lm
         self.adapter = adapter
         self.slot_id = slot_id
         self.option_ids = list(option_ids)
+        # llm.readout: "letters" (the option letters' logits at the end) or "slots" (score_head)
+        self.score_head = score_head
+        self.per_slot = per_slot  # slot tokens per entity
+
+    @property
+    def readout(self) -> str:
+        return "letters" if self.score_head is None else "slots"
 
     def forward(self, input_ids, attention_mask, slot_vectors=None, slot_valid=None, option_mask=None):
         embeds = self.lm.get_input_embeddings()(input_ids)
         if self.adapter is not None:
             soft = self.adapter(slot_vectors.to(embeds.device, torch.float32))
             embeds = inject(embeds, input_ids, self.slot_id, soft.to(embeds.dtype), slot_valid)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=attention_mask).logits
-        last = last_positions(attention_mask)
-        at = logits[torch.arange(len(last), device=logits.device), last][:, self.option_ids].float()
+        if self.score_head is None:
+            at = option_logits(self.lm, attention_mask, self.option_ids, inputs_embeds=embeds).float()
+        else:
+            at = self._slot_scores(input_ids, attention_mask, embeds, option_mask)
         if option_mask is not None:
             at = at.masked_fill(~option_mask, float("-inf"))
         return torch.log_softmax(at, dim=-1)
+
+    def _slot_scores(self, input_ids, attention_mask, embeds, option_mask):
+        """(B, S) option scores in the letters' layout: candidate j (slot j + 1) at column j for j <
+        n_options - 1, "none" at column n_options - 1 (S = the number of slots = C + 1)."""
+        s = len(self.option_ids)
+        hidden = final_hidden(self.lm, attention_mask, embeds)  # (B, T, H)
+        rows = torch.arange(len(hidden), device=hidden.device)
+        pos = slot_positions(input_ids, self.slot_id, s, self.per_slot)[:, 1:]  # the candidates' slots
+        cand = self.score_head.cand(hidden[rows[:, None], pos]).squeeze(-1).float()  # (B, C)
+        none = self.score_head.none(hidden[rows, last_positions(attention_mask)]).float()  # (B, 1)
+        n_opt = option_mask.sum(1) if option_mask is not None else torch.full_like(rows, s)
+        col = torch.arange(s, device=hidden.device)[None, :]
+        padded = torch.cat([cand, torch.zeros_like(none)], 1)
+        return torch.where(col < (n_opt - 1)[:, None], padded, none.expand(-1, s))
 
     def save_pretrained(self, folder) -> None:
         """LoRA weights (peft's adapter folder), the knowledge adapter and what rebuilds them."""
@@ -122,7 +212,9 @@ class HieaLLM(nn.Module):
         folder = Path(folder)
         # the slot token's embedding row is re-made identically on load (the mean row): LoRA weights only
         self.lm.save_pretrained(folder, save_embedding_layers=False)
-        meta = {"slot_token": SLOT, "option_ids": self.option_ids, "adapter": None}
+        meta = {"slot_token": SLOT, "option_ids": self.option_ids, "adapter": None, "readout": self.readout}
+        if self.score_head is not None:
+            torch.save(self.score_head.state_dict(), folder / "score_head.pt")
         if self.adapter is not None:
             torch.save(self.adapter.state_dict(), folder / "knowledge_adapter.pt")
             a = self.adapter
@@ -134,10 +226,11 @@ class PromptFormat:
     """How prompts meet one tokenizer: the chat template (instruct models) around the prompt,
     token counts that include it, the slot string, and the option letters' token ids."""
 
-    def __init__(self, tokenizer, adapter_tokens: int):
+    def __init__(self, tokenizer, adapter_tokens: int, readout: str = "letters"):
         self.tok = tokenizer
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self.slot = " ".join([SLOT] * max(1, adapter_tokens))
+        self.slot_last = readout == "slots"  # slots read each candidate at its line's end
         self.overhead = len(tokenizer(self.wrap(""), add_special_tokens=False)["input_ids"])
 
     def wrap(self, body: str) -> str:
@@ -209,6 +302,13 @@ def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, t
                                               lora_dropout=opts["lora_dropout"], target_modules=list(opts["lora_targets"]),
                                               task_type="CAUSAL_LM"))
     hidden = model.config.hidden_size
+    readout = meta.get("readout", "letters") if meta is not None else opts.get("readout", "letters")
+    score_head = None
+    if readout == "slots":
+        score_head = ScoreHead(hidden)
+        if trained is not None:
+            score_head.load_state_dict(torch.load(Path(trained) / "score_head.pt", weights_only=True))
+        score_head.requires_grad_(trainable)
     adapter = None
     n_tokens = meta["adapter"]["n_tokens"] if meta is not None and meta["adapter"] else opts["adapter_tokens"]
     if (meta is None and opts["adapter_tokens"] > 0) or (meta is not None and meta["adapter"]):
@@ -216,9 +316,18 @@ def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, t
         if trained is not None:
             adapter.load_state_dict(torch.load(Path(trained) / "knowledge_adapter.pt", weights_only=True))
         adapter.requires_grad_(trainable)
-    fmt = PromptFormat(tok, n_tokens if adapter is not None else 1)
+    fmt = PromptFormat(tok, n_tokens if adapter is not None else 1, readout)
     option_ids = fmt.option_ids(opts["candidates"] + 1)
-    return HieaLLM(lm, adapter, tok.convert_tokens_to_ids(SLOT), option_ids), tok
+    return HieaLLM(lm, adapter, tok.convert_tokens_to_ids(SLOT), option_ids, score_head,
+                   n_tokens if adapter is not None else 1), tok
+
+
+def model_readout(folder) -> str:
+    """The readout ("letters" / "slots") an llm_train model folder was trained with."""
+    import json
+
+    meta = Path(folder) / "hiea_llm.json"
+    return json.loads(meta.read_text()).get("readout", "letters") if meta.is_file() else "letters"
 
 
 # -- model loading ---------------------------------------------------------------------------------
@@ -314,6 +423,21 @@ def encode(tokenizer, texts, vectors: np.ndarray, n_options: np.ndarray, slots: 
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), vec.to(device), have.to(device)
 
 
+def llm_amp_dtype(device, amp: bool, cpu_amp: bool):
+    """bf16 for the LLM's passes on ``device``: on GPU when ``amp``; on CPU only with ``cpu_amp``
+    too (oneDNN's bf16 kernels; without AVX512-BF16 / AMX it runs, slowly: a warning says so)."""
+    if not amp or (device.type != "cuda" and not cpu_amp):
+        return None
+    if device.type == "cpu":
+        from hiea_ray.core.encoder import cpu_has_bf16
+
+        if not cpu_has_bf16():
+            import logging
+
+            logging.getLogger(__name__).warning("llm cpu_amp: this CPU has no native bf16 (AVX512-BF16 / AMX); it runs, slowly")
+    return torch.bfloat16
+
+
 def autocast(device, amp_dtype):
     """bf16/fp16 autocast on ``device`` when ``amp_dtype`` is set, else a no-op context."""
     import contextlib
@@ -359,9 +483,13 @@ def evaluate(model, tokenizer, valid, opts: dict, device) -> dict:
     n_options, answer, small: the option the small model ranks first)."""
     slots = opts["candidates"] + 1
     vectors = [np.asarray(v, np.float32) for v in valid["vectors"].to_pylist()]
+    sc = opts.get("scaling") or {}
     logp = score(model, tokenizer, valid["text"].to_pylist(), vectors, valid["n_options"].to_pylist(), slots, device,
-                 opts.get("infer_batch_size", 8))
+                 opts.get("infer_batch_size", 8), llm_amp_dtype(device, sc.get("amp", True), sc.get("cpu_amp", False)))
     answer = valid["answer"].to_numpy()
+    none = valid["n_options"].to_numpy() - 1
     pick = logp.argmax(1)
     return {"valid_acc": float(np.mean(pick == answer)), "valid_small_acc": float(np.mean(valid["small"].to_numpy() == answer)),
-            "valid_picked_none": float(np.mean(pick == valid["n_options"].to_numpy() - 1))}
+            # Hits@1: a right candidate picked ("none" is no hit even where it is the right answer)
+            "valid_hits1": float(np.mean((pick == answer) & (answer != none))),
+            "valid_picked_none": float(np.mean(pick == none))}

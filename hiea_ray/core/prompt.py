@@ -16,7 +16,9 @@
 - A hard token budget: names and slots always, then facts added round-robin over the entities
   (so every candidate gets its first fact before any gets a second) while the prompt fits.
 - The answer is one letter: the LLM stage reads the next-token logits of the option letters at
-  the end of the prompt (``llm.option_logprobs``), one forward pass, no generation.
+  the end of the prompt (``llm.option_logprobs``), one forward pass, no generation. Or
+  (``llm.readout: slots``) each candidate's score is read at its own slot, moved to the end of
+  its line, and "none"'s at the end of the prompt: still one pass (``llm.HieaLLM``).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ class Prompt:
     tokens: int
 
 
-def _line(prefix: str, e: EntityView, n_facts: int, slot: str = SLOT) -> str:
+def _line(prefix: str, e: EntityView, n_facts: int, slot: str = SLOT, slot_last: bool = False) -> str:
     facts = "; ".join(e.facts[:n_facts])
+    if slot_last:  # the slot closes the line: its position has read the whole entity (llm.readout: slots)
+        return f"{prefix}{e.name}" + (f" | {facts}" if facts else "") + f" {slot}"
     return f"{prefix}{e.name} {slot}" + (f" | {facts}" if facts else "")
 
 
@@ -66,11 +70,13 @@ def build_prompt(
     rng: np.random.Generator,
     gold: int | None = None,
     slot: str = SLOT,
+    slot_last: bool = False,
 ) -> Prompt:
     """The prompt for one source and its candidates, within ``budget`` tokens (``count_tokens``).
 
     gold: the candidate id that is right (training / evaluation), or None. slot: what marks each
-    entity's soft tokens (``SLOT`` once per adapter token). Raises ValueError when
+    entity's soft tokens (``SLOT`` once per adapter token); slot_last: at the end of each entity's
+    line instead of after its name (``llm.readout: slots`` reads each candidate's score there). Raises ValueError when
     even the names do not fit the budget, or when there are more options than letters."""
     if len(candidates) + 1 > len(LETTERS):
         raise ValueError(f"{len(candidates)} candidates: at most {len(LETTERS) - 1} fit the option letters")
@@ -80,8 +86,8 @@ def build_prompt(
     n_facts = [0] * len(entities)
 
     def render() -> str:
-        lines = [HEADER, _line("Source: ", source, n_facts[0], slot)]
-        lines += [_line(f"{LETTERS[i]}. ", e, n_facts[i + 1], slot) for i, e in enumerate(shown)]
+        lines = [HEADER, _line("Source: ", source, n_facts[0], slot, slot_last)]
+        lines += [_line(f"{LETTERS[i]}. ", e, n_facts[i + 1], slot, slot_last) for i, e in enumerate(shown)]
         lines += [f"{LETTERS[len(shown)]}. {NONE}", "Answer:"]
         return "\n".join(lines)
 

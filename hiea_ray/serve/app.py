@@ -160,6 +160,7 @@ class LLM:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, retriever, router, llm, run: str, overrides: list[str]):
+        from hiea_ray.core.hiea import fusion_weight
         from hiea_ray.serve.engine import ServeRun
 
         ctx = ServeRun(run, overrides)
@@ -173,7 +174,7 @@ class Ingress:
         self.ids, self.kg, self.names = ent["id"].to_numpy(), ent["kg"].to_numpy(), ent["name"].to_pylist()
         texts = ctx.texts().sort_by("id")
         self.text_ids, self.texts = texts["id"].to_numpy(), texts["text"].to_pylist()
-        self.fusion = ctx.cfg.llm.fusion
+        self.fusion = fusion_weight(ctx.cfg.llm.fusion, ctx.llm_model) if ctx.has_llm else 0.0
 
     def name(self, i: int) -> str:
         return self.names[int(np.searchsorted(self.ids, i))]

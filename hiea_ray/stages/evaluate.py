@@ -19,12 +19,13 @@ import pyarrow.parquet as pq
 import numpy as np
 import pyarrow.compute as pc
 
-from hiea_ray.core.hiea import merge
+from hiea_ray.core.hiea import fusion_weight, merge
 from hiea_ray.core.metrics import decoder_metrics, metrics_document
 from hiea_ray.core.router import primary_decoder
 from hiea_ray.io import column_to_numpy, read_dir, read_lists, rows_of
 from hiea_ray.plots import plot_metrics
 from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.stages.llm import trained_model
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
@@ -61,8 +62,9 @@ def hiea_metrics(ctx: RunContext, protocol: str, gold_src, gold_tgt) -> dict:
     uncertain = route.filter(pc.invert(route["certain"]))["src"].to_numpy()
     parts = read_dir(ctx.run / "llm" / protocol / "parts")
     llm = parts.sort_by("src")
+    fusion = fusion_weight(cfg.llm.fusion, trained_model(ctx))
     m = merge(q, cand, score, match["src"].to_numpy(), match["tgt"].to_numpy(), uncertain, llm["src"].to_numpy(),
-              column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]), cfg.llm.fusion)
+              column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]), fusion)
     out = decoder_metrics(q, m.cand, m.match_src, m.match_tgt, gold_src, gold_tgt, cfg.evaluate.hits_at)
     gold = dict(zip(gold_src.tolist(), gold_tgt.tolist()))
     llm_src = llm["src"].to_numpy()
@@ -73,7 +75,7 @@ def hiea_metrics(ctx: RunContext, protocol: str, gold_src, gold_tgt) -> dict:
     stats = json.loads((ctx.run / "llm" / "manifest.json").read_text())["stats"]["protocols"][protocol] \
         if (ctx.run / "llm" / "manifest.json").is_file() else {}
     out.update({
-        "primary": primary,
+        "primary": primary, "fusion": fusion,
         "sources": int(len(q)), "routed": int(len(uncertain)), "llm_fraction": round(len(uncertain) / max(len(q), 1), 4),
         "routed_test": int(on_test.sum()),
         "llm_hits@1_routed": float(np.mean(m.llm_pick[on_test] == g[on_test])) if on_test.any() else None,

@@ -38,12 +38,12 @@ class LLMScorer:
     def __init__(self, cfg: dict, base: str, trained: str, vector_dim: int):
         import torch
 
-        from hiea_ray.core.llm import load_hiea_llm
+        from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm
 
         self.cfg = LLMConfig(**{k: v for k, v in cfg.items() if k != "scaling"})
         set_threads(self.cfg.torch_threads or os.cpu_count())
         self.device = torch.device("cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
-        self.amp = torch.bfloat16 if (self.device.type == "cuda" and self.cfg.amp) else None
+        self.amp = llm_amp_dtype(self.device, self.cfg.amp, self.cfg.cpu_amp)
         self.model, self.tokenizer = load_hiea_llm(base, trained, vector_dim, cfg, trainable=False)
         self.model.to(self.device)
 

@@ -10,7 +10,8 @@ probabilities choose the threshold (``route.target_precision`` / ``route.max_llm
 the classifier refit on all labelled sources scores the test sources.
 
 Outputs per protocol: ``route.parquet`` (src, answer = the primary decoder's top-1, prob,
-certain), ``router.pkl`` + ``router.json`` (the fitted classifier, threshold, feature names: what
+certain), ``labelled.parquet`` (the seed sources out of fold: gold, probability, routed or not,
+right or not, the primary decoder's top-32 list and scores — the LLM tier's validation set), ``router.pkl`` + ``router.json`` (the fitted classifier, threshold, feature names: what
 the Serve tier loads); ``report.json`` (share routed; precision / recall of the certain set on the
 labelled sources and, for evaluation only, on the test links) and ``route.png``.
 
@@ -39,7 +40,7 @@ from hiea_ray.core.router import (Router, anchor_folds, certain_set_report, choo
                                   coverage_curve, neighbour_consistency, primary_decoder)
 from hiea_ray.core.structure import SeedGraphs
 from hiea_ray.errors import UserError
-from hiea_ray.io import read_lists, rows_of, to_local
+from hiea_ray.io import embeddings_column, read_lists, rows_of, to_local
 from hiea_ray.stages.base import RunContext, StageDef
 
 log = logging.getLogger("hiea_ray")
@@ -77,15 +78,21 @@ def decoded_lists(ctx: RunContext, protocol: str):
     return q, b, lists, to_local(q, t2s_ids), t2s_score
 
 
+# how much of each labelled source's primary list ``labelled.parquet`` keeps (the LLM tier shows <= 25)
+LABELLED_LIST = 32
+
+
 def labelled_features(ctx: RunContext, protocol: str, graphs: SeedGraphs, seeds: pa.Table, fold: np.ndarray,
-                      primary: str, vectors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X, right, src) of the seed links, each fold decoded without its own links as anchors."""
+                      primary: str, vectors) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X, right, src, cand, score) of the seed links, each fold decoded without its own links as
+    anchors; cand / score: the primary decoder's list of each (global ids, -1 padded), as a test
+    source's list is made."""
     cfg = ctx.cfg
     ids, kg, vecs = vectors
     test = ctx.pair().links_of("test")
     t_src, t_tgt = test["src"].to_numpy(), test["tgt"].to_numpy()
     s_src, s_tgt = seeds["src"].to_numpy(), seeds["tgt"].to_numpy()
-    Xs, rights, srcs = [], [], []
+    Xs, rights, srcs, cands, scores = [], [], [], [], []
     for j in range(int(fold.max()) + 1 if len(fold) else 0):
         f_src, f_tgt = s_src[fold == j], s_tgt[fold == j]
         # the protocol's pool with fold j's links in it (all-targets: the pool already holds them)
@@ -101,7 +108,14 @@ def labelled_features(ctx: RunContext, protocol: str, graphs: SeedGraphs, seeds:
         Xs.append(X[rows])
         rights.append((best[rows] >= 0) & (b[np.maximum(best[rows], 0)] == f_tgt))
         srcs.append(f_src)
-    return np.concatenate(Xs), np.concatenate(rights), np.concatenate(srcs)
+        idx, score = lists[primary]
+        keep = min(LABELLED_LIST, idx.shape[1])
+        top = np.argsort(-np.where(idx[rows] >= 0, score[rows], -np.inf), axis=1, kind="stable")[:, :keep]
+        li = np.take_along_axis(idx[rows], top, 1)
+        cands.append(np.where(li >= 0, b[np.maximum(li, 0)], -1))
+        scores.append(np.take_along_axis(score[rows], top, 1).astype(np.float32))
+    return (np.concatenate(Xs), np.concatenate(rights), np.concatenate(srcs), np.concatenate(cands),
+            np.concatenate(scores))
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
@@ -126,7 +140,8 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         out.mkdir(parents=True)
         q, b, lists, t2s, t2s_score = decoded_lists(ctx, protocol)
         X, names, best = features(lists, t2s, t2s_score, q, b, graphs, primary)
-        X_lab, right, lab_src = labelled_features(ctx, protocol, graphs, seeds, fold, primary, vectors)
+        X_lab, right, lab_src, lab_cand, lab_score = labelled_features(ctx, protocol, graphs, seeds, fold, primary,
+                                                                       vectors)
         router = Router(seed=rc.seed)
         oof = router.cross_fit(X_lab, right, rc.cv_folds)
         threshold = choose_threshold(oof, right, rc.target_precision, rc.max_llm_fraction)
@@ -136,6 +151,14 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         answer = np.where(best >= 0, b[np.maximum(best, 0)], -1)
         pq.write_table(pa.table({"src": q, "answer": answer, "prob": prob.astype(np.float32), "certain": certain}),
                        out / "route.parquet")
+        # the labelled sources as the router sees them out of fold: which it would route, and their
+        # primary lists (the LLM tier validates, and tunes llm.fusion, on the routed ones)
+        gold_of = dict(zip(seeds["src"].to_pylist(), seeds["tgt"].to_pylist()))
+        pq.write_table(pa.table({
+            "src": lab_src, "tgt": np.array([gold_of[int(x)] for x in lab_src], np.int64),
+            "prob": oof.astype(np.float32), "routed": oof < threshold, "right": right,
+            "cand": embeddings_column(lab_cand.astype(np.int64)), "score": embeddings_column(lab_score)}),
+            out / "labelled.parquet")
         (out / "router.pkl").write_bytes(pickle.dumps(router.model))
         (out / "router.json").write_text(json.dumps(
             {"threshold": threshold, "features": names, "primary": primary, "labelled": int(len(right))}, indent=2))

@@ -5,9 +5,12 @@ sources' prompts (``llm``), built on the driver from the KG pair and the small m
   certain (its small-model answer) — is shown with it (``core.prompt.Neighbourhoods``).
 - Training examples: train links (``llm.max_train_links``, seeded sample); candidates = the top C
   of the retriever's ranking over *all* KG2 entities (the gold put at a random slot when missed; a
-  share ``llm.none_fraction`` with the gold removed: answer "none"). Validation: the valid links,
-  built the same way; ``small`` is the option the retriever ranks first (its accuracy on the same
-  examples is the baseline the LLM must beat).
+  share ``llm.none_fraction`` with the gold removed: answer "none"). Validation
+  (``llm.validation``): "routed" — the labelled sources the router would route (the route stage's
+  out-of-fold ``labelled.parquet``), a share held out of training and shown exactly the candidates
+  a routed test source gets; the rest of them join the training examples — or "links" — the valid
+  links built as the training ones. ``small`` is the option the small model ranks first (its
+  accuracy on the same examples is the baseline the LLM must beat).
 - A prompt row: src, text (chat-wrapped), vectors (the slot entities' retriever vectors, flattened,
   zero-padded to C + 1 slots), n_options (candidates + "none"), answer (-1 at inference), options
   (candidate ids in option order, -1 padded), tokens.
@@ -49,7 +52,8 @@ def one_prompt(key: int, source: EntityView, cand: list[int], cand_views: list[E
                gold: int | None = None) -> tuple[Prompt, list[int]]:
     """One source's prompt (options in a seeded order: ``key`` + ``seed``) and the candidate ids
     in option order; what ``prompt_table`` and the Serve tier's LLM deployment both build."""
-    p = build_prompt(source, cand_views, fmt.count, budget, np.random.default_rng([seed, key]), gold=gold, slot=fmt.slot)
+    p = build_prompt(source, cand_views, fmt.count, budget, np.random.default_rng([seed, key]), gold=gold, slot=fmt.slot,
+                     slot_last=getattr(fmt, "slot_last", False))
     return p, [cand[j] for j in p.order]
 
 
@@ -88,17 +92,48 @@ def prompt_table(src: np.ndarray, cands: np.ndarray, gold: np.ndarray | None, nb
     })
 
 
-def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, ids, vecs) -> tuple[pa.Table, pa.Table]:
-    """(train rows, validation rows) from the train / valid links. ranked_of(src ids, depth) ->
-    (n, depth) target ids ranked by the retriever over all KG2 entities."""
+def routed_split(labelled: pa.Table, opts) -> tuple[pa.Table, pa.Table]:
+    """(train part, validation part) of the route stage's labelled sources (``labelled.parquet``)
+    that the router would send to the LLM: the examples made exactly as a routed test source's
+    (out-of-fold primary lists). A seeded share ``llm.routed_valid_fraction`` (at most
+    ``llm.valid_links``) is held out for validation; the rest trains."""
+    import pyarrow.compute as pc
+
+    routed = labelled.filter(labelled["routed"])
+    rng = np.random.default_rng([opts.scaling.seed, 1])
+    n_valid = int(round(opts.routed_valid_fraction * routed.num_rows))
+    if opts.valid_links:
+        n_valid = min(n_valid, opts.valid_links)
+    is_valid = np.zeros(routed.num_rows, bool)
+    is_valid[rng.choice(routed.num_rows, n_valid, replace=False)] = True
+    return routed.filter(pa.array(~is_valid)), routed.filter(pa.array(is_valid)).sort_by("src")
+
+
+def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, ids, vecs,
+                    routed: tuple[pa.Table, pa.Table] | None = None) -> tuple[pa.Table, pa.Table]:
+    """(train rows, validation rows). ranked_of(src ids, depth) -> (n, depth) target ids ranked by
+    the retriever over all KG2 entities.
+
+    Without ``routed`` (``llm.validation: links``): train rows from the train links, validation
+    rows from the valid links, both with the retriever's candidates (gold inserted when missed).
+    With ``routed`` (``routed_split``; ``llm.validation: routed``): the train links minus the
+    held-out sources, plus the routed training part with their own primary lists (gold inserted
+    when missed, as any training example); validation = the held-out part with exactly the
+    candidates a routed test source gets (the primary list's top C; the gold is not inserted:
+    "none" is the right answer when the list missed it), ``small`` = the primary decoder's top-1."""
     import pyarrow.compute as pc
 
     seed = opts.scaling.seed
     rng = np.random.default_rng(seed)
     c = opts.candidates
     out = []
+    held = set() if routed is None else set(routed[1]["src"].to_pylist())
     for split, cap in (("train", opts.max_train_links), ("valid", opts.valid_links)):
+        if split == "valid" and routed is not None:
+            break
         t = links.filter(pc.equal(links["split"], split))
+        if held:
+            t = t.filter(pc.invert(pc.is_in(t["src"], pa.array(sorted(held), pa.int64()))))
         if split == "valid" and t.num_rows == 0:
             log.warning("llm_train: no validation links; validating on train links")
             t = links.filter(pc.equal(links["split"], "train"))
@@ -107,6 +142,18 @@ def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, i
         src, gold = t["src"].to_numpy(), t["tgt"].to_numpy()
         ranked = ranked_of(src, c + 8)
         cands, _ = training_candidates(ranked, gold, c, opts.none_fraction, rng)
-        table = prompt_table(src, cands, gold, nb, fmt, opts.prompt_tokens, ids, vecs, c, seed, small_first=ranked[:, 0])
-        out.append(table.take(rng.permutation(table.num_rows)) if split == "train" else table)
-    return out[0], out[1]
+        out.append(prompt_table(src, cands, gold, nb, fmt, opts.prompt_tokens, ids, vecs, c, seed, small_first=ranked[:, 0]))
+    if routed is not None:
+        from hiea_ray.io import column_to_numpy
+
+        hard, valid = routed
+        if hard.num_rows:
+            src, gold, ranked = hard["src"].to_numpy(), hard["tgt"].to_numpy(), column_to_numpy(hard["cand"])
+            cands, _ = training_candidates(ranked, gold, c, opts.none_fraction, rng)
+            out[0] = pa.concat_tables([out[0], prompt_table(src, cands, gold, nb, fmt, opts.prompt_tokens, ids, vecs, c,
+                                                            seed, small_first=ranked[:, 0])])
+        ranked = column_to_numpy(valid["cand"]) if valid.num_rows else np.zeros((0, c), np.int64)
+        out.append(prompt_table(valid["src"].to_numpy(), ranked, valid["tgt"].to_numpy(), nb, fmt, opts.prompt_tokens,
+                                ids, vecs, c, seed, small_first=ranked[:, 0] if len(ranked) else None))
+    train = out[0]
+    return train.take(rng.permutation(train.num_rows)), out[1]

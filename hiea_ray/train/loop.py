@@ -94,7 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
     steps_per_epoch = config["n_train"] // (per_worker * world)
     epochs = opts["epochs"]
     total = max(1, steps_per_epoch * epochs)
-    amp_dtype = torch.bfloat16 if (sc["amp"] and device.type == "cuda") else None
+    amp_dtype = torch.bfloat16 if (sc["amp"] and (device.type == "cuda" or sc.get("cpu_amp"))) else None
     if zero:
         # DeepSpeed ZeRO: the engine replaces DDP and does backward, clipping, optimizer and
         # scheduler steps; optimizer states (stage 1), gradients (2) and parameters (3) are sharded.
