@@ -122,6 +122,12 @@ def test_overrides_win_over_yaml_and_merge(tmp_path):
         ("decode.match_threshold=high", "decode.match_threshold"),
         ("decode.csls_k=100", "decode.csls_k"),
         ("embed=3", "embed"),
+        ("llm.fusion=often", "llm.fusion"),
+        ("llm.fusion=1.5", "llm.fusion"),
+        ("llm.readout=words", "llm.readout"),
+        ("llm.validation=test", "llm.validation"),
+        ("llm.routed_valid_fraction=1", "llm.routed_valid_fraction"),
+        ("llm.cpu_amp=maybe", "llm.cpu_amp"),
     ],
 )
 def test_bad_value_names_the_field(item, field):
@@ -181,3 +187,14 @@ def test_section_hash_changes_only_with_its_sections():
     # extra payload is part of the key
     assert section_hash(base, "embed", extra={"a": 1}) != section_hash(base, "embed", extra={"a": 2})
     assert section_hash(base, "embed", extra={"a": 1}) != h_embed
+
+
+def test_llm_fusion_is_a_weight_or_auto_and_stays_out_of_the_training_keys():
+    assert load_config(overrides=["llm.fusion=auto"]).llm.fusion == "auto"
+    assert load_config(overrides=["llm.fusion=0.25"]).llm.fusion == 0.25
+    a, b = load_config(overrides=["llm.fusion=0.25"]), load_config(overrides=["llm.fusion=auto"])
+    assert section_hash(a, "llm") == section_hash(b, "llm")  # llm_train / llm keys: trying a weight re-trains nothing
+    assert section_hash(a, "llm.fusion") != section_hash(b, "llm.fusion")  # the evaluate stage's key sees it
+    # fields added later keep earlier runs' keys at their defaults
+    assert section_hash(load_config(overrides=["llm.cpu_amp=false"]), "llm") == section_hash(Config(), "llm")
+    assert section_hash(load_config(overrides=["llm.cpu_amp=true"]), "llm") != section_hash(Config(), "llm")
