@@ -18,6 +18,7 @@ Hits@1 there (``llm.fusion: auto`` uses it).
 from __future__ import annotations
 
 import json
+import os
 import logging
 import shutil
 import time
@@ -82,7 +83,7 @@ def tune_fusion(model_dir: Path, base: str, vector_dim: int, valid, held, lc) ->
     from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, score
     from hiea_ray.io import column_to_numpy
 
-    set_threads(lc.torch_threads or None)
+    set_threads(lc.torch_threads or os.cpu_count() or 1)
     device = torch.device("cpu")
     model, tok = load_hiea_llm(base, str(model_dir), vector_dim, asdict(lc), trainable=False)
     slots = lc.candidates + 1
