@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from ray_conftest_helpers import e2e_run, hiea_run_shared
 
+from hiea_ray.core.hiea import small_probs
 from hiea_ray.errors import UserError
 from hiea_ray.io import column_to_numpy, read_dir, read_lists
 
@@ -127,6 +128,7 @@ def test_http_answers_equal_the_offline_run(app_url, served_run):
     import requests
 
     route, q, cand, score, parts, _ = _offline(served_run)
+    fusion = json.loads((served_run / "llm_train" / "model" / "fusion.json").read_text())["fusion"]
     h = requests.get(f"{app_url}/healthz", timeout=30).json()
     assert h["status"] == "ok" and h["llm"] and h["protocol"] == "standard"
     assert "/v1/align" in requests.get(f"{app_url}/openapi.json", timeout=30).json()["paths"]
@@ -147,11 +149,14 @@ def test_http_answers_equal_the_offline_run(app_url, served_run):
             assert [c["id"] for c in b["candidates"]] == [int(x) for x in cand[i, :3]]
             assert [c["score"] for c in b["candidates"]] == pytest.approx([float(x) for x in score[i, :3]], abs=1e-4)
             assert b["match"]["id"] == route["answer"][i]
-        else:  # the LLM's pick among its options (or none), as the run's llm stage scored it
+        else:  # the run's merge for this source: the llm stage's distribution fused with the small
+            # model's at the run's weight (llm.fusion: auto -> llm_train/model/fusion.json), or none
             p = np.exp(llm_pick[s])
             n = int((opts[s] >= 0).sum())
-            best = int(np.argmax(p[:n]))
-            want = int(opts[s][best]) if p[best] > p[n] else None
+            small = small_probs(opts[s][None, :], cand[i][None, :], score[i][None, :])[0]
+            fused = (1 - fusion) * p[:n] + fusion * small[:n]
+            best = int(np.argmax(fused))
+            want = int(opts[s][best]) if fused[best] > p[n] else None
             assert (b["match"] or {}).get("id") == want and b["abstained"] == (want is None)
             assert b["candidates"][0]["id"] in [int(x) for x in opts[s][:n]]
     batch = _post(f"{app_url}/v1/align/batch", {"queries": [{"id": int(route["src"][i])} for i in picks[:5]]})
