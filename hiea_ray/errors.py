@@ -18,6 +18,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (what cluster schedulers and `kill` send), ended like Ctrl-C."""
 
 
+# set by the SIGTERM handler: an exception raised from a signal handler is lost when the signal
+# lands inside a finalizer (a weakref callback, __del__); ``check_terminated`` raises it again
+_TERM_SEEN: list[bool] = []
+
+
 def handle_sigterm() -> None:
     """Turn SIGTERM into ``Terminated`` in the main thread (re-installed after ``ray.init``, which
     sets its own handler)."""
@@ -28,9 +33,17 @@ def handle_sigterm() -> None:
         return
 
     def _raise(signum, frame):
+        _TERM_SEEN.append(True)
         raise Terminated()
 
     signal.signal(signal.SIGTERM, _raise)
+
+
+def check_terminated() -> None:
+    """Raise ``Terminated`` if a SIGTERM arrived whose exception was swallowed (see ``_TERM_SEEN``);
+    the pipeline calls it between stages and at the end."""
+    if _TERM_SEEN:
+        raise Terminated()
 
 
 # errno values of file-system trouble a user can fix (permissions, a full or read-only disk).

@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 
 from hiea_ray.config import Config, section_hash
-from hiea_ray.errors import UserError
+from hiea_ray.errors import UserError, check_terminated
 from hiea_ray.manifest import Stage
 from hiea_ray.stages import REGISTRY, STAGES, RunContext, StageDef
 
@@ -105,9 +105,11 @@ class Pipeline(RunContext):
         for name in STAGES:
             sd = REGISTRY[name]
             if sd.enabled(self.cfg):
+                check_terminated()
                 out = self.run_stage(name)
                 if sd.publish is not None:
                     out = sd.publish(self)
             if name == until:
                 break
+        check_terminated()
         return out

@@ -264,3 +264,31 @@ def _read_only_mount(tmp_path: Path) -> Path:
         pytest.skip("cannot make a read-only folder here (not root and no mount)")
     atexit.register(lambda: subprocess.run(["umount", str(ro)], capture_output=True))
     return ro
+
+
+def test_a_sigterm_swallowed_inside_a_finalizer_still_ends_the_run():
+    """A signal handler's exception is lost when the signal lands in a weakref callback / __del__
+    (Python prints "Exception ignored"); the pipeline's check between stages raises it again."""
+    import gc
+    import os
+    import signal
+    import weakref
+
+    from hiea_ray import errors
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        errors.handle_sigterm()
+
+        class Thing:
+            pass
+
+        t = Thing()
+        weakref.finalize(t, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        del t
+        gc.collect()  # the handler ran inside the finalizer: its Terminated was swallowed
+        with pytest.raises(errors.Terminated):
+            errors.check_terminated()
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        errors._TERM_SEEN.clear()
