@@ -36,6 +36,18 @@ def handle_sigterm() -> None:
         _TERM_SEEN.append(True)
         raise Terminated()
 
+    import sys
+
+    if not getattr(sys.unraisablehook, "_hiea", False):
+        default = sys.unraisablehook
+
+        def _quiet(unraisable):  # a Terminated swallowed by a finalizer: no "Exception ignored" traceback
+            if not isinstance(unraisable.exc_value, Terminated):
+                default(unraisable)
+
+        _quiet._hiea = True
+        sys.unraisablehook = _quiet
+
     signal.signal(signal.SIGTERM, _raise)
 
 

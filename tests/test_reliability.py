@@ -272,6 +272,7 @@ def test_a_sigterm_swallowed_inside_a_finalizer_still_ends_the_run():
     import gc
     import os
     import signal
+    import sys
     import weakref
 
     from hiea_ray import errors
@@ -286,7 +287,15 @@ def test_a_sigterm_swallowed_inside_a_finalizer_still_ends_the_run():
         t = Thing()
         weakref.finalize(t, lambda: os.kill(os.getpid(), signal.SIGTERM))
         del t
-        gc.collect()  # the handler ran inside the finalizer: its Terminated was swallowed
+        seen = []
+        hook = sys.unraisablehook
+        sys.unraisablehook = lambda u: seen.append(u)  # what Python would print as "Exception ignored"
+        try:
+            errors.handle_sigterm()  # wraps the hook in place: Terminated is not reported
+            gc.collect()  # the handler ran inside the finalizer: its Terminated was swallowed
+        finally:
+            sys.unraisablehook = hook
+        assert seen == []
         with pytest.raises(errors.Terminated):
             errors.check_terminated()
     finally:
