@@ -18,8 +18,8 @@ Hits@1 there (``llm.fusion: auto`` uses it).
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -70,7 +70,8 @@ def routed_examples(ctx: RunContext, protocol: str):
 
 def without(links: list[tuple[np.ndarray, np.ndarray]], held: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Known-match arrays minus the pairs whose source is held out (never shown as a bridge)."""
-    return [(s[~np.isin(s, held)], t[~np.isin(s, held)]) for s, t in links]
+    keep = [~np.isin(s, held) for s, _ in links]
+    return [(s[k], t[k]) for (s, t), k in zip(links, keep)]
 
 
 def tune_fusion(model_dir: Path, base: str, vector_dim: int, valid, held, lc) -> dict:

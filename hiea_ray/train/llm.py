@@ -97,8 +97,6 @@ def routed_split(labelled: pa.Table, opts) -> tuple[pa.Table, pa.Table]:
     that the router would send to the LLM: the examples made exactly as a routed test source's
     (out-of-fold primary lists). A seeded share ``llm.routed_valid_fraction`` (at most
     ``llm.valid_links``) is held out for validation; the rest trains."""
-    import pyarrow.compute as pc
-
     routed = labelled.filter(labelled["routed"])
     rng = np.random.default_rng([opts.scaling.seed, 1])
     n_valid = int(round(opts.routed_valid_fraction * routed.num_rows))
@@ -128,9 +126,8 @@ def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, i
     c = opts.candidates
     out = []
     held = set() if routed is None else set(routed[1]["src"].to_pylist())
-    for split, cap in (("train", opts.max_train_links), ("valid", opts.valid_links)):
-        if split == "valid" and routed is not None:
-            break
+    splits = [("train", opts.max_train_links)] + ([("valid", opts.valid_links)] if routed is None else [])
+    for split, cap in splits:
         t = links.filter(pc.equal(links["split"], split))
         if held:
             t = t.filter(pc.invert(pc.is_in(t["src"], pa.array(sorted(held), pa.int64()))))
