@@ -384,6 +384,11 @@ class RouteConfig:
     # Labelled sources: the seed links (decode.structure_anchors) in this many folds, each decoded
     # with the other folds as anchors, so its features are made as a test source's are.
     folds: int = 5
+    # Splits of the labelled sources, a subset of decode.structure_anchors; [] = auto: the anchor
+    # splits no small model trained on (the retriever and the reranker fine-tune on "train", and a
+    # source a model learned is answered better than a test source: its features are not a test
+    # source's). Without training: all the anchors.
+    labelled: list[str] = added(default_factory=list)
     # Folds of the classifier's out-of-fold probabilities (what the threshold is chosen on).
     cv_folds: int = 5
     seed: int = 0

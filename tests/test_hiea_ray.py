@@ -231,3 +231,31 @@ def test_route_alone_on_both_protocols(e2e, tmp_path):
     budget.run_stage("route")
     rep = json.loads((run / "route" / "report.json").read_text())["protocols"]
     assert all(rep[p]["labelled"]["certain_fraction"] >= 0.7 - 1e-9 for p in rep)  # at most 30% to the LLM
+    # labelled by the validation links only (what "auto" picks when the retriever trained on "train"):
+    # the train links stay anchors of every fold's decode and are never labelled
+    valid_only = Pipeline(load_config(overrides=tiny_overrides(
+        e2e["model"], "decode.decoders=[top1,sinkhorn,structure]", "route.enabled=true", "route.folds=3",
+        "route.target_precision=0.9", "route.labelled=[valid]", "evaluate.protocols=[standard,all-targets]")),
+        e2e["data"], run)
+    valid_only.run_stage("route")
+    valid = pair.links_of("valid")["src"].to_numpy()
+    for p in ("standard", "all-targets"):
+        lab = pq.read_table(run / "route" / p / "labelled.parquet")
+        assert sorted(lab["src"].to_pylist()) == sorted(valid.tolist())
+
+
+def test_router_labels_only_what_no_small_model_trained_on(e2e):
+    from hiea_ray.stages.route import labelled_splits
+
+    def splits(*sets):
+        return labelled_splits(load_config(overrides=tiny_overrides(e2e["model"], *sets)), ["train", "valid"])
+
+    assert splits() == ["train", "valid"]  # zero-shot small models: every seed link is test-like
+    assert splits("train.enabled=true") == ["valid"]  # the retriever learned the train links
+    assert splits("rerank.enabled=true") == ["valid"]  # so did the reranker
+    assert splits("train.enabled=true", "route.labelled=[train]") == ["train"]  # said explicitly: as said
+    with pytest.raises(UserError, match="route.labelled: test not among the structure anchors"):
+        splits("route.labelled=[test]")
+    cfg = load_config(overrides=tiny_overrides(e2e["model"], "train.enabled=true"))
+    with pytest.raises(UserError, match="data.valid_fraction"):
+        labelled_splits(cfg, ["train"])

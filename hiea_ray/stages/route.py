@@ -3,9 +3,10 @@
 Per protocol, each test source's confidence features (``core.router.confidence_features``: every
 decoder's top-1 score and margin, agreement with the primary decoder, mutual best, neighbour
 consistency of the primary match, degree) come from the decode stage's lists. The classifier's
-labelled sources are the seed links, in ``route.folds`` folds: fold j is decoded (the protocol's
-pool plus fold j's links, all decoders) with the *other* folds as structure anchors, so its
-features are made as the test sources' are and its answers are not trivially right. Out-of-fold
+labelled sources are the seed links no small model trained on (``route.labelled``: with retriever
+or reranker training, the validation links), in ``route.folds`` folds: fold j is decoded (the
+protocol's pool plus fold j's links, all decoders) with every other seed link as a structure
+anchor, so its features are made as the test sources' are and its answers are not trivially right. Out-of-fold
 probabilities choose the threshold (``route.target_precision`` / ``route.max_llm_fraction``);
 the classifier refit on all labelled sources scores the test sources.
 
@@ -48,6 +49,22 @@ log = logging.getLogger("hiea_ray")
 
 def route_enabled(cfg) -> bool:
     return cfg.route.enabled or cfg.llm.enabled
+
+
+def labelled_splits(cfg, anchors: list[str]) -> list[str]:
+    """``route.labelled``, "auto" ([]) resolved: the anchor splits no small model trained on."""
+    if cfg.route.labelled:
+        bad = sorted(set(cfg.route.labelled) - set(anchors))
+        if bad:
+            raise UserError(f"config field route.labelled: {', '.join(bad)} not among the structure anchors "
+                            f"(decode.structure_anchors: {', '.join(anchors)})")
+        return list(cfg.route.labelled)
+    trained = {"train"} if cfg.train.enabled or cfg.rerank.enabled else set()
+    splits = [s for s in anchors if s not in trained]
+    if not splits:
+        raise UserError(f"route: every anchor split ({', '.join(anchors)}) trained a small model, so none can label "
+                        "the certainty classifier; add validation links (data.valid_fraction) or set route.labelled")
+    return splits
 
 
 def features(lists: dict, t2s, t2s_score, q: np.ndarray, b: np.ndarray, graphs: SeedGraphs, primary: str):
@@ -125,10 +142,14 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     anchors = cfg.decode.structure_anchors or ["train", "valid"]
     graphs = SeedGraphs.of(pair, anchors)
     seeds = pair.links.filter(pc.is_in(pair.links["split"], pa.array(anchors, pa.string())))
-    if seeds.num_rows < 2 * rc.folds:
-        raise UserError(f"route: {seeds.num_rows} seed links ({', '.join(anchors)}) are too few to label "
+    splits = labelled_splits(cfg, anchors)
+    is_lab = pc.is_in(seeds["split"], pa.array(splits, pa.string())).to_numpy(zero_copy_only=False)
+    if is_lab.sum() < 2 * rc.folds:
+        raise UserError(f"route: {int(is_lab.sum())} seed links ({', '.join(splits)}) are too few to label "
                         f"{rc.folds} folds for the certainty classifier")
-    fold = anchor_folds(seeds.num_rows, rc.folds, rc.seed)
+    # fold of each seed link; -1: an anchor in every fold's decode, never labelled
+    fold = np.full(seeds.num_rows, -1, np.int64)
+    fold[is_lab] = anchor_folds(int(is_lab.sum()), rc.folds, rc.seed)
     vectors = ctx.embeddings()
     test = pair.links_of("test")
     gold = dict(zip(test["src"].to_pylist(), test["tgt"].to_pylist()))
@@ -190,6 +211,6 @@ STAGE = StageDef(
     name="route",
     body=run,
     reads=("decode", "embed"),
-    config=("route", "decode", "retrieve", "evaluate.protocols"),
+    config=("route", "decode", "retrieve", "evaluate.protocols"),  # train / rerank: through embed / decode
     enabled=route_enabled,
 )
