@@ -447,7 +447,8 @@ class LLMConfig:
     fusion: float | str = field(default=0.0, metadata={"runtime": True})
     # What llm_train validates on (and keeps the best checkpoint by): "routed" = the labelled seed
     # sources the router would route (out of fold: candidates made as a routed test source's), a
-    # share routed_valid_fraction (at most valid_links) held out of training, the rest added to it;
+    # share routed_valid_fraction (at most valid_links; 1 = all: when the router routes few of
+    # them, as over strong small models) held out of training, the rest added to it;
     # "links" = the valid links with the retriever's candidates (gold inserted when missed).
     validation: str = "routed"
     routed_valid_fraction: float = 0.5
@@ -597,8 +598,8 @@ class Config:
             raise UserError(f"config field llm.readout: {self.llm.readout!r} is not one of ['letters', 'slots']")
         if self.llm.validation not in ("routed", "links"):
             raise UserError(f"config field llm.validation: {self.llm.validation!r} is not one of ['links', 'routed']")
-        if not 0.0 < self.llm.routed_valid_fraction < 1.0:
-            raise UserError("config field llm.routed_valid_fraction: must be in (0, 1)")
+        if not 0.0 < self.llm.routed_valid_fraction <= 1.0:
+            raise UserError("config field llm.routed_valid_fraction: must be in (0, 1]")
         if self.llm.enabled and not self.llm.train and not self.llm.trained:
             raise UserError("config field llm.trained: llm.train is false, so name a trained llm_train model folder")
         if self.llm.enabled and self.llm.candidates > min(self.retrieve.k, 25):

@@ -126,7 +126,7 @@ def test_overrides_win_over_yaml_and_merge(tmp_path):
         ("llm.fusion=1.5", "llm.fusion"),
         ("llm.readout=words", "llm.readout"),
         ("llm.validation=test", "llm.validation"),
-        ("llm.routed_valid_fraction=1", "llm.routed_valid_fraction"),
+        ("llm.routed_valid_fraction=1.5", "llm.routed_valid_fraction"),
         ("llm.cpu_amp=maybe", "llm.cpu_amp"),
     ],
 )

@@ -241,6 +241,13 @@ def test_routed_validation_holds_its_sources_out_of_training_and_shows_test_like
     hard, held = routed_split(labelled, lc)
     assert held.num_rows == 8 and hard.num_rows == 16  # min(0.5 * 24, valid_links)
     assert set(held["src"].to_pylist()).isdisjoint(hard["src"].to_pylist()) and max(held["src"].to_pylist()) < 24
+    # routed_valid_fraction 1: every routed one validates (few routed: none is spared for training)
+    import dataclasses
+
+    all_hard, all_held = routed_split(labelled, dataclasses.replace(lc, routed_valid_fraction=1.0, valid_links=300))
+    assert all_hard.num_rows == 0 and all_held["src"].to_pylist() == list(range(24))
+    assert training_tables(links, lambda s, d: np.stack([100 + (np.asarray(s) + j) % n for j in range(d)], axis=1), nb,
+                           Fmt(), lc, ids, vecs, (all_hard, all_held))[0].num_rows == 30 - 24  # train links minus the held 0..23
 
     def ranked_of(s, depth):
         return np.stack([100 + (np.asarray(s) + j) % n for j in range(depth)], axis=1)
