@@ -11,7 +11,7 @@ routes the least certain share s to the LLM: for s up to the share the run route
 are the run's own; beyond it, the merge's accuracy (the LLM fused with the small model at the
 run's weight) on ``--extra`` randomly drawn certain sources (scored here with the run's trained
 LLM, one forward pass each) is used as an estimate (dashed).
-Writes benchmarks/results/hiea_tier_<pair>.json and .png. The test links are used for evaluation
+Writes benchmarks/results/hiea_tier_<pair>[-<tag>].json and .png. The test links are used for evaluation
 only: nothing is chosen on them.
 """
 
@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--run", required=True)
     ap.add_argument("--extra", type=int, default=300, help="certain test sources scored by the LLM for the curve")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="results file hiea_tier_<pair>-<tag>.json (a variant of the config)")
     args = ap.parse_args(argv)
     run = Path(args.run)
     cfg = config_from_dict(json.loads((run / "config.resolved.json").read_text()), str(run / "config.resolved.json"))
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
                                  "wall_s": round(extra_wall, 1)},
         "curve": curve,
     }
-    out = ROOT / "benchmarks" / "results" / f"hiea_tier_{args.pair}.json"
+    out = ROOT / "benchmarks" / "results" / f"hiea_tier_{args.pair}{'-' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(res, indent=2))
     plot(res, out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in res.items() if k != "curve"}, indent=2))
