@@ -8,9 +8,9 @@ against the share routed.
 Everything but the curve comes from the run's own outputs (route/report.json, llm_train/history.json,
 metrics.json, the stage manifests). The curve ranks the test sources by the router's P(right) and
 routes the least certain share s to the LLM: for s up to the share the run routed, the LLM answers
-are the run's own; beyond it, the merge's accuracy (the LLM fused with the small model at the
-run's weight) on ``--extra`` randomly drawn certain sources (scored here with the run's trained
-LLM, one forward pass each) is used as an estimate (dashed).
+are the run's own; beyond it, the small model's answers shifted by the change the merge (the LLM
+fused with the small model at the run's weight) made on ``--extra`` randomly drawn certain sources
+(scored here with the run's trained LLM, one forward pass each) is the estimate (dashed).
 Writes benchmarks/results/hiea_tier_<pair>[-<tag>].json and .png. The test links are used for evaluation
 only: nothing is chosen on them.
 """
@@ -138,9 +138,12 @@ def main(argv=None) -> int:
         if measured_part.all():
             right = llm_right[:k].sum() + small_right[k:].sum()
             kind = "measured"
-        else:  # beyond the routed set: the LLM's accuracy on the extra sample stands in
+        else:  # beyond the routed set: the merge changes the small model's accuracy there by what it
+            # changed on the extra sample (merge - small), not replaced by the sample's accuracy: the
+            # sources just above the threshold are right less often than a random certain one
             j = int(measured_part.sum())
-            right = llm_right[:j].sum() + (k - j) * (extra_hiea_acc or 0.0) + small_right[k:].sum()
+            delta = (extra_hiea_acc - extra_small_acc) if extra_hiea_acc is not None else 0.0
+            right = llm_right[:j].sum() + small_right[j:].sum() + (k - j) * delta
             kind = "estimated"
         curve.append({"share_routed": round(float(share), 3), "hits@1": round(float(right / n), 4), "kind": kind,
                       "llm_calls": k, "llm_hours_on_this_cpu": round(k / eps / 3600, 3)})
@@ -197,7 +200,7 @@ def plot(res: dict, path: Path) -> None:
     a.plot(x[meas], y[meas], "o-", color="#36c", label="measured (the run's LLM answers)")
     if (~meas).any():
         last = np.flatnonzero(meas)[-1]
-        a.plot(x[last:], y[last:], "o--", color="#36c", alpha=0.5, label="estimated (the merge on a sample of certain sources)")
+        a.plot(x[last:], y[last:], "o--", color="#36c", alpha=0.5, label="estimated (small model + the merge's change on a sample of certain sources)")
     routed = res["cost"]["llm_fraction"] * 100
     a.axvline(routed, color="red", ls=":", lw=1, label=f"router's choice ({routed:.1f}%)")
     a.axhline(y[0], color="grey", ls=":", lw=1, label=f"small model alone ({y[0]:.3f})")
