@@ -2,8 +2,8 @@
 model on the routed sources, the merged "hiea" decoder, its cost, and the curve of merged Hits@1
 against the share routed.
 
-    hiea-ray align --data ../shared/datasets/DBP15K/zh_en --config benchmarks/configs/dbp15k-hiea.yaml --out runs/zh_en-hiea
-    .venv/bin/python benchmarks/hiea_tier.py --pair zh_en --run runs/zh_en-hiea [--extra 300]
+    hiea-ray align --data ../shared/datasets/DBP15K/zh_en --config benchmarks/configs/dbp15k-hiea.yaml --out runs/zh_en-hiea-ft
+    .venv/bin/python benchmarks/hiea_tier.py --pair zh_en --run runs/zh_en-hiea-ft [--extra 300]
 
 Everything but the curve comes from the run's own outputs (route/report.json, llm_train/history.json,
 metrics.json, the stage manifests). The curve ranks the test sources by the router's P(right) and
