@@ -6,8 +6,8 @@ consistency of the primary match, degree) come from the decode stage's lists. Th
 labelled sources are the seed links no small model trained on (``route.labelled``: with retriever
 or reranker training, the validation links), in ``route.folds`` folds: fold j is decoded (the
 protocol's pool plus fold j's links, all decoders) with every other seed link as a structure
-anchor, so its features are made as the test sources' are and its answers are not trivially right. Out-of-fold
-probabilities choose the threshold (``route.target_precision`` / ``route.max_llm_fraction``);
+anchor, so its features are made as the test sources' are and its answers are not trivially
+right. Out-of-fold probabilities choose the threshold (``route.target_precision`` / ``route.max_llm_fraction``);
 the classifier refit on all labelled sources scores the test sources.
 
 Outputs per protocol: ``route.parquet`` (src, answer = the primary decoder's top-1, prob,
@@ -144,12 +144,13 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     seeds = pair.links.filter(pc.is_in(pair.links["split"], pa.array(anchors, pa.string())))
     splits = labelled_splits(cfg, anchors)
     is_lab = pc.is_in(seeds["split"], pa.array(splits, pa.string())).to_numpy(zero_copy_only=False)
-    if is_lab.sum() < 2 * rc.folds:
-        raise UserError(f"route: {int(is_lab.sum())} seed links ({', '.join(splits)}) are too few to label "
+    n_lab = int(is_lab.sum())
+    if n_lab < 2 * rc.folds:
+        raise UserError(f"route: {n_lab} seed links ({', '.join(splits)}) are too few to label "
                         f"{rc.folds} folds for the certainty classifier")
     # fold of each seed link; -1: an anchor in every fold's decode, never labelled
     fold = np.full(seeds.num_rows, -1, np.int64)
-    fold[is_lab] = anchor_folds(int(is_lab.sum()), rc.folds, rc.seed)
+    fold[is_lab] = anchor_folds(n_lab, rc.folds, rc.seed)
     vectors = ctx.embeddings()
     test = pair.links_of("test")
     gold = dict(zip(test["src"].to_pylist(), test["tgt"].to_pylist()))
