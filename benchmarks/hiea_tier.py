@@ -159,6 +159,7 @@ def main(argv=None) -> int:
         "llm_train": {"trained_in": str(trained_in), "readout": cfg.llm.readout, "validation": history.get("validation", "links"),
                       "valid_examples": history["valid_examples"], "fusion": history.get("fusion"),
                       "examples": history["train_examples"], "valid_acc": history["best"]["valid_acc"],
+                      "valid_rank_hits1": history["best"].get("valid_rank_hits1"),
                       "valid_small_acc": history["valid_small_acc"], "wall_s": history["wall_s"],
                       "steps": len(history["curve"]), "s_per_step": round(history["wall_s"] / max(len(history["curve"]), 1), 2)},
         "routed": {"sources": h["routed_test"], "llm_hits@1": h["llm_hits@1_routed"], "small_hits@1": h["small_hits@1_routed"],

@@ -431,6 +431,12 @@ class LLMConfig:
     # the gold removed (answer: "none of these").
     max_train_links: int = 1000
     none_fraction: float = 0.1
+    # What the examples come from: "train" = the train links (above) plus the routed labelled
+    # sources not held out; "labelled" = every labelled source not held out (the route stage's: no
+    # small model trained on them, each with its out-of-fold primary list -- prompts made exactly as
+    # a test source's; over a fine-tuned retriever the train links' lists are memorised, their gold
+    # an easy near-duplicate); "both". Needs llm.validation: routed unless "train".
+    train_on: str = added(default="train")
     epochs: int = 1
     batch_size: int = 4
     lr: float = 3.0e-4
@@ -598,6 +604,11 @@ class Config:
             raise UserError(f"config field llm.readout: {self.llm.readout!r} is not one of ['letters', 'slots']")
         if self.llm.validation not in ("routed", "links"):
             raise UserError(f"config field llm.validation: {self.llm.validation!r} is not one of ['links', 'routed']")
+        if self.llm.train_on not in ("train", "labelled", "both"):
+            raise UserError(f"config field llm.train_on: {self.llm.train_on!r} is not one of ['both', 'labelled', 'train']")
+        if self.llm.train_on != "train" and self.llm.validation != "routed":
+            raise UserError(f"config field llm.train_on: {self.llm.train_on!r} needs llm.validation: routed (the "
+                            "route stage's labelled sources)")
         if not 0.0 < self.llm.routed_valid_fraction <= 1.0:
             raise UserError("config field llm.routed_valid_fraction: must be in (0, 1]")
         if self.llm.enabled and not self.llm.train and not self.llm.trained:

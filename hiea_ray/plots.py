@@ -130,12 +130,12 @@ def plot_llm_curve(history: dict, path: Path) -> None:
     a.set_title("answer-token cross-entropy")
     a.legend(fontsize=7)
     best = history.get("best", {})
-    vals = [history.get("valid_small_acc", 0.0), best.get("valid_acc", 0.0)]
+    vals = [history.get("valid_small_acc", 0.0), best.get("valid_rank_hits1", best.get("valid_acc", 0.0))]
     b.bar(["small model", "LLM (best ckpt)"], vals, color=["#999", "#36c"])
     for x, v in enumerate(vals):
         b.text(x, v + 0.01, f"{v:.3f}", ha="center", fontsize=8)
     b.set_ylim(0, 1.1)
-    b.set_title("validation accuracy (same examples)")
+    b.set_title("validation Hits@1 (same examples)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

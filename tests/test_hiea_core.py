@@ -266,3 +266,41 @@ def test_routed_validation_holds_its_sources_out_of_training_and_shows_test_like
         else:
             assert a == k - 1  # gold missed: "none" is right
         assert valid["small"].to_pylist()[valid["src"].to_pylist().index(s)] == o.tolist().index(cand[s, 0])
+
+    # llm.train_on: the labelled sources not held out, each with its own primary list (made as a
+    # test source's), with ("both") or without ("labelled") the train links
+    labelled_only, held2 = routed_split(labelled, dataclasses.replace(lc, train_on="labelled"))
+    assert held2["src"].to_pylist() == held["src"].to_pylist()
+    assert sorted(labelled_only["src"].to_pylist()) == sorted(set(range(n)) - set(held["src"].to_pylist()))
+    for mode, want in (("labelled", set(labelled_only["src"].to_pylist())),
+                       ("both", set(labelled_only["src"].to_pylist()) | (set(range(30)) - set(held["src"].to_pylist())))):
+        o = dataclasses.replace(lc, train_on=mode)
+        t, v = training_tables(links, ranked_of, nb, Fmt(), o, ids, vecs, routed_split(labelled, o))
+        assert set(t["src"].to_pylist()) == want and v["src"].to_pylist() == held["src"].to_pylist()
+        rows = t.filter(pa.compute.is_in(t["src"], pa.array(sorted(set(range(30, n)) - set(held["src"].to_pylist())))))
+        for s, o_ in zip(rows["src"].to_pylist(), column_to_numpy(rows["options"])):  # valid links: their own list
+            assert set(o_.tolist()) - {100 + s} <= set(cand[s].tolist())
+    everything_held = dataclasses.replace(lc, train_on="labelled", routed_valid_fraction=1.0, valid_links=300)
+    only = labelled.filter(labelled["routed"])
+    with pytest.raises(UserError, match="every labelled source is held out"):
+        training_tables(links, ranked_of, nb, Fmt(), everything_held, ids, vecs, routed_split(only, everything_held))
+
+
+def test_llm_validation_counts_the_best_ranked_candidate_apart_from_none(monkeypatch):
+    """llm_train keeps the checkpoint with the best valid_rank_hits1: the merge's Hits@1 (the
+    best-ranked candidate; "none" abstains and is no hit), beside the arg-max accuracy."""
+    import pyarrow as pa
+
+    import hiea_ray.core.llm as llm
+
+    # 4 examples, 3 candidates + none (slot 3); answers 0, 1, 3 (gold missed), 2
+    logp = np.log(np.array([[0.5, 0.2, 0.1, 0.2],    # picks 0: right
+                            [0.1, 0.2, 0.3, 0.4],    # picks none; best candidate 2: wrong
+                            [0.2, 0.1, 0.1, 0.6],    # picks none: right, but no hit
+                            [0.1, 0.1, 0.3, 0.5]]))  # picks none; best candidate 2: a hit
+    monkeypatch.setattr(llm, "score", lambda *a, **k: logp)
+    valid = pa.table({"text": ["x"] * 4, "vectors": [[0.0]] * 4, "n_options": [4] * 4, "answer": [0, 1, 3, 2],
+                      "small": [0, 0, 0, 0]})
+    m = llm.evaluate(None, None, valid, {"candidates": 3}, torch.device("cpu"))
+    assert m["valid_acc"] == 0.5 and m["valid_hits1"] == 0.25 and m["valid_rank_hits1"] == 0.5
+    assert m["valid_picked_none"] == 0.75 and m["valid_small_acc"] == 0.25

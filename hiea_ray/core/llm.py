@@ -489,7 +489,10 @@ def evaluate(model, tokenizer, valid, opts: dict, device) -> dict:
     answer = valid["answer"].to_numpy()
     none = valid["n_options"].to_numpy() - 1
     pick = logp.argmax(1)
+    rank = np.where(np.arange(slots)[None, :] < none[:, None], logp, -np.inf).argmax(1)  # "none" left out
     return {"valid_acc": float(np.mean(pick == answer)), "valid_small_acc": float(np.mean(valid["small"].to_numpy() == answer)),
             # Hits@1: a right candidate picked ("none" is no hit even where it is the right answer)
             "valid_hits1": float(np.mean((pick == answer) & (answer != none))),
+            # the merge's Hits@1 on these: the best-ranked candidate ("none" only abstains, in P/R)
+            "valid_rank_hits1": float(np.mean((rank == answer) & (answer != none))),
             "valid_picked_none": float(np.mean(pick == none))}

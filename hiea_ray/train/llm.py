@@ -93,10 +93,12 @@ def prompt_table(src: np.ndarray, cands: np.ndarray, gold: np.ndarray | None, nb
 
 
 def routed_split(labelled: pa.Table, opts) -> tuple[pa.Table, pa.Table]:
-    """(train part, validation part) of the route stage's labelled sources (``labelled.parquet``)
-    that the router would send to the LLM: the examples made exactly as a routed test source's
-    (out-of-fold primary lists). A seeded share ``llm.routed_valid_fraction`` (at most
-    ``llm.valid_links``) is held out for validation; the rest trains."""
+    """(train part, validation part) of the route stage's labelled sources (``labelled.parquet``):
+    examples made exactly as a routed test source's (out-of-fold primary lists, no small model
+    trained on them). Of those the router would send to the LLM, a seeded share
+    ``llm.routed_valid_fraction`` (at most ``llm.valid_links``) is held out for validation. The
+    train part: the other routed ones (``llm.train_on: train``), or every labelled source not held
+    out (``labelled`` / ``both``)."""
     routed = labelled.filter(labelled["routed"])
     rng = np.random.default_rng([opts.scaling.seed, 1])
     n_valid = int(round(opts.routed_valid_fraction * routed.num_rows))
@@ -104,7 +106,11 @@ def routed_split(labelled: pa.Table, opts) -> tuple[pa.Table, pa.Table]:
         n_valid = min(n_valid, opts.valid_links)
     is_valid = np.zeros(routed.num_rows, bool)
     is_valid[rng.choice(routed.num_rows, n_valid, replace=False)] = True
-    return routed.filter(pa.array(~is_valid)), routed.filter(pa.array(is_valid)).sort_by("src")
+    valid = routed.filter(pa.array(is_valid)).sort_by("src")
+    if opts.train_on == "train":
+        return routed.filter(pa.array(~is_valid)), valid
+    held = np.isin(labelled["src"].to_numpy(), valid["src"].to_numpy())
+    return labelled.filter(pa.array(~held)), valid
 
 
 def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, ids, vecs,
@@ -115,42 +121,49 @@ def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, i
     Without ``routed`` (``llm.validation: links``): train rows from the train links, validation
     rows from the valid links, both with the retriever's candidates (gold inserted when missed).
     With ``routed`` (``routed_split``; ``llm.validation: routed``): the train links minus the
-    held-out sources, plus the routed training part with their own primary lists (gold inserted
-    when missed, as any training example); validation = the held-out part with exactly the
-    candidates a routed test source gets (the primary list's top C; the gold is not inserted:
-    "none" is the right answer when the list missed it), ``small`` = the primary decoder's top-1."""
+    held-out sources (unless ``llm.train_on: labelled``), plus the labelled training part with
+    their own primary lists (gold inserted when missed, as any training example); validation = the
+    held-out part with exactly the candidates a routed test source gets (the primary list's top C;
+    the gold is not inserted: "none" is the right answer when the list missed it), ``small`` = the
+    primary decoder's top-1."""
     import pyarrow.compute as pc
+
+    from hiea_ray.io import column_to_numpy
 
     seed = opts.scaling.seed
     rng = np.random.default_rng(seed)
     c = opts.candidates
-    out = []
-    held = set() if routed is None else set(routed[1]["src"].to_pylist())
-    splits = [("train", opts.max_train_links)] + ([("valid", opts.valid_links)] if routed is None else [])
-    for split, cap in splits:
+
+    def table(src, gold, ranked, insert_gold=True):
+        cands = training_candidates(ranked, gold, c, opts.none_fraction, rng)[0] if insert_gold else ranked
+        return prompt_table(src, cands, gold, nb, fmt, opts.prompt_tokens, ids, vecs, c, seed,
+                            small_first=ranked[:, 0] if len(ranked) else None)
+
+    def link_rows(split: str, cap: int, held: np.ndarray) -> pa.Table:
         t = links.filter(pc.equal(links["split"], split))
-        if held:
-            t = t.filter(pc.invert(pc.is_in(t["src"], pa.array(sorted(held), pa.int64()))))
+        t = t.filter(pc.invert(pc.is_in(t["src"], pa.array(held, pa.int64()))))
         if split == "valid" and t.num_rows == 0:
             log.warning("llm_train: no validation links; validating on train links")
             t = links.filter(pc.equal(links["split"], "train"))
         if cap and t.num_rows > cap:
             t = t.take(np.sort(rng.choice(t.num_rows, cap, replace=False)))
         src, gold = t["src"].to_numpy(), t["tgt"].to_numpy()
-        ranked = ranked_of(src, c + 8)
-        cands, _ = training_candidates(ranked, gold, c, opts.none_fraction, rng)
-        out.append(prompt_table(src, cands, gold, nb, fmt, opts.prompt_tokens, ids, vecs, c, seed, small_first=ranked[:, 0]))
-    if routed is not None:
-        from hiea_ray.io import column_to_numpy
+        return table(src, gold, ranked_of(src, c + 8))
 
-        hard, valid = routed
-        if hard.num_rows:
-            src, gold, ranked = hard["src"].to_numpy(), hard["tgt"].to_numpy(), column_to_numpy(hard["cand"])
-            cands, _ = training_candidates(ranked, gold, c, opts.none_fraction, rng)
-            out[0] = pa.concat_tables([out[0], prompt_table(src, cands, gold, nb, fmt, opts.prompt_tokens, ids, vecs, c,
-                                                            seed, small_first=ranked[:, 0])])
-        ranked = column_to_numpy(valid["cand"]) if valid.num_rows else np.zeros((0, c), np.int64)
-        out.append(prompt_table(valid["src"].to_numpy(), ranked, valid["tgt"].to_numpy(), nb, fmt, opts.prompt_tokens,
-                                ids, vecs, c, seed, small_first=ranked[:, 0] if len(ranked) else None))
-    train = out[0]
-    return train.take(rng.permutation(train.num_rows)), out[1]
+    if routed is None:
+        none_held = np.zeros(0, np.int64)
+        train, valid = link_rows("train", opts.max_train_links, none_held), link_rows("valid", opts.valid_links, none_held)
+    else:
+        part, held = routed
+        parts = [] if opts.train_on == "labelled" else [link_rows("train", opts.max_train_links, held["src"].to_numpy())]
+        if part.num_rows:
+            parts.append(table(part["src"].to_numpy(), part["tgt"].to_numpy(), column_to_numpy(part["cand"])))
+        if not parts:
+            from hiea_ray.errors import UserError
+
+            raise UserError("llm.train_on: labelled, but every labelled source is held out for validation: lower "
+                            "llm.routed_valid_fraction or use llm.train_on: both")
+        train = pa.concat_tables(parts)
+        ranked = column_to_numpy(held["cand"])[:, :c] if held.num_rows else np.zeros((0, c), np.int64)
+        valid = table(held["src"].to_numpy(), held["tgt"].to_numpy(), ranked, insert_gold=False)
+    return train.take(rng.permutation(train.num_rows)), valid

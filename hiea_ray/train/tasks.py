@@ -98,10 +98,11 @@ def valid_lists(valid) -> dict:
 
 class LLMTask(TrainTask):
     """The HIEA tier's LLM: LoRA + knowledge adapter on a causal LM (``core.llm.HieaLLM``);
-    cross-entropy of the answer letter; validation accuracy of the arg-max option."""
+    cross-entropy of the answer option; the best checkpoint by the validation Hits@1 of the
+    best-ranked candidate (what the merge's Hits@1 counts; "none" is kept apart, it abstains)."""
 
     name = "llm"
-    metric = "valid_acc"
+    metric = "valid_rank_hits1"
 
     def __init__(self, base: str, vector_dim: int, opts: dict):
         self.base = base  # the causal LM folder; checkpoints hold LoRA + adapter only
