@@ -127,6 +127,7 @@ def test_overrides_win_over_yaml_and_merge(tmp_path):
         ("llm.readout=words", "llm.readout"),
         ("llm.validation=test", "llm.validation"),
         ("llm.routed_valid_fraction=1.5", "llm.routed_valid_fraction"),
+        ("llm.train_on=test", "llm.train_on"),
         ("llm.cpu_amp=maybe", "llm.cpu_amp"),
     ],
 )
@@ -134,6 +135,12 @@ def test_bad_value_names_the_field(item, field):
     with pytest.raises(UserError) as e:
         load_config(overrides=[item])
     assert field in str(e.value)
+
+
+def test_llm_examples_from_labelled_sources_need_routed_validation():
+    with pytest.raises(UserError, match="llm.train_on: 'labelled' needs llm.validation: routed"):
+        load_config(overrides=["llm.train_on=labelled", "llm.validation=links"])
+    assert load_config(overrides=["llm.train_on=both"]).llm.train_on == "both"
 
 
 def test_bad_value_in_yaml_names_file_and_field(tmp_path):
