@@ -128,6 +128,7 @@ def test_overrides_win_over_yaml_and_merge(tmp_path):
         ("llm.validation=test", "llm.validation"),
         ("llm.routed_valid_fraction=1.5", "llm.routed_valid_fraction"),
         ("llm.train_on=test", "llm.train_on"),
+        ("llm.keep_by=loss", "llm.keep_by"),
         ("llm.cpu_amp=maybe", "llm.cpu_amp"),
     ],
 )

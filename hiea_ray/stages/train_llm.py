@@ -148,7 +148,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         log.info("llm_train: routed validation Hits@1 LLM %.4f, small model %.4f; fusion weight %.2f (Hits@1 %.4f)",
                  fusion["llm_hits1"], fusion["small_hits1"], fusion["fusion"],
                  fusion["valid_hits1_by_fusion"][fusion["fusion"]])
-    llm_hits = res["best"]["valid_rank_hits1"]
+    llm_hits = res["best"]["valid_rank_hits1"]  # the merge's Hits@1 on validation, whatever kept it
     if llm_hits <= small:
         log.warning("llm_train: the LLM's validation Hits@1 %.4f is not above the small model's %.4f on the same "
                     "examples: its answers will likely lower Hits@1 on the routed sources (more steps, a larger "

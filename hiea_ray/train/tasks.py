@@ -98,16 +98,17 @@ def valid_lists(valid) -> dict:
 
 class LLMTask(TrainTask):
     """The HIEA tier's LLM: LoRA + knowledge adapter on a causal LM (``core.llm.HieaLLM``);
-    cross-entropy of the answer option; the best checkpoint by the validation Hits@1 of the
-    best-ranked candidate (what the merge's Hits@1 counts; "none" is kept apart, it abstains)."""
+    cross-entropy of the answer option; the best checkpoint by ``llm.keep_by``: the validation
+    accuracy of the arg-max option ("acc", a right "none" counted) or the Hits@1 of the
+    best-ranked candidate ("rank_hits1": what the merge's Hits@1 counts; "none" only abstains)."""
 
     name = "llm"
-    metric = "valid_rank_hits1"
 
     def __init__(self, base: str, vector_dim: int, opts: dict):
         self.base = base  # the causal LM folder; checkpoints hold LoRA + adapter only
         self.vector_dim = vector_dim
-        self.opts = opts  # lora_*, adapter_tokens, candidates
+        self.opts = opts  # lora_*, adapter_tokens, candidates, keep_by
+        self.metric = f"valid_{opts.get('keep_by', 'acc')}"
 
     def load(self, path):
         from hiea_ray.core.llm import load_hiea_llm
