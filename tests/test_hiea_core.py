@@ -286,6 +286,32 @@ def test_routed_validation_holds_its_sources_out_of_training_and_shows_test_like
         training_tables(links, ranked_of, nb, Fmt(), everything_held, ids, vecs, routed_split(only, everything_held))
 
 
+def test_llm_examples_from_labelled_sources_need_a_routed_labelled_source(tmp_path, caplog):
+    """llm.train_on labelled / both with a router that routes none of the labelled sources: nothing to
+    hold out, and the valid links (the labelled sources) would validate on training prompts -> one
+    clear line. llm.train_on=train falls back to the valid links with a warning."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hiea_ray.config import load_config
+    from hiea_ray.stages.base import RunContext
+    from hiea_ray.stages.train_llm import routed_examples
+
+    path = tmp_path / "route" / "standard" / "labelled.parquet"
+    path.parent.mkdir(parents=True)
+    n = 6
+    pq.write_table(pa.table({"src": np.arange(n), "tgt": np.arange(n) + 100, "prob": np.full(n, 0.999, np.float32),
+                             "routed": np.zeros(n, bool), "right": np.ones(n, bool)}), path)
+    for train_on in ("labelled", "both"):
+        ctx = RunContext(load_config(overrides=[f"llm.train_on={train_on}"]), tmp_path, tmp_path)
+        with pytest.raises(UserError, match=f"llm.train_on={train_on}: the router routes none of the 6 labelled"):
+            routed_examples(ctx, "standard")
+    ctx = RunContext(load_config(overrides=["llm.train_on=train"]), tmp_path, tmp_path)
+    with caplog.at_level("WARNING", logger="hiea_ray"):
+        assert routed_examples(ctx, "standard") is None
+    assert "routes none of the labelled sources" in caplog.text
+
+
 def test_llm_validation_counts_the_best_ranked_candidate_apart_from_none(monkeypatch):
     """llm_train keeps the checkpoint with the best valid_rank_hits1: the merge's Hits@1 (the
     best-ranked candidate; "none" abstains and is no hit), beside the arg-max accuracy."""

@@ -53,7 +53,8 @@ def prompt_format(base: str, adapter_tokens: int, readout: str | None = None):
 
 def routed_examples(ctx: RunContext, protocol: str):
     """(train part, validation part) of the router's routed labelled sources (``llm.validation:
-    routed``), or None when there are none (then the valid links validate, with a warning)."""
+    routed``), or None when there are none (then the valid links validate, with a warning; with
+    ``llm.train_on`` labelled / both, whose prompts are those labelled sources: a UserError)."""
     from hiea_ray.errors import UserError
     from hiea_ray.train.llm import routed_split
 
@@ -61,7 +62,13 @@ def routed_examples(ctx: RunContext, protocol: str):
     if not path.is_file():
         raise UserError(f"{path}: missing (a route stage from before llm.validation=routed); delete "
                         f"{ctx.run / 'route'} to re-run it, or set llm.validation=links")
-    split = routed_split(pq.read_table(path), ctx.cfg.llm)
+    labelled = pq.read_table(path)
+    split = routed_split(labelled, ctx.cfg.llm)
+    if split[1].num_rows == 0 and ctx.cfg.llm.train_on != "train":
+        raise UserError(f"llm.train_on={ctx.cfg.llm.train_on}: the router routes none of the {labelled.num_rows} "
+                        f"labelled sources ({path}), so none is held out to validate on (the valid links are the "
+                        "labelled sources: validating there would score training prompts); set llm.train_on=train, "
+                        "or a stricter route.target_precision")
     if split[1].num_rows == 0:
         log.warning("llm_train: the router routes none of the labelled sources; validating on the valid links")
         return None
