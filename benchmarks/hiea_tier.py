@@ -112,6 +112,12 @@ def main(argv=None) -> int:
                   column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]), w)
         rs = r_src[~certain][routed_test]
         fusion_sweep[str(w)] = round(float(np.mean(f.cand[rows_of(q, rs), 0] == np.array([gold[x] for x in rs.tolist()]))), 4)
+    # the ceiling of llm.candidates C: routed test sources whose gold is in the primary list's top C
+    rs = r_src[~certain][routed_test]
+    top = cand[rows_of(q, rs)]
+    g_routed = np.array([gold[x] for x in rs.tolist()])
+    gold_by_depth = {str(d): round(float(np.mean((top[:, :d] == g_routed[:, None]).any(1))), 4)
+                     for d in (1, 5, 8, 10, 20, top.shape[1]) if d <= top.shape[1]} if len(rs) else {}
     rng = np.random.default_rng(args.seed)
     pool = r_src[certain & on_test]
     extra_src = np.sort(rng.choice(pool, min(args.extra, len(pool)), replace=False)) if args.extra and len(pool) else pool[:0]
@@ -164,7 +170,7 @@ def main(argv=None) -> int:
                       "steps": len(history["curve"]), "s_per_step": round(history["wall_s"] / max(len(history["curve"]), 1), 2)},
         "routed": {"sources": h["routed_test"], "llm_hits@1": h["llm_hits@1_routed"], "small_hits@1": h["small_hits@1_routed"],
                    "hiea_hits@1": h["hiea_hits@1_routed"], "gold_in_prompt": h["gold_in_prompt_routed"],
-                   "abstained": h["abstained"],
+                   "abstained": h["abstained"], "gold_in_primary_top_c_by_c": gold_by_depth,
                    "llm_answer_letter_histogram": np.bincount(column_to_numpy(llm["logp"]).argmax(1),
                                                               minlength=cfg.llm.candidates + 1).tolist()},
         "hiea": {k: h[k] for k in ("hits@1", "hits@10", "mrr", "precision", "recall", "f1") if k in h},
