@@ -106,16 +106,15 @@ def main(argv=None) -> int:
     # information only (test links; nothing is chosen by it): Hits@1 on the routed test sources
     # when the LLM's distribution is fused with the small model's at other weights
     routed_test = np.array([s in gold for s in r_src[~certain].tolist()])
+    rs = r_src[~certain][routed_test]
+    g_routed = np.array([gold[x] for x in rs.tolist()])
     fusion_sweep = {}
     for w in (0.0, 0.25, 0.5, 0.75, 1.0):
         f = merge(q, cand, score, m["src"].to_numpy(), m["tgt"].to_numpy(), r_src[~certain], llm["src"].to_numpy(),
                   column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]), w)
-        rs = r_src[~certain][routed_test]
-        fusion_sweep[str(w)] = round(float(np.mean(f.cand[rows_of(q, rs), 0] == np.array([gold[x] for x in rs.tolist()]))), 4)
+        fusion_sweep[str(w)] = round(float(np.mean(f.cand[rows_of(q, rs), 0] == g_routed)), 4)
     # the ceiling of llm.candidates C: routed test sources whose gold is in the primary list's top C
-    rs = r_src[~certain][routed_test]
     top = cand[rows_of(q, rs)]
-    g_routed = np.array([gold[x] for x in rs.tolist()])
     gold_by_depth = {str(d): round(float(np.mean((top[:, :d] == g_routed[:, None]).any(1))), 4)
                      for d in (1, 5, 8, 10, 20, top.shape[1]) if d <= top.shape[1]} if len(rs) else {}
     rng = np.random.default_rng(args.seed)

@@ -64,12 +64,12 @@ def routed_examples(ctx: RunContext, protocol: str):
                         f"{ctx.run / 'route'} to re-run it, or set llm.validation=links")
     labelled = pq.read_table(path)
     split = routed_split(labelled, ctx.cfg.llm)
-    if split[1].num_rows == 0 and ctx.cfg.llm.train_on != "train":
-        raise UserError(f"llm.train_on={ctx.cfg.llm.train_on}: the router routes none of the {labelled.num_rows} "
-                        f"labelled sources ({path}), so none is held out to validate on (the valid links are the "
-                        "labelled sources: validating there would score training prompts); set llm.train_on=train, "
-                        "or a stricter route.target_precision")
     if split[1].num_rows == 0:
+        if ctx.cfg.llm.train_on != "train":
+            raise UserError(f"llm.train_on={ctx.cfg.llm.train_on}: the router routes none of the {labelled.num_rows} "
+                            f"labelled sources ({path}), so none is held out to validate on (the valid links are "
+                            "the labelled sources: validating there would score training prompts); set "
+                            "llm.train_on=train, or a stricter route.target_precision")
         log.warning("llm_train: the router routes none of the labelled sources; validating on the valid links")
         return None
     return split
