@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     import ray
 
     from hiea_ray.io import column_to_numpy, read_dir
-    from hiea_ray.stages.embed import embed_dataset
+    from hiea_ray.ops.embed import embed_dataset
 
     t0 = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)

@@ -214,12 +214,23 @@ class EmbedConfig:
     # "torch"; "torch-bf16" (bf16 autocast: fast on CPUs with AVX512-BF16 / AMX, vectors at cosine
     # 0.99998 of fp32); "torch-int8" (Linear layers dynamically quantized, per channel); "onnx"
     # (ONNX Runtime on a one-time ONNX export, cached in ~/.cache/hiea-ray/onnx); "onnx-int8" (that
-    # export with int8 per-channel weights). On GPU, torch runs with embed.amp whatever this says.
-    backend: str = added(default="torch")
+    # export with int8 per-channel weights); "auto": torch-bf16 on CPUs with native bf16, torch
+    # elsewhere. On GPU, torch runs with embed.amp whatever this says. The stage manifest records
+    # what ran (stats.precision).
+    backend: str = added(default="auto")
+    # Where texts become token ids: "actor" (in the encoder actor, before its forward), "stage" (a
+    # CPU Ray Data stage of tokenize_actors actors before the encoder actors: the two overlap, and a
+    # GPU actor only pads, copies and runs the forward), "auto" (stage when gpus_per_actor > 0).
+    # The same vectors either way.
+    tokenize: str = runtime("auto")
+    # CPU actors of the tokenize stage (embed.tokenize: stage) and the CPUs Ray reserves for each.
+    # Leave a CPU per node for Ray Data's read and write tasks beside the actors.
+    tokenize_actors: int = runtime(2)
+    tokenize_cpus: float = runtime(1.0)
 
 
 # embed.backend values
-EMBED_BACKENDS = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
+EMBED_BACKENDS = ("auto", "torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
 
 @dataclass
@@ -363,8 +374,8 @@ class RerankConfig:
     # bf16 autocast in the rerank actors on GPU (ignored on CPU).
     amp: bool = True
     # Inference on CPU: "torch" or "torch-bf16" (bf16 autocast, as embed.backend; fast on CPUs with
-    # native bf16). On GPU, amp applies.
-    backend: str = added(default="torch")
+    # native bf16), "auto" (torch-bf16 where the CPU has native bf16, else torch). On GPU, amp applies.
+    backend: str = added(default="auto")
 
 
 @dataclass
@@ -474,6 +485,10 @@ class LLMConfig:
     # bf16 autocast on CPU actors too (oneDNN's AVX512-BF16 / AMX kernels: ~2.5x faster passes here;
     # scores not batch-invariant, so an online tier serving the run must use the same setting).
     cpu_amp: bool = added(default=False)
+    # The base LLM's weights: "auto" = bfloat16 on GPUs, float32 on CPUs; LoRA, the knowledge
+    # adapter and the score head stay float32 whatever this says (trained in float32, saved as
+    # before). bf16 weights halve the tier's GPU memory.
+    dtype: str = added(default="auto")
 
 
 @dataclass
@@ -548,7 +563,9 @@ class Config:
             ("embed.pooling", self.embed.pooling, {"auto", "mean", "cls"}),
             ("embed.amp", self.embed.amp, {"bf16", "fp16", "none"}),
             ("embed.backend", self.embed.backend, set(EMBED_BACKENDS)),
-            ("rerank.backend", self.rerank.backend, {"torch", "torch-bf16"}),
+            ("rerank.backend", self.rerank.backend, {"auto", "torch", "torch-bf16"}),
+            ("embed.tokenize", self.embed.tokenize, {"auto", "actor", "stage"}),
+            ("llm.dtype", self.llm.dtype, {"auto", "float32", "bfloat16"}),
             ("retrieve.gpu", self.retrieve.gpu, {"auto", "yes", "no"}),
             ("decode.matcher", self.decode.matcher, {"greedy", "hungarian"}),
             ("rerank.candidates", self.rerank.candidates, {"retrieve", "sinkhorn"}),
@@ -672,7 +689,7 @@ class Config:
 _RANGES = [
     *[(f, 1, False) for f in (
         "verbalize.max_words", "verbalize.batch_size", "verbalize.num_actors", "embed.batch_size", "embed.max_length",
-        "embed.num_actors", "embed.rows_per_batch", "retrieve.query_batch", "retrieve.ivf_nlist", "retrieve.ivf_nprobe",
+        "embed.num_actors", "embed.rows_per_batch", "embed.tokenize_actors",  "retrieve.query_batch", "retrieve.ivf_nlist", "retrieve.ivf_nprobe",
         "retrieve.hnsw_ef_search", "decode.sinkhorn_iters", "data.openea_fold", "train.rounds", "train.epochs_per_round",
         "train.batch_size", "train.eval_every", "rerank.k", "rerank.max_length", "rerank.epochs", "rerank.batch_size",
         "rerank.eval_every", "rerank.valid_links", "rerank.infer_batch_size", "rerank.rows_per_batch", "rerank.num_actors",

@@ -84,11 +84,13 @@ def _drop_file_system_tracebacks() -> None:
 
 @dataclass
 class MapSpec:
-    """How to chain one callable class: the class, its arguments, ``map_batches`` options."""
+    """How to chain one callable class: the class, its arguments, ``map_batches`` options and the
+    size of its actor pool (None: the ``num_actors`` the chain is given)."""
 
     cls: type
     constructor_kwargs: dict = field(default_factory=dict)
     map_batches_kwargs: dict = field(default_factory=dict)
+    actors: int | None = None
 
 
 def resolve(obj):
@@ -111,11 +113,12 @@ class DropDone:
         return batch.filter(pc.invert(pc.is_in(batch[self.column], value_set=self.done)))
 
 
-def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per_block: int,
+def map_parquet(src: Path, parts: Path, spec: MapSpec | list[MapSpec], num_actors: int, rows_per_block: int,
                 done: np.ndarray | None = None, column: str = "id", progress: tuple[str, int] | None = None) -> None:
     """A resumable Ray Data stage: read Parquet -> drop rows whose ``column`` is in ``done`` ->
-    the stage class on an actor pool -> Parquet part files in ``parts``. ``progress`` = (label,
-    total rows): progress lines (rows/s, ETA) while it runs (``hiea_ray.progress``)."""
+    the stage class (or classes, chained in order, each on its own actor pool: Ray Data streams
+    blocks from one to the next, so they overlap) -> Parquet part files in ``parts``.
+    ``progress`` = (label, total rows): progress lines (rows/s, ETA) while it runs."""
     import ray
 
     ds = ray.data.read_parquet(str(src))
@@ -132,12 +135,13 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec, num_actors: int, rows_per
     # num_actors was, and the stage wrote a single part file (nothing to resume).
     # Streaming repartition: blocks of <= rows_per_block rows, spread over the actors/nodes.
     ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
-    ds = ds.map_batches(
-        spec.cls,
-        fn_constructor_kwargs=spec.constructor_kwargs,
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        **spec.map_batches_kwargs,
-    )
+    for s in spec if isinstance(spec, list) else [spec]:
+        ds = ds.map_batches(
+            s.cls,
+            fn_constructor_kwargs=s.constructor_kwargs,
+            compute=ray.data.ActorPoolStrategy(size=s.actors or num_actors),
+            **s.map_batches_kwargs,
+        )
     _write(ds, parts, progress, 0 if done is None else len(done))
 
 

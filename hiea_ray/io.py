@@ -24,9 +24,10 @@ log = logging.getLogger("hiea_ray")
 
 
 def read_dir(folder: Path) -> pa.Table | None:
-    """All ``*.parquet`` files of a folder (name order) as one table; None when there are none."""
+    """All ``*.parquet`` files of a folder (name order) as one table; None when there are none. A
+    column some files lack (parts written before it existed, kept by a resumed stage) is null there."""
     files = sorted(Path(folder).glob("*.parquet"))
-    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default") if files else None
 
 
 def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:

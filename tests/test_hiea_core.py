@@ -330,3 +330,43 @@ def test_llm_validation_counts_the_best_ranked_candidate_apart_from_none(monkeyp
     m = llm.evaluate(None, None, valid, {"candidates": 3}, torch.device("cpu"))
     assert m["valid_acc"] == 0.5 and m["valid_hits1"] == 0.25 and m["valid_rank_hits1"] == 0.5
     assert m["valid_picked_none"] == 0.75 and m["valid_small_acc"] == 0.25
+
+
+@pytest.mark.parametrize("readout", ["letters", "slots"])
+def test_bf16_weights_keep_the_trainable_parts_in_float32(tiny_llm, tmp_path, readout):
+    """llm.dtype=bfloat16 (what "auto" picks on GPUs): the base's weights are bf16, LoRA, adapter and
+    score head float32; a training step runs without autocast; the saved folder has the same files,
+    float32 tensors, and reloads on a float32 base to nearly the same distribution."""
+    from hiea_ray.core.llm import PromptFormat, load_hiea_llm, score, train_step, weight_dtype
+
+    assert weight_dtype("auto", "cpu") == torch.float32 and weight_dtype("auto", "cuda") == torch.bfloat16
+    assert weight_dtype("bfloat16", "cpu") == torch.bfloat16 and weight_dtype("float32", "cuda") == torch.float32
+    torch.manual_seed(0)
+    opts = {**OPTS, "readout": readout}
+    model, tok = load_hiea_llm(tiny_llm, None, 8, opts, trainable=True, dtype=torch.bfloat16)
+    train = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert train and set(train.values()) == {torch.float32} and frozen == {torch.bfloat16}
+    assert any("lora" in n for n in train) and any("adapter" in n for n in train)
+    fmt = PromptFormat(tok, 2, readout)
+    prompt = build_prompt(EntityView(0, "A"), [EntityView(1, "B"), EntityView(2, "C")], fmt.count, 200,
+                          np.random.default_rng(0), slot=fmt.slot, slot_last=fmt.slot_last)
+    vec = np.random.default_rng(1).normal(size=3 * 8).astype(np.float32)
+    batch = {"text": [fmt.wrap(prompt.text)] * 2, "vectors": [vec, vec], "n_options": [3, 3], "answer": [0, 1]}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    loss = train_step(model, tok, opt, sched, batch, opts, torch.device("cpu"), None)
+    assert np.isfinite(loss)
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if p.requires_grad)
+    bf = score(model, tok, batch["text"][:1], [vec], [3], 3, torch.device("cpu"))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "m" / "adapter_model.safetensors")
+    assert saved and {t.dtype for t in saved.values()} == {torch.float32}
+    fp, tok2 = load_hiea_llm(tiny_llm, str(tmp_path / "m"), 8, opts, trainable=False)
+    assert {p.dtype for p in fp.parameters()} == {torch.float32}
+    f32 = score(fp, tok2, batch["text"][:1], [vec], [3], 3, torch.device("cpu"))
+    assert np.abs(np.exp(bf) - np.exp(f32)).max() < 0.05  # bf16 rounding of the base only

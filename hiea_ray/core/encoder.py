@@ -106,13 +106,14 @@ class Encoder:
 
         if backend not in BACKENDS:
             raise UserError(f"config field embed.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+        self.device = device or pick_device()
+        backend = resolve_backend(backend, self.device)
         path = resolve_model(model)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
         except OSError as e:
             raise UserError(f"embed.model={model!r}: cannot load the encoder ({e})") from None
-        self.device = device or pick_device()
         self.backend = backend
         self.session = None
         if backend != "torch" and self.device.type == "cuda":
@@ -133,21 +134,51 @@ class Encoder:
                 log.warning("embed.backend=torch-bf16: this CPU has no native bf16 (AVX512-BF16 / AMX); it runs, slowly")
             self.amp_dtype = torch.bfloat16
 
-    def _forward(self, texts: list[str]) -> torch.Tensor:
+    @property
+    def precision(self) -> str:
+        """What runs, for manifests: the backend, the device and the autocast dtype."""
+        amp = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+        return f"{self.backend}/{self.device.type}/{amp}" if self.session is None else f"{self.backend}/cpu"
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """texts -> token ids per text: ``token_ids`` with this encoder's tokenizer."""
+        return token_ids(self.tokenizer, texts, self.max_length)
+
+    def _pad(self, ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Token id rows -> (ids, mask) int64 (B, T), padded on the tokenizer's side with its pad id:
+        the arrays the tokenizer itself returns with ``padding=True``."""
+        lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+        t = int(lens.max()) if len(ids) else 0
+        pos = np.arange(t)[None, :]
+        if getattr(self.tokenizer, "padding_side", "right") == "left":
+            real = pos >= (t - lens)[:, None]
+        else:
+            real = pos < lens[:, None]
+        out = np.full((len(ids), t), self.tokenizer.pad_token_id or 0, np.int64)
+        out[real] = np.concatenate(ids) if len(ids) else []  # row-major: each row's ids in order
+        return out, real.astype(np.int64)
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
+        """One forward pass over padded ids -> (B, dim) unit vectors (on the CPU)."""
         if self.session is not None:
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
-            feed = {n: enc[n].astype(np.int64) if n in enc else np.zeros_like(enc["input_ids"], dtype=np.int64)
-                    for n in self.input_names}
+            feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+            feed = {n: feed.get(n, np.zeros_like(input_ids)) for n in self.input_names}
             out = torch.from_numpy(self.session.run(["last_hidden_state"], feed)[0])
-            pooled = pool(out.float(), torch.from_numpy(enc["attention_mask"]), self.pooling)
+            pooled = pool(out.float(), torch.from_numpy(attention_mask), self.pooling)
             return torch.nn.functional.normalize(pooled, dim=-1)
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
+        ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        if self.device.type == "cuda":  # page-locked host memory: the copy overlaps the GPU's work
+            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
+        ids_t = ids_t.to(self.device, non_blocking=True)
+        mask_t = mask_t.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            out = self.model(**batch).last_hidden_state
-        pooled = pool(out.float(), batch["attention_mask"], self.pooling)
-        return torch.nn.functional.normalize(pooled, dim=-1)
+            out = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+        pooled = pool(out.float(), mask_t, self.pooling)
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu()
+
+    def _forward(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        return self._run(enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64))
 
     @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
@@ -158,8 +189,48 @@ class Encoder:
         order = np.argsort([len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            out[idx] = self._forward([texts[i] for i in idx]).cpu().numpy()
+            out[idx] = self._forward([texts[i] for i in idx]).numpy()
         return out
+
+    @torch.inference_mode()
+    def encode_ids(self, ids: list[np.ndarray], batch_size: int = 128) -> np.ndarray:
+        """Token id rows (``tokenize``'s output) -> float32 (n, dim) unit rows: only padding, the
+        copy to the device and the forward run here. Batches are formed by token count."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        if not len(ids):
+            return out
+        order = np.argsort(np.fromiter((len(x) for x in ids), np.int64, len(ids)), kind="stable")
+        for start in range(0, len(ids), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self._run(*self._pad([ids[i] for i in idx])).numpy()
+        return out
+
+
+def load_tokenizer(model: str):
+    """The tokenizer of an encoder (``resolve_model`` names), without its weights: what the
+    ``embed.tokenize: stage`` CPU actors load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(model))
+    except OSError as e:
+        raise UserError(f"embed.model={model!r}: cannot load the tokenizer ({e})") from None
+
+
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """texts -> token ids per text (special tokens added, truncated to ``max_length``, no padding):
+    ``Encoder.encode_ids`` pads them to exactly what the tokenizer gives with ``padding=True``."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``embed.backend`` / ``rerank.backend`` "auto": bf16 autocast where it is native — on GPUs
+    (where ``embed.amp`` applies) and on CPUs with AVX512-BF16 / AMX — else plain float32 torch."""
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        return "torch"
+    return "torch-bf16" if cpu_has_bf16() else "torch"
 
 
 def fuse(name_vecs: np.ndarray, text_vecs: np.ndarray, name_weight: float) -> np.ndarray:

@@ -198,8 +198,9 @@ class HieaLLM(nn.Module):
         hidden = final_hidden(self.lm, attention_mask, embeds)  # (B, T, H)
         rows = torch.arange(len(hidden), device=hidden.device)
         pos = slot_positions(input_ids, self.slot_id, s, self.per_slot)[:, 1:]  # the candidates' slots
-        cand = self.score_head.cand(hidden[rows[:, None], pos]).squeeze(-1).float()  # (B, C)
-        none = self.score_head.none(hidden[rows, last_positions(attention_mask)]).float()  # (B, 1)
+        head_dtype = self.score_head.cand.weight.dtype  # float32 over a bf16 base (outside autocast)
+        cand = self.score_head.cand(hidden[rows[:, None], pos].to(head_dtype)).squeeze(-1).float()  # (B, C)
+        none = self.score_head.none(hidden[rows, last_positions(attention_mask)].to(head_dtype)).float()  # (B, 1)
         n_opt = option_mask.sum(1) if option_mask is not None else torch.full_like(rows, s)
         col = torch.arange(s, device=hidden.device)[None, :]
         padded = torch.cat([cand, torch.zeros_like(none)], 1)
@@ -265,14 +266,23 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, trainable: bool):
-    """(HieaLLM, tokenizer): the base causal LM (``resolve_llm``-resolved) with LoRA + adapter,
-    fresh (``opts``: lora_r, lora_alpha, lora_dropout, lora_targets, adapter_tokens, candidates)
-    or from a saved folder ``trained``. ``vector_dim``: the run's entity vectors' dimension — a
-    saved adapter of another dimension is a user error."""
+def weight_dtype(setting: str, device) -> torch.dtype:
+    """``llm.dtype`` -> the base LLM's weight dtype on ``device``: "auto" = bfloat16 on GPUs,
+    float32 on CPUs (bf16 weights there would change every CPU result and gain nothing without
+    native bf16 kernels)."""
+    if setting == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+
+
+def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, trainable: bool,
+                  dtype: torch.dtype = torch.float32):
+    """(HieaLLM, tokenizer): the base causal LM (``resolve_llm``-resolved, weights in ``dtype``)
+    with LoRA + adapter, fresh (``opts``: lora_r, lora_alpha, lora_dropout, lora_targets,
+    adapter_tokens, candidates) or from a saved folder ``trained``. ``vector_dim``: the run's entity
+    vectors' dimension — a saved adapter of another dimension is a user error."""
     import json
 
-    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from hiea_ray.errors import UserError
@@ -288,7 +298,16 @@ def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, t
             raise UserError(f"{trained}: its knowledge adapter takes {a['in_dim']}-dim entity vectors; this run's "
                             f"encoder gives {vector_dim}-dim vectors (train the LLM tier on this encoder)")
     tok = load_tokenizer(trained or base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return attach_hiea(model, tok, trained, meta, vector_dim, opts, trainable)
+
+
+def attach_hiea(model, tok, trained: str | None, meta: dict | None, vector_dim: int, opts: dict, trainable: bool):
+    """A loaded causal LM (any weight dtype) + its tokenizer -> (HieaLLM, tokenizer): the slot token's
+    embedding row, LoRA (fresh, or ``trained``'s), the score head and the knowledge adapter. The
+    trainable parts are float32 whatever the base's dtype (peft's ``autocast_adapter_dtype``)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
     old = model.get_input_embeddings().num_embeddings
     if old < len(tok):  # the slot token: a new row, the mean of the others (deterministic on every load)
         model.resize_token_embeddings(len(tok), mean_resizing=False)
@@ -296,11 +315,14 @@ def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, t
             for m in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
                 m.weight[old:] = m.weight[:old].mean(0)
     if trained is not None:
-        lm = PeftModel.from_pretrained(model, trained, is_trainable=trainable)
+        lm = PeftModel.from_pretrained(model, trained, is_trainable=trainable, autocast_adapter_dtype=True)
     else:
         lm = get_peft_model(model, LoraConfig(r=opts["lora_r"], lora_alpha=opts["lora_alpha"],
                                               lora_dropout=opts["lora_dropout"], target_modules=list(opts["lora_targets"]),
-                                              task_type="CAUSAL_LM"))
+                                              task_type="CAUSAL_LM"), autocast_adapter_dtype=True)
+    for p in lm.parameters():  # LoRA in float32 on a bf16 base (peft casts only its own layer types)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     hidden = model.config.hidden_size
     readout = meta.get("readout", "letters") if meta is not None else opts.get("readout", "letters")
     score_head = None

@@ -321,7 +321,7 @@ class LLMTier:
         import torch
 
         from hiea_ray.core.encoder import set_threads
-        from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, resolve_llm
+        from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, resolve_llm, weight_dtype
         from hiea_ray.stages.train_llm import prompt_format, seed_and_certain
         from hiea_ray.train.llm import neighbourhoods
 
@@ -335,7 +335,8 @@ class LLMTier:
         self.device = torch.device(device or ("cuda" if ctx.cfg.serve.llm_gpus > 0 and torch.cuda.is_available() else "cpu"))
         self.amp = llm_amp_dtype(self.device, lc.amp, lc.cpu_amp)
         self.model, self.tokenizer = load_hiea_llm(resolve_llm(lc.model), ctx.llm_model, int(vecs.shape[1]),
-                                                   {k: v for k, v in vars(lc).items() if k != "scaling"}, trainable=False)
+                                                   {k: v for k, v in vars(lc).items() if k != "scaling"}, trainable=False,
+                                                   dtype=weight_dtype(lc.dtype, self.device))
         self.model.to(self.device)
 
     def prompt(self, ent: Entity, vector: np.ndarray, cand: np.ndarray) -> dict:

@@ -38,13 +38,14 @@ class LLMScorer:
     def __init__(self, cfg: dict, base: str, trained: str, vector_dim: int):
         import torch
 
-        from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm
+        from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, weight_dtype
 
         self.cfg = LLMConfig(**{k: v for k, v in cfg.items() if k != "scaling"})
         set_threads(self.cfg.torch_threads or os.cpu_count())
         self.device = torch.device("cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
         self.amp = llm_amp_dtype(self.device, self.cfg.amp, self.cfg.cpu_amp)
-        self.model, self.tokenizer = load_hiea_llm(base, trained, vector_dim, cfg, trainable=False)
+        self.model, self.tokenizer = load_hiea_llm(base, trained, vector_dim, cfg, trainable=False,
+                                                   dtype=weight_dtype(self.cfg.dtype, self.device))
         self.model.to(self.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -88,12 +88,13 @@ def tune_fusion(model_dir: Path, base: str, vector_dim: int, valid, held, lc) ->
 
     from hiea_ray.core.encoder import set_threads
     from hiea_ray.core.hiea import choose_fusion, small_probs
-    from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, score
+    from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, score, weight_dtype
     from hiea_ray.io import column_to_numpy
 
     set_threads(lc.torch_threads or os.cpu_count() or 1)
     device = torch.device("cpu")
-    model, tok = load_hiea_llm(base, str(model_dir), vector_dim, asdict(lc), trainable=False)
+    model, tok = load_hiea_llm(base, str(model_dir), vector_dim, asdict(lc), trainable=False,
+                               dtype=weight_dtype(lc.dtype, device))
     slots = lc.candidates + 1
     logp = score(model, tok, valid["text"].to_pylist(), list(column_to_numpy(valid["vectors"])),
                  valid["n_options"].to_pylist(), slots, device, lc.infer_batch_size,

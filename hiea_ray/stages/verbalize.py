@@ -97,7 +97,7 @@ def prompt_rows(rows: list[dict], cfg: VerbalizeConfig, tokenizer, count) -> dic
 
 
 def _worker() -> str:
-    from hiea_ray.stages.embed import node_id
+    from hiea_ray.ops.embed import node_id
 
     return f"{node_id()}:{os.getpid()}"
 

@@ -83,10 +83,10 @@ def train_loop_per_worker(config: dict) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / "state.pt", weights_only=False)
-            model, tokenizer = task.load(str(Path(d) / "model"))
+            model, tokenizer = task.load(str(Path(d) / "model"), device=device)
         start_step = state["step"]
     else:
-        model, tokenizer = task.load(config["init_model"])
+        model, tokenizer = task.load(config["init_model"], device=device)
     if sc.get("gradient_checkpointing") and device.type == "cuda":
         model.gradient_checkpointing_enable()
     zero = sc.get("zero_stage", 0)

@@ -51,7 +51,7 @@ def link_texts(texts: pa.Table, links: pa.Table) -> pa.Table:
 def mine_hard_negatives(model: str, texts: pa.Table, train: pa.Table, cfg: Config, tc: TrainRetrieverConfig, seed: int) -> pa.Table:
     """Adds a ``neg`` column: hard_negatives texts per train link, from ranks [from, to] of the current model."""
     from hiea_ray.core.retrieval import knn
-    from hiea_ray.stages.embed import embed_dataset
+    from hiea_ray.ops.embed import embed_dataset
 
     kg2 = texts.filter(pc.equal(texts["kg"], 2)).sort_by("id")
     srcs = texts.filter(pc.is_in(texts["id"], value_set=train["src_id"]))

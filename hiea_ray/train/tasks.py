@@ -16,7 +16,7 @@ class TrainTask:
     # The validation metric that picks the best checkpoint (higher is better).
     metric = "valid_mrr"
 
-    def load(self, path: str):
+    def load(self, path: str, device=None):
         """-> (model, tokenizer)."""
         raise NotImplementedError
 
@@ -42,7 +42,7 @@ class RetrieverTask(TrainTask):
         self.pooling = pooling
         self.max_length = max_length
 
-    def load(self, path):
+    def load(self, path, device=None):
         from transformers import AutoModel, AutoTokenizer
 
         return AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path)
@@ -74,7 +74,7 @@ class RerankerTask(TrainTask):
     def __init__(self, max_length: int):
         self.max_length = max_length
 
-    def load(self, path):
+    def load(self, path, device=None):
         from hiea_ray.core.cross_encoder import load_reranker
 
         return load_reranker(path)
@@ -110,11 +110,12 @@ class LLMTask(TrainTask):
         self.opts = opts  # lora_*, adapter_tokens, candidates, keep_by
         self.metric = f"valid_{opts.get('keep_by', 'acc')}"
 
-    def load(self, path):
-        from hiea_ray.core.llm import load_hiea_llm
+    def load(self, path, device=None):
+        from hiea_ray.core.llm import load_hiea_llm, weight_dtype
 
         trained = path if (Path(path) / "hiea_llm.json").is_file() else None
-        return load_hiea_llm(self.base, trained, self.vector_dim, self.opts, trainable=True)
+        dtype = weight_dtype(self.opts.get("dtype", "float32"), device or "cpu")
+        return load_hiea_llm(self.base, trained, self.vector_dim, self.opts, trainable=True, dtype=dtype)
 
     def step(self, model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype):
         from hiea_ray.core.llm import train_step
@@ -139,7 +140,7 @@ class VerbalizerTask(TrainTask):
         self.base = base
         self.opts = opts  # lora_r, lora_alpha, lora_dropout, lora_targets
 
-    def load(self, path):
+    def load(self, path, device=None):
         import torch
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer

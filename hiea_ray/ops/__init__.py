@@ -1,0 +1,10 @@
+"""The layer below the stages: Ray Data's reusable pieces, as plain callable classes and chains.
+
+Each module holds the callable classes one kind of model work needs (the class loads its model once
+in ``__init__`` and maps an Arrow batch in ``__call__``; tests call it directly, without Ray), the
+``MapSpec`` that says how to chain it, and the function that chains it over Parquet. Stages,
+training and serving import from here; nothing here imports a stage.
+
+- ``embed``: ``Tokenize`` (texts -> token ids, CPU) and ``Embedder`` (texts or token ids -> unit
+  vectors), ``embed_dataset`` (the resumable embed chain).
+"""
