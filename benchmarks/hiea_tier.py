@@ -44,9 +44,10 @@ def extra_llm_answers(run: Path, cfg: Config, protocol: str, src: np.ndarray, fu
     import torch
 
     from hiea_ray.core.llm import resolve_llm
-    from hiea_ray.stages.base import RunContext
-    from hiea_ray.stages.llm import LLMScorer, trained_model
-    from hiea_ray.stages.train_llm import prompt_format, seed_and_certain
+    from hiea_ray.run import RunContext
+    from hiea_ray.ops.llm import LLMScorer
+    from hiea_ray.run import trained_model
+    from hiea_ray.run import prompt_format, seed_and_certain
     from hiea_ray.train.llm import neighbourhoods, prompt_table
 
     ctx = RunContext(cfg, "", run)

@@ -7,7 +7,7 @@
 2. Subset: ``--sources`` test links (seeded); targets = their gold + ``--others`` other KG2
    entities (seeded). Each entity's facts come from the whole KG (the verbalize stage's contexts).
 3. Generates one description per subset entity with the verbalize stage's own Ray Data chain
-   (``stages.verbalize.generate_parts``: actor pool, transformers greedy decoding, resumable parts in
+   (``ops.verbalize.generate_parts``: actor pool, transformers greedy decoding, resumable parts in
    OUT/parts: a killed benchmark continues where it stopped), SmolLM2-135M-Instruct by default.
 4. Texts: template (the stage's template), llm (the description), llm+template; each encoded with
    the same encoder (default all-MiniLM-L6-v2, zero-shot); every source ranked against the 3,000
@@ -52,7 +52,8 @@ from hiea_ray.core.describe import describe_body  # noqa: E402
 from hiea_ray.core.verbalize import build_contexts, verbalize_row  # noqa: E402
 from hiea_ray.io import finished_ids, read_dir  # noqa: E402
 from hiea_ray.kg.model import KGPair  # noqa: E402
-from hiea_ray.stages.verbalize import final_text, generate_parts, generation_stats, write_contexts  # noqa: E402
+from hiea_ray.ops.verbalize import final_text, generate_parts  # noqa: E402
+from hiea_ray.stages.verbalize import generation_stats, write_contexts  # noqa: E402
 
 log = logging.getLogger("hiea_ray")
 

@@ -27,12 +27,13 @@ from pathlib import Path
 from hiea_ray.errors import Terminated, UserError, describe_file_system_error, file_system_error, handle_sigterm
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hiea-ray", description="Entity alignment of large KGs on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def common(sp):
-        sp.add_argument("--config", help="YAML config (see benchmarks/configs/)")
+        sp.add_argument("--config", action="append", default=[], metavar="FILE",
+                        help="YAML config (see benchmarks/configs/); repeatable, merged in order")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
         sp.add_argument("--until", default="evaluate", help="stop after this stage")
         sp.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
@@ -60,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dumps", metavar="KG1,KG2", help="also write the pair as dumps in OUT/dumps with a pair.yaml: "
                    "the formats of KG1 and KG2 (wikidata-json, ntriples), e.g. wikidata-json,ntriples")
     s.add_argument("--compress", default="gz", choices=["gz", "bz2", "none"], help="compression of the dumps")
+    c = sub.add_parser("config", help="print a resolved config with each field's help")
+    c.add_argument("action", choices=["show"])
+    c.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config; repeatable, merged in order")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    c.add_argument("--defaults", action="store_true", help="the defaults alone (no --config / --set)")
+    c.add_argument("--markdown", action="store_true", help="as the Markdown of docs/configuration.md")
     m = sub.add_parser("models", help="opt-in models: fetch one into the model cache")
     m.add_argument("action", choices=["fetch"])
     m.add_argument("name", help="all-mpnet-base-v2")
@@ -137,7 +144,7 @@ def _warm_up(url: str, ctx) -> None:
         try:
             urllib.request.urlopen(req, timeout=120).read()
         except OSError as e:  # the service still starts; the first request will be slow
-            logging.getLogger("hiea_ray").warning("serve: warm-up request failed (%s)", e)
+            logging.getLogger(__name__).warning("serve: warm-up request failed (%s)", e)
 
 
 def _serve(args) -> int:
@@ -173,7 +180,7 @@ def _serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -200,6 +207,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "serve":
             return _serve(args)
+        if args.cmd == "config":
+            from hiea_ray.config import load_config
+            from hiea_ray.config_doc import to_markdown, to_yaml
+
+            if args.defaults and (args.config or args.set):
+                raise UserError("config show: --defaults takes no --config / --set")
+            cfg = load_config(args.config, args.set)
+            sys.stdout.write(to_markdown(cfg) if args.markdown else to_yaml(cfg))
+            return 0
         if args.cmd == "models":
             from hiea_ray import model_store
 

@@ -25,7 +25,7 @@ import yaml
 
 from hiea_ray.errors import UserError
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def runtime(default):
@@ -497,6 +497,9 @@ class RayConfig:
     address: str | None = None
     # CPUs of a local instance started here (null = all).
     num_cpus: int | None = None
+    # Forward the Ray workers' stdout / stderr to this terminal. Off: they stay in Ray's log files
+    # (/tmp/ray/session_latest/logs), and the terminal shows the stages, progress and warnings.
+    log_to_driver: bool = runtime(False)
 
 
 @dataclass
@@ -875,34 +878,40 @@ def migrate(values: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- --set overrides; unknown keys and bad values are user errors."""
+def load_config(path: str | Path | list | tuple | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file(s), merged in order <- --set overrides; unknown keys and bad values are
+    user errors (naming the file, or the files joined by " + ")."""
+    paths = [Path(x) for x in path] if isinstance(path, (list, tuple)) else [] if path is None else [Path(path)]
     values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
-        except OSError as e:
-            raise UserError(f"{p}: cannot read ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise UserError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(loaded, dict):
-            raise UserError(f"{p}: the config must be a mapping of sections")
-        values = migrate(loaded, str(p))
+    for p in paths:
+        values = _merge(values, _read_yaml(p))
     if overrides:
         values = _merge(values, migrate(parse_overrides(overrides), "--set"))
     try:
         return _build(Config, values).validate()
     except UserError as e:
-        if path is not None:
-            raise UserError(f"{path}: {e}") from None
+        if paths:
+            raise UserError(f"{' + '.join(map(str, paths))}: {e}") from None
         raise
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """One config file's sections (renamed keys migrated); its defects are user errors naming it."""
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{p}: the config must be a mapping of sections")
+    return migrate(loaded, str(p))
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> Config:

@@ -24,8 +24,10 @@ import pyarrow.compute as pc
 def init_ray(cfg) -> None:
     """Join the cluster at ray.address / $RAY_ADDRESS (as under `ray job submit`), else start a local one.
 
-    When the ``hiea_ray`` logger is quieter than INFO (``hiea-ray -q``), Ray's own INFO lines,
-    progress bars and worker output are kept off the terminal too (they stay in Ray's log files)."""
+    The Ray workers' output (actor prints, Ray Train's controller and placement-group cleaner
+    notices) stays in Ray's log files unless ``ray.log_to_driver``; when the ``hiea_ray`` logger is
+    quieter than INFO (``hiea-ray -q``), Ray's own INFO lines and progress bars are kept off the
+    terminal too."""
     import ray
 
     from hiea_ray.errors import handle_sigterm
@@ -33,7 +35,7 @@ def init_ray(cfg) -> None:
     if ray.is_initialized():
         return
     quiet = not logging.getLogger("hiea_ray").isEnabledFor(logging.INFO)
-    kwargs = {"ignore_reinit_error": True, "log_to_driver": not quiet}
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": bool(cfg.ray.log_to_driver) and not quiet}
     if quiet:
         _quiet_ray_loggers()
         kwargs["logging_level"] = logging.ERROR
@@ -80,6 +82,22 @@ def _drop_file_system_tracebacks() -> None:
         for h in logging.getLogger(name).handlers:
             if not any(isinstance(x, _FileSystemErrorFilter) for x in h.filters):
                 h.addFilter(f)
+
+
+def check_cpus(reserved: dict[str, float]) -> None:
+    """Actor pools that reserve every logical CPU of the cluster leave none for Ray Data's read and
+    write tasks, and the stage waits forever: a user error naming the fields (``reserved``: the
+    fields' description -> the CPUs they reserve)."""
+    import ray
+
+    from hiea_ray.errors import UserError
+
+    total = float(ray.cluster_resources().get("CPU", 0))
+    need = sum(reserved.values())
+    if total and need > total - 1 + 1e-9:
+        parts = " + ".join(f"{k} = {v:g}" for k, v in reserved.items())
+        raise UserError(f"config: {parts} reserve {need:g} of the cluster's {total:g} CPUs; leave at least one for "
+                        "Ray Data's read and write tasks (fewer actors or fewer CPUs per actor)")
 
 
 @dataclass

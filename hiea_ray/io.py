@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def read_dir(folder: Path) -> pa.Table | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from hiea_ray.kg.model import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def fingerprint_files(path: Path, cache: Path | None = None) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hiea_ray.errors import UserError
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The stage runner: runs the registry's stages (``hiea_ray.stages``) in order, reusing fresh ones.
 
-    ingest -> verbalize -> [train] -> embed -> retrieve -> [rerank_train -> rerank] -> decode -> evaluate
+    ingest -> [verbalize_train] -> verbalize -> [train] -> embed -> retrieve -> [rerank_train -> rerank] -> decode
+           -> [route -> llm_train -> llm] -> evaluate
 
 For each enabled stage the runner builds its key — the schema version, the hash of the config it
 declares (``config.section_hash``: whole sections minus ``runtime`` fields, plus its ``extra`` and
@@ -12,14 +13,18 @@ stage and resumable stages (embed, rerank) keep their finished parts.
 Run folder layout::
 
     ingest/     entities, rel_triples, attr_triples, links (.parquet), report.json
-    verbalize/  texts/*.parquet (id, kg, name, text)
+    verbalize_train/  model/ (LoRA verbalizer), history.json, curve.png  (verbalize.train_file, LLM modes)
+    verbalize/  texts/*.parquet (id, kg, name, text); LLM modes: parts/, sample.md
     train/      model/ (fine-tuned HF encoder), history.json, curve.png  (only with train.enabled)
-    embed/      parts/*.parquet (id, kg, embedding, node)
+    embed/      parts/*.parquet (id, kg, embedding, node, precision)
     retrieve/   <protocol>/{s2t,t2s}.parquet (src, cand, score)
     rerank_train/  model/ (cross-encoder), history.json, curve.png  (rerank.enabled and rerank.train)
     rerank/     <protocol>/parts/*.parquet (src, cand, retr, rerank): top rerank.k per source
                 (+ candidates.parquet when rerank.candidates=sinkhorn)
     decode/     <protocol>/<decoder>.parquet (ranked lists), <protocol>/<decoder>.match.parquet
+    route/      <protocol>/{route.parquet, router.pkl, router.json, labelled.parquet}, report.json, route.png
+    llm_train/  model/ (LoRA, knowledge adapter, score head, tokenizer, fusion.json), history.json, curve.png
+    llm/        <protocol>/{prompts.parquet, parts/*.parquet (src, options, n_options, logp)}
     evaluate/   metrics.json, metrics.png  (metrics.json is also copied to the run root)
 """
 
@@ -36,7 +41,7 @@ from hiea_ray.errors import UserError, check_terminated
 from hiea_ray.manifest import Stage
 from hiea_ray.stages import REGISTRY, STAGES, RunContext, StageDef
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 __all__ = ["Pipeline", "STAGES", "stage_key"]
 

@@ -18,7 +18,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def eta_text(seconds: float) -> str:

@@ -5,7 +5,7 @@
         --config benchmarks/configs/dbp15k-template.yaml --config-extra cluster/gpu.yaml
 
 Inside a Ray job $RAY_ADDRESS is set, so the pipeline joins the cluster instead of starting a
-local Ray. --config-extra files are merged as --set overrides after --config.
+local Ray. --config-extra FILE is another --config (files merge in order, then --set).
 """
 
 from __future__ import annotations
@@ -16,24 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir carries hiea_ray/
 
-import yaml  # noqa: E402
-
 from hiea_ray.cli import main  # noqa: E402
-
-
-def _flatten(d: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out += _flatten(v, key + ".") if isinstance(v, dict) else [f"{key}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"]
-    return out
-
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--config-extra", action="append", default=[])
     known, rest = ap.parse_known_args()
-    extra = []
-    for f in known.config_extra:
-        extra += [x for kv in _flatten(yaml.safe_load(Path(f).read_text()) or {}) for x in ("--set", kv)]
-    sys.exit(main(["align", *rest, *extra]))
+    sys.exit(main(["align", *rest, *[x for f in known.config_extra for x in ("--config", f)]]))

@@ -206,3 +206,28 @@ def test_llm_fusion_is_a_weight_or_auto_and_stays_out_of_the_training_keys():
     # fields added later keep earlier runs' keys at their defaults
     assert section_hash(load_config(overrides=["llm.cpu_amp=false"]), "llm") == section_hash(Config(), "llm")
     assert section_hash(load_config(overrides=["llm.cpu_amp=true"]), "llm") != section_hash(Config(), "llm")
+
+
+@pytest.mark.parametrize("quiet, log_to_driver, forwarded", [(False, False, False), (False, True, True),
+                                                             (True, True, False)])
+def test_ray_worker_output_stays_in_rays_logs_unless_asked(monkeypatch, quiet, log_to_driver, forwarded):
+    """A run's terminal shows its stages, not the Ray workers' stdout/stderr (Ray Train's placement
+    group cleaner alone printed thousands of lines in an LLM training): init_ray starts Ray with
+    log_to_driver off unless ray.log_to_driver is set (and never with -q)."""
+    import logging
+
+    import ray
+
+    from hiea_ray.data import init_ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: seen.update(kw))
+    logger = logging.getLogger("hiea_ray")
+    old = logger.level
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)  # setLevel: clears the isEnabledFor cache
+    try:
+        init_ray(load_config(overrides=[f"ray.log_to_driver={str(log_to_driver).lower()}", "ray.num_cpus=1"]))
+    finally:
+        logger.setLevel(old)
+    assert seen["log_to_driver"] is forwarded and seen["address"] == "local"

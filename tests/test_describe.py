@@ -124,7 +124,7 @@ def test_llm_verbalizer_writes_one_text_per_entity(synthetic_pair, tiny_llm_dir)
     max_new_tokens, llm+template appends the template, facts recorded."""
     from dataclasses import asdict
 
-    from hiea_ray.stages.verbalize import GENERATED, LLMVerbalizer
+    from hiea_ray.ops.verbalize import GENERATED, LLMVerbalizer
 
     contexts = build_contexts(synthetic_pair).slice(0, 12)
     for mode in ("llm", "llm+template"):
@@ -201,7 +201,7 @@ def test_verbalizer_task_lora_steps_lower_the_loss(tiny_llm_dir, tmp_path):
 
 
 def test_texts_table_of_generated_rows():
-    from hiea_ray.stages.verbalize import final_text
+    from hiea_ray.ops.verbalize import final_text
 
     assert final_text("llm", "Name", "", "Name. r: x") == "Name"
     assert final_text("llm", "Name", "Desc.", "Name. r: x") == "Desc."
@@ -218,7 +218,7 @@ def test_vllm_path_rows_match_the_transformers_path(synthetic_pair, tiny_llm_dir
     import torch
 
     from hiea_ray.core.generate import generate, load_generator
-    from hiea_ray.stages.verbalize import GENERATED, LLMVerbalizer, Prompter, vllm_finish, use_vllm
+    from hiea_ray.ops.verbalize import GENERATED, LLMVerbalizer, Prompter, vllm_finish, use_vllm
 
     torch.set_num_threads(1)
     contexts = build_contexts(synthetic_pair).slice(0, 6)
@@ -236,3 +236,20 @@ def test_vllm_path_rows_match_the_transformers_path(synthetic_pair, tiny_llm_dir
                {k: b[k] for k in ("id", "text", "generated", "facts", "new_tokens")}
     assert set(via_vllm[0]) == set(GENERATED.names)
     assert all(r["prompt_tokens"] <= cfg.llm.prompt_tokens for r in rows)
+
+
+def test_vllm_processor_config_is_built_without_vllm():
+    """The documented GPU path (ray.data.llm + vLLM) cannot run here; its engine config is built
+    from the verbalizer's settings without vLLM installed."""
+    pytest.importorskip("ray.data.llm")
+    from hiea_ray.config import VerbalizeConfig, section_from_dict
+    from hiea_ray.ops.verbalize import vllm_config
+
+    cfg = section_from_dict(VerbalizeConfig, {"mode": "llm", "llm": {"num_actors": 3, "batch_size_gen": 48, "amp": True,
+                                                                     "prompt_tokens": 200, "max_new_tokens": 40}})
+    c = vllm_config(cfg, "/models/smollm2")
+    assert c.model_source == "/models/smollm2" and c.batch_size == 48
+    assert c.engine_kwargs["dtype"] == "bfloat16" and c.engine_kwargs["max_model_len"] == 248
+    assert c.concurrency == 3 and c.chat_template_stage is False
+    fp32 = vllm_config(section_from_dict(VerbalizeConfig, {"mode": "llm", "llm": {"amp": False}}), "m")
+    assert fp32.engine_kwargs["dtype"] == "float32"

@@ -202,7 +202,7 @@ def test_pair_spec_errors_name_the_field(tmp_path):
 
 
 def test_ids_do_not_depend_on_the_bucket_count():
-    from hiea_ray.dump_ingest import key_hash, range_bucket
+    from hiea_ray.kg.dump_batches import key_hash, range_bucket
 
     keys = np.array([f"http://a/{i}" for i in range(2000)], dtype=object)
     h = key_hash(np.ones(2000, np.int8), keys, seed=3)

@@ -294,8 +294,8 @@ def test_llm_examples_from_labelled_sources_need_a_routed_labelled_source(tmp_pa
     import pyarrow.parquet as pq
 
     from hiea_ray.config import load_config
-    from hiea_ray.stages.base import RunContext
-    from hiea_ray.stages.train_llm import routed_examples
+    from hiea_ray.run import RunContext
+    from hiea_ray.stages.llm_train import routed_examples
 
     path = tmp_path / "route" / "standard" / "labelled.parquet"
     path.parent.mkdir(parents=True)

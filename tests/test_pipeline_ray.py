@@ -194,6 +194,29 @@ def test_embed_resumes_after_kill(e2e, tmp_path, caplog):
     assert Pipeline(cfg, e2e["data"], run).run_stage("embed").fresh()
 
 
+@pytest.mark.ray
+def test_embed_with_a_tokenize_stage_gives_the_same_vectors(e2e, tmp_path):
+    """embed.tokenize: stage on Ray Data (a CPU tokenize actor streaming token ids into the encoder
+    actor) embeds every row once, with the vectors of the run that tokenized in the actor; the
+    manifest says which mode and precision ran."""
+    from dataclasses import replace
+
+    clean_run, cfg = e2e["run"], e2e["cfg"]
+    run = copy_stages(clean_run, tmp_path / "run", ["ingest", "verbalize"])
+    cfg = replace(cfg, embed=replace(cfg.embed, tokenize="stage", tokenize_actors=1, tokenize_cpus=0.25,
+                                     cpus_per_actor=0.25))
+    pipe = Pipeline(cfg, e2e["data"], run)
+    pipe.run_stage("embed")
+    stats = manifest(run, "embed")["stats"]
+    assert stats["tokenize"] == "stage" and manifest(clean_run, "embed")["stats"]["tokenize"] == "actor"
+    assert stats["rows_embedded_now"] == stats["rows"] and sum(stats["precision"].values()) == stats["rows"]
+    assert stage_key(run, "embed") == stage_key(clean_run, "embed")  # a runtime field: the same stage
+    ids, kg, vecs = pipe.embeddings()
+    ids0, kg0, vecs0 = e2e["pipe"].embeddings()
+    assert np.array_equal(ids, ids0) and np.array_equal(kg, kg0)
+    assert np.abs(vecs - vecs0).max() <= 1e-6
+
+
 def _corrupt(src, dst, relpath: str, lineno: int, line: str):
     shutil.copytree(src, dst)
     p = dst / relpath

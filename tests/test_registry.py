@@ -153,3 +153,75 @@ def test_the_runner_is_small_and_ray_free_modules_do_not_import_ray():
     for sub in ("core", "kg"):
         for p in (ROOT / "hiea_ray" / sub).rglob("*.py"):
             assert not any(m == "ray" or m.startswith("ray.") for m, _ in _imports(p)), p
+
+
+# The house's layers, bottom to top. A module may import its own layer's and lower layers' modules;
+# a stage imports no other stage (only ``stages.base``); serve and train import no stage.
+LAYERS = [
+    ("base", ("hiea_ray.errors", "hiea_ray.config", "hiea_ray.io", "hiea_ray.manifest", "hiea_ray.model_store",
+              "hiea_ray.progress", "hiea_ray.plots", "hiea_ray.core", "hiea_ray.kg")),
+    ("ops", ("hiea_ray.data", "hiea_ray.ops", "hiea_ray.run")),
+    ("work", ("hiea_ray.train", "hiea_ray.stages", "hiea_ray.serve")),
+    ("pipeline", ("hiea_ray.pipeline",)),
+    ("cli", ("hiea_ray.cli", "hiea_ray")),
+]
+
+
+def _layer(module: str) -> int:
+    best = None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (i, len(p))
+    assert best is not None, f"{module}: in no layer of LAYERS"
+    return best[0]
+
+
+def _edges():
+    mods = _modules()
+    for m, path in mods.items():
+        for target, names in _imports(path):
+            for cand in [f"{target}.{n}" for n in names] + [target]:
+                if cand in mods and cand != m:
+                    yield m, cand
+                    break
+
+
+def test_imports_follow_the_layers():
+    """core/kg -> ops / run readers -> train / stages / serve -> pipeline -> cli: no arrow runs back up,
+    and stages, train and serve do not use each other's stages."""
+    bad = []
+    for m, t in _edges():
+        if _layer(t) > _layer(m):
+            bad.append(f"{m} -> {t} (up: {LAYERS[_layer(m)][0]} -> {LAYERS[_layer(t)][0]})")
+        if t.startswith("hiea_ray.stages.") and t != "hiea_ray.stages.base" and (
+                not m.startswith("hiea_ray.stages") or m.startswith("hiea_ray.stages.")):
+            bad.append(f"{m} -> {t} (a stage is used as a library)")
+    assert not bad, "\n".join(bad)
+
+
+def test_the_layer_test_sees_a_violation(tmp_path, monkeypatch):
+    """The rule above can fail: a serve module importing a stage, and ops importing train, are caught."""
+    assert _layer("hiea_ray.serve.engine") > _layer("hiea_ray.ops.embed") > _layer("hiea_ray.core.encoder")
+    assert _layer("hiea_ray") == _layer("hiea_ray.cli") and _layer("hiea_ray.run") == _layer("hiea_ray.ops.llm")
+    fake = {"hiea_ray.serve.x": [("hiea_ray.stages.decode", ["run"])], "hiea_ray.ops.x": [("hiea_ray.train", ["loop"])]}
+    found = []
+    for m, imports in fake.items():
+        for t, _ in imports:
+            up = _layer(t) > _layer(m)
+            lib = t.startswith("hiea_ray.stages.") and not m.startswith("hiea_ray.stages")
+            found.append(up or lib)
+    assert found == [True, True]
+
+
+def test_stage_modules_are_named_as_their_stages():
+    mods = _modules()
+    for name, stage in REGISTRY.items():
+        assert f"hiea_ray.stages.{name}" in mods, f"stage {name}: no module hiea_ray/stages/{name}.py"
+    import re
+
+    for f in ("pipeline.py", "stages/__init__.py"):
+        doc = (ROOT / "hiea_ray" / f).read_text().split('"""')[1]
+        named = set(re.findall(r"[a-z_]+", doc))
+        missing = [n for n in REGISTRY if n not in named]
+        assert not missing, f"stages the docstring of {f} does not name: {missing}"

@@ -15,7 +15,7 @@ from hiea_ray.core.encoder import fuse
 from hiea_ray.core.verbalize import TEXTS, build_contexts, verbalize_table
 from hiea_ray.io import column_to_numpy, embeddings_column
 from hiea_ray.ops.embed import Embedder, Tokenize, embed_specs, id_rows
-from hiea_ray.stages.verbalize import Verbalizer, verbalize_spec
+from hiea_ray.ops.verbalize import Verbalizer, verbalize_spec
 
 
 def test_ray_init_is_refused_outside_ray_tests():

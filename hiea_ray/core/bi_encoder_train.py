@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from hiea_ray.core.encoder import pool
 from hiea_ray.core.losses import contrastive_loss, world_scale
+from hiea_ray.core.optim import apply_gradients
 
 
 def embed_with_grad(model, tokenizer, texts: list[str], max_length: int, device, pooling: str = "mean") -> torch.Tensor:
@@ -45,21 +46,6 @@ def train_step(model, tokenizer, optimizer, scheduler, batch: dict, opts: dict, 
     )
     apply_gradients(model, optimizer, scheduler, loss * world_scale(opts["cross_device"], opts["in_batch"]))
     return float(loss.detach())
-
-
-def apply_gradients(model, optimizer, scheduler, loss: torch.Tensor, max_norm: float = 1.0) -> None:
-    """Backward + clipped optimizer step + scheduler step. A DeepSpeed engine (ZeRO) does all
-    three itself (clipping and scheduler are in its config): then ``model.backward``/``model.step``."""
-    if hasattr(model, "backward") and hasattr(model, "step"):
-        model.backward(loss)
-        model.step()
-        return
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
 
 
 @torch.inference_mode()

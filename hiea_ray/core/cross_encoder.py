@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hiea_ray.core.bi_encoder_train import apply_gradients
+from hiea_ray.core.optim import apply_gradients
 
 
 def load_reranker(model: str):

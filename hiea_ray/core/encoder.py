@@ -20,7 +20,7 @@ import torch
 from hiea_ray.config import EMBED_BACKENDS as BACKENDS
 from hiea_ray.errors import UserError
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 # Inference backends of the encoder (embed.backend): plain torch; torch under bf16 autocast on
 # CPU (oneDNN's bf16 kernels); torch with its Linear layers dynamically quantized to int8; ONNX Runtime on the model exported once to ONNX (fp32), or that

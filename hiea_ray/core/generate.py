@@ -129,7 +129,7 @@ def sft_batch(tokenizer, prompts: list[str], texts: list[str], device, max_token
 
 def sft_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device, amp_dtype) -> float:
     """One LoRA step: next-token cross-entropy of the target texts given their prompts."""
-    from hiea_ray.core.bi_encoder_train import apply_gradients
+    from hiea_ray.core.optim import apply_gradients
     from hiea_ray.core.llm import autocast
 
     ids, mask, labels = sft_batch(tokenizer, list(batch["prompt"]), list(batch["text"]), device)

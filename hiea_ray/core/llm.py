@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hiea_ray.core.bi_encoder_train import apply_gradients
+from hiea_ray.core.optim import apply_gradients
 from hiea_ray.core.prompt import LETTERS, SLOT
 from hiea_ray.model_store import cache_dir
 

@@ -15,7 +15,7 @@ its first byte is in). ``parse_chunk`` turns one chunk into an Arrow table of ``
           BAD    (s = file, o = message, where)  a skipped line (data.skip_bad_lines)
 
 Keys are full IRIs on both formats (a Wikidata item is ``http://www.wikidata.org/entity/Q42``),
-so owl:sameAs files name them directly. The Ray layer (``hiea_ray.dump_ingest``) groups the rows
+so owl:sameAs files name them directly. The Ray layer (``hiea_ray.ops.dump_ingest``) groups the rows
 by key, gives int64 ids and joins the triples; nothing here holds more than one chunk.
 """
 

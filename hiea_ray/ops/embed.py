@@ -121,7 +121,10 @@ def embed_specs(cfg: EmbedConfig) -> list[MapSpec]:
 def embed_dataset(texts_dir: Path, parts: Path, e: EmbedConfig, done: np.ndarray | None = None,
                   total: int | None = None) -> None:
     """The embed chain: read texts -> (drop done ids) -> [tokenize actors ->] encoder actors -> Parquet parts."""
-    from hiea_ray.data import map_parquet
+    from hiea_ray.data import check_cpus, map_parquet
 
-    map_parquet(texts_dir, parts, embed_specs(e), e.num_actors, e.rows_per_batch, done,
+    specs = embed_specs(e)
+    check_cpus({f"embed.{'tokenize_actors x tokenize_cpus' if s.cls is Tokenize else 'num_actors x cpus_per_actor'}":
+                (s.actors or e.num_actors) * s.map_batches_kwargs["num_cpus"] for s in specs})
+    map_parquet(texts_dir, parts, specs, e.num_actors, e.rows_per_batch, done,
                 progress=None if total is None else ("embed", total))

@@ -32,7 +32,7 @@ from ray import serve
 
 from hiea_ray.serve.schema import AlignRequest, BatchRequest
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 api = FastAPI(title="hiea-ray", version="1",
               description="Entity alignment against a KG aligned offline by hiea-ray: retriever -> router -> LLM.")

@@ -34,9 +34,9 @@ import numpy as np
 from hiea_ray.config import Config, config_from_dict
 from hiea_ray.errors import UserError
 from hiea_ray.io import read_lists, rows_of, to_local
-from hiea_ray.stages.base import RunContext
+from hiea_ray.run import RunContext
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 class UnknownEntity(LookupError):
@@ -92,7 +92,7 @@ def decoder_state(ctx: ServeRun):
     from hiea_ray.core.decoders import run_decoders
     from hiea_ray.core.online import DecoderState
     from hiea_ray.core.structure import SeedGraphs
-    from hiea_ray.stages.decode import candidate_lists
+    from hiea_ray.run import candidate_lists
 
     p = ctx.protocol
     out = ctx.run / "serve" / p
@@ -322,7 +322,7 @@ class LLMTier:
 
         from hiea_ray.core.encoder import set_threads
         from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, resolve_llm, weight_dtype
-        from hiea_ray.stages.train_llm import prompt_format, seed_and_certain
+        from hiea_ray.run import prompt_format, seed_and_certain
         from hiea_ray.train.llm import neighbourhoods
 
         lc = ctx.cfg.llm

@@ -1,4 +1,4 @@
-"""What a stage declares, and the run context its body works in.
+"""What a stage declares (the run context its body works in is ``hiea_ray.run.RunContext``).
 
 A stage module defines one ``StageDef``: its name, the upstream stages it reads (their
 fingerprints go into its key), the config it reads (whole sections, or single fields of other
@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hiea_ray.config import Config
-from hiea_ray.io import column_to_numpy, read_dir
-from hiea_ray.kg.model import KGPair
-from hiea_ray.manifest import Stage
+from hiea_ray.run import RunContext
 
 
 def always(cfg: Config) -> bool:
@@ -54,54 +50,3 @@ class StageDef:
     early_cutoff: bool = False
     # Called after the stage is committed or found fresh (evaluate: metrics.json to the run root).
     publish: Callable[["RunContext"], Any] | None = None
-
-
-class RunContext:
-    """A run folder and its config: what stage bodies read (upstream outputs) and key on."""
-
-    def __init__(self, cfg: Config, data: str | Path, run: str | Path):
-        self.cfg = cfg
-        self.data = Path(data)
-        self.run = Path(run)
-
-    def stage(self, name: str) -> Stage:
-        """A finished stage's record (manifest, fingerprint)."""
-        return Stage(self.run, name, "", {})
-
-    def fingerprint(self, name: str) -> str:
-        return self.stage(name).fingerprint()
-
-    def content_fingerprint(self, path: str | Path) -> str:
-        """Content fingerprint of an input file or folder (digests cached in the run folder)."""
-        from hiea_ray.manifest import fingerprint_files
-
-        return fingerprint_files(Path(path), self.run / ".cache" / "digests.json")
-
-    def model_fingerprint(self, model: str) -> str:
-        """A model named in the config, by content when it is a folder (the packaged default
-        included), so new weights at the same path re-run what used the old ones; a hub id by
-        its name (its files live in the HF cache)."""
-        from hiea_ray.core.encoder import resolve_model
-
-        path = Path(resolve_model(model))
-        return self.content_fingerprint(path) if path.exists() else f"hub:{model}"
-
-    def pair(self) -> KGPair:
-        return KGPair.read(self.run / "ingest")
-
-    def texts(self):
-        """The verbalize stage's (id, kg, name, text) table."""
-        return read_dir(self.run / "verbalize" / "texts")
-
-    def embeddings(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, kg, vectors) of the embed stage, sorted by id."""
-        t = read_dir(self.run / "embed" / "parts").sort_by("id")
-        return t["id"].to_numpy(), t["kg"].to_numpy(), column_to_numpy(t["embedding"])
-
-    def encoder_model(self) -> str:
-        """The trained model when retriever training is on, else the configured encoder."""
-        return str(self.run / "train" / "model") if self.cfg.train.enabled else self.cfg.embed.model
-
-    def reranker_model(self) -> str:
-        rc = self.cfg.rerank
-        return str(self.run / "rerank_train" / "model") if rc.train else rc.model

@@ -17,30 +17,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiea_ray.core.decoders import run_decoders
-from hiea_ray.core.fusion import fused_lists
 from hiea_ray.core.structure import SeedGraphs
-from hiea_ray.io import column_to_numpy, ids_or_pad, read_dir, read_lists, to_local, write_lists
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.io import ids_or_pad, write_lists
+from hiea_ray.run import RunContext, candidate_lists
+from hiea_ray.stages.base import StageDef
 
-log = logging.getLogger("hiea_ray")
-
-
-def candidate_lists(ctx: RunContext, protocol: str):
-    """(q, b, s2t, s2t_score, t2s, t2s_score) in local indices: the retriever's lists, or with
-    reranking the whole candidate graph with fused scores."""
-    d = ctx.run / "retrieve" / protocol
-    q, s2t_ids, s2t_score = read_lists(d / "s2t.parquet")
-    b, t2s_ids, t2s_score = read_lists(d / "t2s.parquet")
-    s2t, t2s = to_local(b, s2t_ids), to_local(q, t2s_ids)
-    if not ctx.cfg.rerank.enabled:
-        return q, b, s2t, s2t_score, t2s, t2s_score
-    t = read_dir(ctx.run / "rerank" / protocol / "parts").sort_by("src")
-    if not np.array_equal(t["src"].to_numpy(), q):
-        raise RuntimeError(f"rerank {protocol}: reranked sources differ from the retrieved ones")
-    c = ctx.cfg.decode
-    cand = to_local(b, column_to_numpy(t["cand"]))
-    return (q, b, *fused_lists(s2t, s2t_score, t2s, t2s_score, cand, column_to_numpy(t["retr"]),
-                               column_to_numpy(t["rerank"]), c.fusion_weight, c.score_scale))
+log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:

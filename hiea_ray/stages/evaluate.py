@@ -24,8 +24,9 @@ from hiea_ray.core.metrics import decoder_metrics, metrics_document
 from hiea_ray.core.router import primary_decoder
 from hiea_ray.io import column_to_numpy, read_dir, read_lists, rows_of
 from hiea_ray.plots import plot_metrics
-from hiea_ray.stages.base import RunContext, StageDef
-from hiea_ray.stages.llm import trained_model
+from hiea_ray.run import RunContext
+from hiea_ray.stages.base import StageDef
+from hiea_ray.run import trained_model
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:

@@ -3,7 +3,7 @@
 The input (``--data``) is a DBP15K / SRPRS / OpenEA folder (read in this process by
 ``hiea_ray.kg.readers``) or a pair spec, ``PAIR.yaml`` (``hiea_ray.kg.pairspec``): two dumps
 (Wikidata JSON, N-Triples; .gz / .bz2) and their gold links, read with Ray Data
-(``hiea_ray.dump_ingest``) without the driver holding the dump.
+(``hiea_ray.ops.dump_ingest``) without the driver holding the dump.
 
 Output: ``entities``, ``rel_triples``, ``attr_triples``, ``links`` (.parquet) and ``report.json``.
 The key holds the input's content fingerprint (bytes, not mtimes: a copy with new mtimes is the
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from hiea_ray.kg.pairspec import is_spec, load_pair_spec
 from hiea_ray.kg.readers import read_pair
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.run import RunContext
+from hiea_ray.stages.base import StageDef
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
@@ -28,7 +29,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         if spec.release:
             return _write_release(spec.release_path, ctx, tmp)
         from hiea_ray.data import init_ray
-        from hiea_ray.dump_ingest import ingest_dumps
+        from hiea_ray.ops.dump_ingest import ingest_dumps
 
         init_ray(ctx.cfg)
         report = ingest_dumps(spec, ctx.cfg.data, tmp)

@@ -2,7 +2,7 @@
 
 Per protocol: the sources the router did not judge certain, each with the top ``llm.candidates``
 of the primary decoder's list, become prompts (``<protocol>/prompts.parquet``, built on the
-driver; bridges from the seed links and the certain answers). ``LLMScorer`` (the causal LM +
+driver; bridges from the seed links and the certain answers). ``ops.llm.LLMScorer`` (the causal LM +
 LoRA + knowledge adapter loaded once per actor; bf16 and a GPU per actor by config) reads each
 prompt's option-letter logits at its last position: a distribution over its candidates and
 "none" — no generation, no parsing, no invalid answer. Output ``<protocol>/parts/*.parquet``
@@ -15,59 +15,24 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hiea_ray.config import LLMConfig
-from hiea_ray.core.encoder import set_threads
-from hiea_ray.data import MapSpec
-from hiea_ray.io import column_to_numpy, embeddings_column, finished_ids, read_lists, rows_of
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.io import finished_ids, read_lists, rows_of
+from hiea_ray.ops.llm import llm_spec
+from hiea_ray.run import RunContext, trained_model
+from hiea_ray.stages.base import StageDef
 
-log = logging.getLogger("hiea_ray")
-
-
-class LLMScorer:
-    """Prompt rows (src, text, vectors, n_options, options) -> (src, options, n_options, logp)."""
-
-    def __init__(self, cfg: dict, base: str, trained: str, vector_dim: int):
-        import torch
-
-        from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, weight_dtype
-
-        self.cfg = LLMConfig(**{k: v for k, v in cfg.items() if k != "scaling"})
-        set_threads(self.cfg.torch_threads or os.cpu_count())
-        self.device = torch.device("cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
-        self.amp = llm_amp_dtype(self.device, self.cfg.amp, self.cfg.cpu_amp)
-        self.model, self.tokenizer = load_hiea_llm(base, trained, vector_dim, cfg, trainable=False,
-                                                   dtype=weight_dtype(self.cfg.dtype, self.device))
-        self.model.to(self.device)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from hiea_ray.core.llm import score
-
-        slots = self.cfg.candidates + 1
-        vectors = list(column_to_numpy(batch["vectors"]))
-        logp = score(self.model, self.tokenizer, batch["text"].to_pylist(), vectors, batch["n_options"].to_pylist(),
-                     slots, self.device, self.cfg.infer_batch_size, self.amp)
-        return pa.table({"src": batch["src"], "options": batch["options"], "n_options": batch["n_options"],
-                         "logp": embeddings_column(logp.astype(np.float32))})
-
-
-def trained_model(ctx: RunContext) -> str:
-    lc = ctx.cfg.llm
-    return str(ctx.run / "llm_train" / "model") if lc.train else lc.trained
+log = logging.getLogger(__name__)
 
 
 def prompts(ctx: RunContext, protocol: str, base: str, out: Path) -> Path:
     """The routed sources' prompts of a protocol (built once; a resumed run reuses the file)."""
     from hiea_ray.core.router import primary_decoder
-    from hiea_ray.stages.train_llm import prompt_format, seed_and_certain
+    from hiea_ray.run import prompt_format, seed_and_certain
     from hiea_ray.train.llm import neighbourhoods, prompt_table
 
     path = out / "prompts.parquet"
@@ -113,9 +78,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         if total and len(done) < total:
             if len(done):
                 log.info("llm %s: resuming, %d of %d sources already scored", protocol, len(done), total)
-            spec = MapSpec(LLMScorer, {"cfg": asdict(lc), "base": base, "trained": trained, "vector_dim": int(vecs.shape[1])},
-                           {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow", "num_cpus": lc.cpus_per_actor,
-                            "num_gpus": lc.gpus_per_actor})
+            spec = llm_spec(lc, base, trained, int(vecs.shape[1]))
             map_parquet(path, parts, spec, lc.num_actors, lc.rows_per_batch, done, "src", progress=(f"llm {protocol}", total))
         wall = time.time() - t0
         got = finished_ids(parts, "src")

@@ -15,9 +15,10 @@ from hiea_ray.core.metrics import protocol_sets
 from hiea_ray.core.retrieval import knn
 from hiea_ray.io import ids_or_pad, rows_of, write_lists
 from hiea_ray.progress import Progress
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.run import RunContext
+from hiea_ray.stages.base import StageDef
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:

@@ -42,9 +42,10 @@ from hiea_ray.core.router import (Router, anchor_folds, certain_set_report, choo
 from hiea_ray.core.structure import SeedGraphs
 from hiea_ray.errors import UserError
 from hiea_ray.io import embeddings_column, read_lists, rows_of, to_local
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.run import RunContext
+from hiea_ray.stages.base import StageDef
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def route_enabled(cfg) -> bool:

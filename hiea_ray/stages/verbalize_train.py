@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.run import RunContext
+from hiea_ray.stages.base import StageDef
 
 
 def examples(rows: list[dict], tokenizer, budget: int, prefill_name: bool = True) -> pa.Table:

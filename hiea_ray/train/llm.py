@@ -27,7 +27,7 @@ from hiea_ray.core.prompt import EntityView, Neighbourhoods, Prompt, build_promp
 from hiea_ray.core.verbalize import relation_label
 from hiea_ray.io import embeddings_column, rows_of
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def neighbourhoods(pair, counterpart_links: list[tuple[np.ndarray, np.ndarray]], max_facts: int) -> Neighbourhoods:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def _optimizer(model, opts: dict, total: int):

@@ -31,7 +31,7 @@ from hiea_ray.io import TextLookup
 from hiea_ray.plots import plot_reranker_curve
 from hiea_ray.train.tasks import RerankerTask
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def reranker_data(cfg: Config, texts: pa.Table, links: pa.Table, ids: np.ndarray, kg: np.ndarray, vecs: np.ndarray):

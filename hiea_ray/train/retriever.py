@@ -35,7 +35,7 @@ from hiea_ray.io import column_to_numpy, read_dir
 from hiea_ray.plots import plot_retriever_curve
 from hiea_ray.train.tasks import RetrieverTask
 
-log = logging.getLogger("hiea_ray")
+log = logging.getLogger(__name__)
 
 
 def link_texts(texts: pa.Table, links: pa.Table) -> pa.Table:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.run import RunContext
+from hiea_ray.stages.base import StageDef
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:

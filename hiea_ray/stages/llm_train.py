@@ -28,27 +28,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from hiea_ray.stages.base import RunContext, StageDef
+from hiea_ray.run import RunContext, prompt_format, seed_and_certain
+from hiea_ray.stages.base import StageDef
 
-log = logging.getLogger("hiea_ray")
-
-
-def seed_and_certain(ctx: RunContext, protocol: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(src, tgt) arrays of known matches: the seed links and the router's certain answers."""
-    pair = ctx.pair()
-    out = [(t["src"].to_numpy(), t["tgt"].to_numpy()) for t in (pair.links_of(s) for s in ("train", "valid"))]
-    r = pq.read_table(ctx.run / "route" / protocol / "route.parquet")
-    certain = r["certain"].to_numpy(zero_copy_only=False)
-    out.append((r["src"].to_numpy()[certain], r["answer"].to_numpy()[certain]))
-    return out
-
-
-def prompt_format(base: str, adapter_tokens: int, readout: str | None = None):
-    """The prompts' format for a tokenizer folder; readout None = the one the model folder
-    ``base`` was trained with (``llm.readout`` when training a new one)."""
-    from hiea_ray.core.llm import PromptFormat, load_tokenizer, model_readout
-
-    return PromptFormat(load_tokenizer(base), adapter_tokens, readout or model_readout(base))
+log = logging.getLogger(__name__)
 
 
 def routed_examples(ctx: RunContext, protocol: str):

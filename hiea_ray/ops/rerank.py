@@ -1,0 +1,68 @@
+"""The cross-encoder's Ray Data piece: ``Reranker`` (callable class) and ``rerank_spec``.
+
+``Reranker`` scores each (source text, candidate text) pair of a source's top-k candidates with
+the cross-encoder (loaded once per actor); the rerank stage chains it over its candidate Parquet.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+
+from hiea_ray.config import RerankConfig
+from hiea_ray.core.encoder import resolve_backend, set_threads
+from hiea_ray.data import MapSpec, resolve
+from hiea_ray.io import TextLookup, column_to_numpy, embeddings_column
+
+
+class Reranker:
+    """Candidate rows (src, cand[K], score[K]) -> (src, cand[k], retr[k], rerank[k]) for the top k.
+
+    Scores each (source text, candidate text) pair of a source's top-k candidates with the
+    cross-encoder (loaded once per actor). ``texts`` (id, text) is a table or an object ref
+    (shared read-only through the object store on a cluster). Padded candidates (-1) score -inf."""
+
+    def __init__(self, cfg: dict, model: str, texts):
+        import torch
+
+        from hiea_ray.core.cross_encoder import load_reranker
+
+        self.cfg = RerankConfig(**cfg)
+        set_threads(self.cfg.torch_threads or os.cpu_count())  # as the embed stage: 0 = all cores
+        self.device = torch.device("cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+        self.amp = torch.bfloat16 if (self.device.type == "cuda" and self.cfg.amp) else None
+        if self.device.type == "cpu" and resolve_backend(self.cfg.backend, self.device) == "torch-bf16":
+            self.amp = torch.bfloat16  # oneDNN bf16 on CPU (auto: where core.encoder.cpu_has_bf16)
+        self.model, self.tokenizer = load_reranker(model)
+        self.model.to(self.device)
+        self._texts = TextLookup(resolve(texts))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from hiea_ray.core.cross_encoder import score_pairs
+
+        k = self.cfg.k
+        src = batch["src"].to_numpy()
+        cand = column_to_numpy(batch["cand"])[:, :k]
+        retr = column_to_numpy(batch["score"])[:, :k]
+        ok = cand >= 0
+        rows, cols = np.nonzero(ok)
+        logits = score_pairs(
+            self.model, self.tokenizer, self._texts(src[rows]), self._texts(cand[rows, cols]), self.cfg.max_length,
+            self.device, self.cfg.infer_batch_size, self.amp,
+        )
+        rerank = np.full(cand.shape, -np.inf, np.float32)
+        rerank[rows, cols] = logits
+        return pa.table({"src": batch["src"], "cand": embeddings_column(cand.astype(np.int64)), "retr": embeddings_column(retr),
+                         "rerank": embeddings_column(rerank)})
+
+
+def rerank_spec(cfg: RerankConfig, model: str, texts) -> MapSpec:
+    return MapSpec(
+        Reranker,
+        {"cfg": asdict(cfg), "model": model, "texts": texts},
+        {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow", "num_cpus": cfg.cpus_per_actor,
+         "num_gpus": cfg.gpus_per_actor},
+    )

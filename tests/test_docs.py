@@ -1,0 +1,82 @@
+"""The README and docs/ hold up: every relative link and every repository path they name exists,
+every `hiea-ray` command they show is a subcommand, the README stays short, docs/configuration.md
+is the config's current help, ``hiea-ray config show`` reads back as the same config, and
+docs/tests.md lists every test file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hiea_ray.cli import build_parser
+from hiea_ray.config import Config, load_config
+from hiea_ray.config_doc import to_markdown, to_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _subcommands() -> set[str]:
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(sub.choices)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_paths_and_commands_resolve(doc):
+    text = doc.read_text(encoding="utf-8")
+    bad = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://", "#", "mailto:")):
+            continue
+        if not (doc.parent / target.split("#")[0]).exists():
+            bad.append(f"link {target}")
+    # repository paths named in the text: scripts, configs, results, modules
+    for path in set(re.findall(r"(?<![\w/.-])((?:benchmarks|hiea_ray|cluster|jobs|scripts|tests)/[\w./-]+\.(?:py|json|yaml|png|sh))", text)):
+        if "*" not in path and "<" not in path and not (ROOT / path).exists():
+            bad.append(f"path {path}")
+    subs = _subcommands()
+    code = "\n".join(ln for ln in text.splitlines() if ln.startswith("    ")) + " ".join(re.findall(r"`[^`]+`", text))
+    for cmd in re.findall(r"(?:^|[\s`/])hiea-ray ([a-z][\w-]*)", code):
+        if cmd not in subs:
+            bad.append(f"command hiea-ray {cmd}")
+    assert not bad, f"{doc.relative_to(ROOT)}: " + "; ".join(sorted(set(bad)))
+
+
+def test_the_readme_is_short():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def test_the_configuration_page_is_current():
+    want = to_markdown(Config())
+    have = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert have == want, "docs/configuration.md is stale: hiea-ray config show --defaults --markdown > docs/configuration.md"
+
+
+@pytest.mark.parametrize("config", [None, "benchmarks/configs/dbp15k-hiea.yaml", "benchmarks/configs/scale-synthetic.yaml"])
+def test_config_show_reads_back_as_the_same_config(tmp_path, config):
+    cfg = load_config(None if config is None else ROOT / config, ["embed.batch_size=7", "retrieve.index=IVF64,Flat"])
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(to_yaml(cfg))
+    assert load_config(shown) == cfg
+    assert "# Texts per forward pass." in shown.read_text()  # the field's help rides along
+
+
+def test_configs_merge_in_order(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("embed: {batch_size: 8, max_length: 32}\nretrieve: {k: 70}\n")
+    b.write_text("embed: {batch_size: 16}\n")
+    cfg = load_config([a, b], ["retrieve.k=90"])
+    assert (cfg.embed.batch_size, cfg.embed.max_length, cfg.retrieve.k) == (16, 32, 90)
+    b.write_text("embed: {batch_size: 0}\n")
+    from hiea_ray.errors import UserError
+
+    with pytest.raises(UserError, match=r"a.yaml \+ .*b.yaml: .*embed.batch_size"):
+        load_config([a, b])
+
+
+def test_every_test_file_is_listed_in_docs_tests():
+    listed = (ROOT / "docs" / "tests.md").read_text()
+    missing = [p.name for p in sorted((ROOT / "tests").glob("test_*.py")) if f"tests/{p.name}" not in listed]
+    assert not missing, f"docs/tests.md lacks {missing}"
