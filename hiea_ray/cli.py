@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, help="HTTP port (serve.port, default 8000)")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (serve.*)")
     v.add_argument("-q", "--quiet", action="store_true", help="only warnings")
+    v.add_argument("--print-config", action="store_true",
+                   help="print the Serve config (serve deploy / a RayService's serveConfigV2) for this run and exit")
+    v.add_argument("--run-path", help="with --print-config: the run folder as the cluster's nodes see it (default: --run)")
     s = sub.add_parser("synth", help="write a synthetic KG pair (OpenEA format)")
     s.add_argument("--out", required=True)
     s.add_argument("--entities", type=int, default=3000)
@@ -157,6 +160,14 @@ def _serve(args) -> int:
         sets.append(f"serve.port={args.port}")
     ctx = ServeRun(args.run, sets)  # a user mistake (no run, bad --set) is one line before Ray starts
     sv = ctx.cfg.serve
+    if args.print_config:
+        import yaml
+
+        from hiea_ray.serve.app import serve_config
+
+        print(yaml.safe_dump(serve_config(ctx, args.run_path or str(Path(args.run).resolve()), args.set),
+                             sort_keys=False), end="")
+        return 0
     from ray import serve
 
     from hiea_ray.data import init_ray

@@ -59,7 +59,9 @@ def test_watch_parts_counts_rows_of_finished_part_files(tmp_path):
     assert parquet_rows(parts, seen) == 30
     with watch_parts("embed", parts, total=100, done=30, every=0.05) as bar:
         pq.write_table(pa.table({"id": list(range(30, 70))}), parts / "new-1.parquet")
-        time.sleep(0.3)
+        deadline = time.time() + 10  # the poller runs every 0.05 s; a loaded machine may delay it
+        while bar.done != 70 and time.time() < deadline:
+            time.sleep(0.02)
         assert bar.done == 70
         pq.write_table(pa.table({"id": list(range(70, 100))}), parts / "new-2.parquet")
     assert bar.done == 100

@@ -238,17 +238,19 @@ def test_a_full_disk_is_one_line_and_leaves_no_stage(tmp_path, synthetic_dir):
 
 
 def test_out_in_a_read_only_place_is_one_line(tmp_path, synthetic_dir):
-    ro = _read_only_mount(tmp_path)
+    ro, why = read_only_folder(tmp_path)
     r = _cli("align", "--data", str(synthetic_dir), "--out", str(ro / "run"), "--until", "ingest", "-q")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        f"hiea-ray: error: {ro / 'run'}: Read-only file system (nothing half-written is kept; free space or fix "
+        f"hiea-ray: error: {ro / 'run'}: {why} (nothing half-written is kept; free space or fix "
         "permissions and re-run)"]
 
 
-def _read_only_mount(tmp_path: Path) -> Path:
-    """A read-only bind mount of a folder under tmp_path (root ignores file modes); skips where
-    mounting is not allowed. Unmounted at interpreter exit."""
+def read_only_folder(tmp_path: Path) -> tuple[Path, str]:
+    """(folder, the OS error a write there gives): a read-only bind mount of tmp_path/ro-src at
+    tmp_path/ro where mounting is allowed ("Read-only file system"; unmounted at exit); else, for a
+    user whose file modes count (not root), ro-src itself with every folder and file in it made
+    read-only ("Permission denied"); else the test is skipped. What ro-src holds is seen inside."""
     import atexit
 
     src, ro = tmp_path / "ro-src", tmp_path / "ro"
@@ -258,12 +260,15 @@ def _read_only_mount(tmp_path: Path) -> Path:
         subprocess.run(["mount", "--bind", str(src), str(ro)], check=True, capture_output=True)
         subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
-        if os.access(src, os.W_OK) and os.geteuid() != 0:
-            src.chmod(0o555)
-            return src
-        pytest.skip("cannot make a read-only folder here (not root and no mount)")
+        if os.geteuid() == 0:
+            pytest.skip("cannot make a read-only folder here (root ignores file modes, and mount is not allowed)")
+        paths = sorted([src, *src.rglob("*")], key=lambda q: len(q.parts), reverse=True)  # deepest first
+        for q in paths:
+            q.chmod(0o555 if q.is_dir() else 0o444)
+        atexit.register(lambda: [q.chmod(0o755 if q.is_dir() else 0o644) for q in reversed(paths)])
+        return src, "Permission denied"
     atexit.register(lambda: subprocess.run(["umount", str(ro)], capture_output=True))
-    return ro
+    return ro, "Read-only file system"
 
 
 def test_a_sigterm_swallowed_inside_a_finalizer_still_ends_the_run():

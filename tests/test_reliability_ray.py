@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_reliability import _read_only_mount
+from test_reliability import read_only_folder
 
 pytestmark = pytest.mark.ray
 
@@ -52,7 +52,7 @@ def test_sigterm_ends_like_ctrl_c_the_run_resumes_quietly_and_reports_read_only(
     assert len(err) <= 1 and not any("Dataset" in ln or " INFO " in ln for ln in err), err
 
     metrics = (run / "metrics.json").read_text()
-    ro = _read_only_mount(tmp_path)
+    ro, _ = read_only_folder(tmp_path)  # the finished run, unwritable: nothing may be rewritten
     r = subprocess.run(_demo(ro / "run", tiny_encoder_dir), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     stages = [ln.split() for ln in r.stdout.splitlines() if ln.split()[:1] and ln.split()[0] in

@@ -268,15 +268,40 @@ def build_app(run_dir, overrides=None):
     ctx = ServeRun(run, overrides)
     decoder_state(ctx)
     sv = ctx.cfg.serve
-    retriever = Retriever.options(**_options(sv, sv.retriever_replicas, sv.retriever_max_replicas, sv.retriever_cpus))
-    router = Router.options(**_options(sv, 1, 1, 0.1))
-    llm = None
+    opts = deployment_options(ctx)
+    router = Router.options(**opts["Router"]).bind(run, overrides) if "Router" in opts else None
+    llm = LLM.options(**opts["LLM"]).bind(run, overrides, sv.llm_batch_size, sv.llm_batch_wait_s) if "LLM" in opts else None
+    return Ingress.options(**opts["Ingress"]).bind(Retriever.options(**opts["Retriever"]).bind(run, overrides), router,
+                                                   llm, run, overrides)
+
+
+def deployment_options(ctx) -> dict[str, dict]:
+    """The deployments the app builds over a run (``ServeRun``) — Router only with a router, LLM
+    only with the HIEA tier — and each one's options from the run's ``serve`` settings."""
+    sv = ctx.cfg.serve
+    out = {"Ingress": _options(sv, 1, 1, 0.1),
+           "Retriever": _options(sv, sv.retriever_replicas, sv.retriever_max_replicas, sv.retriever_cpus)}
+    if ctx.has_router:
+        out["Router"] = _options(sv, 1, 1, 0.1)
     if ctx.has_llm:
-        llm = LLM.options(**_options(sv, sv.llm_replicas, sv.llm_max_replicas, sv.llm_cpus, sv.llm_gpus)).bind(
-            run, overrides, sv.llm_batch_size, sv.llm_batch_wait_s)
-    ingress = Ingress.options(**_options(sv, 1, 1, 0.1))
-    return ingress.bind(retriever.bind(run, overrides), router.bind(run, overrides) if ctx.has_router else None, llm,
-                        run, overrides)
+        out["LLM"] = _options(sv, sv.llm_replicas, sv.llm_max_replicas, sv.llm_cpus, sv.llm_gpus)
+    return out
+
+
+def serve_config(ctx, run_path: str, overrides: list[str]) -> dict:
+    """A Serve config (``serve deploy`` / a RayService's serveConfigV2) for this run: exactly the
+    deployments the app builds over it, with its options; ``run_path``: the run folder as the
+    cluster's nodes see it."""
+    sv = ctx.cfg.serve
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": sv.port, "request_timeout_s": sv.request_timeout_s},
+        "applications": [{
+            "name": "hiea", "route_prefix": "/", "import_path": "hiea_ray.serve.app:app",
+            "args": {"run": run_path, "overrides": list(overrides)},
+            "deployments": [{"name": name, **o} for name, o in deployment_options(ctx).items()],
+        }],
+    }
 
 
 def app(args: dict):
