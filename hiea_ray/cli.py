@@ -131,7 +131,7 @@ def _align(data: Path, out: Path, args) -> int:
     return 0
 
 
-def _warm_up(url: str, ctx) -> None:
+def _warm_up(url: str, ctx, token: str | None = None) -> None:
     """One request through every tier before the service is announced: the first call through a
     Serve handle sets the handle up (seconds), which should not be a user's first request."""
     import urllib.request
@@ -143,7 +143,8 @@ def _warm_up(url: str, ctx) -> None:
         return
     for tier in ("small", "llm") if ctx.has_llm else ("small",):
         body = json.dumps({"id": int(q[0]), "tier": tier}).encode()
-        req = urllib.request.Request(f"{url}/v1/align", data=body, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        req = urllib.request.Request(f"{url}/v1/align", data=body, headers=headers)
         try:
             urllib.request.urlopen(req, timeout=120).read()
         except OSError as e:  # the service still starts; the first request will be slow
@@ -160,6 +161,9 @@ def _serve(args) -> int:
         sets.append(f"serve.port={args.port}")
     ctx = ServeRun(args.run, sets)  # a user mistake (no run, bad --set) is one line before Ray starts
     sv = ctx.cfg.serve
+    from hiea_ray.serve.app import api_token
+
+    token = api_token(sv)  # a named but unset token variable: one line, before Ray starts
     if args.print_config:
         import yaml
 
@@ -177,7 +181,7 @@ def _serve(args) -> int:
     serve.start(http_options={"host": sv.host, "port": sv.port, "request_timeout_s": sv.request_timeout_s})
     serve.run(build_app(args.run, sets), name="hiea", route_prefix="/", blocking=False)
     url = f"http://{sv.host}:{sv.port}"
-    _warm_up(url, ctx)
+    _warm_up(url, ctx, token)
     print(f"hiea-ray serving {args.run} ({ctx.protocol}; tiers: small"
           f"{', router' if ctx.has_router else ''}{', llm' if ctx.has_llm else ''}) at {url}\n"
           f"  POST {url}/v1/align  {{\"id\": <KG1 id>}} or {{\"entity\": {{\"name\": ..., \"relations\": [...]}}}}\n"

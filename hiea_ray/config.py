@@ -512,6 +512,10 @@ class ServeConfig:
     protocol: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    # The name of an environment variable holding the API's bearer token (e.g. HIEA_API_TOKEN, filled
+    # from a Kubernetes Secret): every request but GET /healthz must then carry
+    # "Authorization: Bearer <token>" (401 otherwise). null = no authentication (loopback use).
+    api_token_env: str | None = None
     # Candidates returned per query by default, and the most a request may ask for (both capped at
     # the run's retrieve.k).
     k: int = 10

@@ -30,6 +30,33 @@ MANIFEST = "manifest.json"
 log = logging.getLogger(__name__)
 
 
+PICKLED = (".pkl", ".pickle")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def verified_bytes(run: Path, stage: str, rel: str) -> bytes:
+    """The bytes of ``run/stage/rel`` after checking them against the sha256 the stage's manifest
+    recorded: a pickle swapped on a shared volume is refused (a UserError naming it), never
+    unpickled. Stages committed before digests were recorded are read as they are."""
+    from hiea_ray.errors import UserError
+
+    path = Path(run) / stage / rel
+    data = path.read_bytes()
+    m = json.loads((Path(run) / stage / MANIFEST).read_text())
+    if "digests" not in m:
+        log.warning("%s: its stage manifest records no digest (a run from before they were recorded); loaded unchecked", path)
+        return data
+    want = m["digests"].get(rel)
+    if want is None or hashlib.sha256(data).hexdigest() != want:
+        raise UserError(f"{path}: its content is not what the {stage} stage wrote (sha256 differs from its manifest); "
+                        "refusing to load it. Re-run the stage, or restore the file")
+    return data
+
+
 def fingerprint_files(path: Path, cache: Path | None = None) -> str:
     """Content fingerprint of an input file or folder: every file's relative path and the sha256
     of its bytes. Digests are cached in the JSON file ``cache`` by (size, mtime, ctime, inode):
@@ -148,6 +175,8 @@ class Stage:
             if p.is_file():
                 outputs[str(p.relative_to(self.tmp))] = p.stat().st_size
         body = dict(self.key, stage=self.name, outputs=outputs, stats=stats or {})
+        # sha256 of the pickles a later reader unpickles (the router): checked before loading
+        body["digests"] = {rel: _sha256(self.tmp / rel) for rel in outputs if rel.endswith(PICKLED)}
         body["wall_s"] = round(time.time() - self.started, 3)
         body["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         blob = json.dumps({k: body[k] for k in ("schema_version", "config_hash", "inputs", "outputs")}, sort_keys=True)

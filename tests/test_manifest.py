@@ -151,3 +151,35 @@ def test_early_cutoff_keeps_the_fingerprint_of_identical_outputs(tmp_path):
     assert second["fingerprint"] != first["fingerprint"] and "note" not in second
     third = _run_stage(tmp_path, "ingest", inputs={"data": "mtime-4"}, files={"e.parquet": "abd"})[1]
     assert third["fingerprint"] != second["fingerprint"] and "note" not in third
+
+
+def test_a_pickle_is_read_only_as_its_stage_wrote_it(tmp_path, caplog):
+    """The serve tier unpickles route/<protocol>/router.pkl from shared storage: its sha256 is in
+    the stage's manifest, and a swapped file is refused (one UserError naming it), never loaded."""
+    import pickle
+
+    import pytest
+
+    from hiea_ray.errors import UserError
+    from hiea_ray.manifest import verified_bytes
+
+    blob = pickle.dumps({"model": [1, 2, 3]})
+    st = Stage(tmp_path, "route", "h", {})
+    tmp = st.begin()
+    (tmp / "standard").mkdir()
+    (tmp / "standard" / "router.pkl").write_bytes(blob)
+    (tmp / "standard" / "router.json").write_text("{}")
+    m = st.commit()
+    assert set(m["digests"]) == {os.path.join("standard", "router.pkl")}  # pickles only
+    assert verified_bytes(tmp_path, "route", "standard/router.pkl") == blob
+    evil = pickle.dumps({"model": "swapped"})
+    (tmp_path / "route" / "standard" / "router.pkl").write_bytes(evil)
+    with pytest.raises(UserError, match=r"router.pkl: its content is not what the route stage wrote"):
+        verified_bytes(tmp_path, "route", "standard/router.pkl")
+    # a run committed before digests were recorded: loaded, with a warning
+    legacy = json.loads((tmp_path / "route" / MANIFEST).read_text())
+    del legacy["digests"]
+    (tmp_path / "route" / MANIFEST).write_text(json.dumps(legacy))
+    with caplog.at_level("WARNING"):
+        assert verified_bytes(tmp_path, "route", "standard/router.pkl") == evil
+    assert "records no digest" in caplog.text

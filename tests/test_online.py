@@ -87,3 +87,40 @@ def test_a_new_row_gets_reverse_edges_from_the_targets_lists(decoded):
     assert set(out) == {"top1", "csls", "sinkhorn", "structure"} and all(x[0].shape == (1, 10) for x in out.values())
     x, names, best = st.features(qr, out)
     assert x.shape == (1, len(names)) and best >= 0
+
+
+@pytest.mark.parametrize("path, header, status", [
+    ("/v1/align", None, 401), ("/v1/align", "Bearer wrong", 401), ("/v1/align", "Basic s3cret", 401),
+    ("/v1/align", "Bearer s3cret", 200), ("/v1/align", "bearer  s3cret ", 200), ("/healthz", None, 200),
+    ("/openapi.json", None, 401),
+])
+def test_the_bearer_token_guards_every_route_but_the_probe(monkeypatch, path, header, status):
+    """serve.api_token_env names the variable holding the token: without the right bearer token a
+    request is 401 with WWW-Authenticate; GET /healthz stays open for probes; without a token set
+    nothing is checked; a named variable that is unset is one clear error."""
+    import asyncio
+
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    from hiea_ray.config import ServeConfig
+    from hiea_ray.errors import UserError
+    from hiea_ray.serve import app as serve_app
+
+    monkeypatch.setenv("HIEA_TEST_TOKEN", "s3cret")
+    monkeypatch.setattr(serve_app, "_TOKEN", [serve_app.api_token(ServeConfig(api_token_env="HIEA_TEST_TOKEN"))])
+    headers = [] if header is None else [(b"authorization", header.encode())]
+    req = Request({"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": b""})
+
+    async def ok(_):
+        return PlainTextResponse("ok")
+
+    r = asyncio.run(serve_app.bearer_auth(req, ok))
+    assert r.status_code == status
+    if status == 401:
+        assert r.headers["www-authenticate"] == "Bearer" and b'"field":"authorization"' in r.body
+    monkeypatch.setattr(serve_app, "_TOKEN", [serve_app.api_token(ServeConfig())])  # no token: open
+    assert asyncio.run(serve_app.bearer_auth(req, ok)).status_code == 200
+    monkeypatch.delenv("HIEA_TEST_TOKEN")
+    with pytest.raises(UserError, match="serve.api_token_env: the environment variable HIEA_TEST_TOKEN is unset"):
+        serve_app.api_token(ServeConfig(api_token_env="HIEA_TEST_TOKEN"))

@@ -46,6 +46,44 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 _MAX_BODY = [1_000_000]
 
 
+# the API's bearer token (serve.api_token_env), set by the Ingress replica; None: no authentication
+_TOKEN: list = [None]
+OPEN_PATHS = ("/healthz",)  # probes need no token
+
+
+def api_token(sv) -> str | None:
+    """The token ``serve.api_token_env`` names, read from the environment; a named variable that is
+    unset or empty is a user error (the service never starts open by mistake)."""
+    import os
+
+    from hiea_ray.errors import UserError
+
+    if not sv.api_token_env:
+        return None
+    token = os.environ.get(sv.api_token_env, "")
+    if not token.strip():
+        raise UserError(f"config field serve.api_token_env: the environment variable {sv.api_token_env} is unset or empty")
+    return token.strip()
+
+
+async def bearer_auth(request: Request, call_next):
+    """With a token set, a request without ``Authorization: Bearer <token>`` is 401 (but GET /healthz)."""
+    import hmac
+
+    token = _TOKEN[0]
+    if token is not None and request.url.path not in OPEN_PATHS:
+        got = request.headers.get("authorization", "")
+        scheme, _, value = got.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            r = _error(401, "authorization", "a valid 'Authorization: Bearer <token>' header is required")
+            r.headers["WWW-Authenticate"] = "Bearer"
+            return r
+    return await call_next(request)
+
+
+api.middleware("http")(bearer_auth)
+
+
 @api.middleware("http")
 async def _limit_body(request: Request, call_next):
     """A POST body over serve.max_body_bytes -> 413 before it is read or parsed."""
@@ -169,6 +207,7 @@ class Ingress:
         import hiea_ray.serve.app as module
 
         module._MAX_BODY[0] = self.sv.max_body_bytes
+        module._TOKEN[0] = api_token(self.sv)
         self.retriever, self.router, self.llm = retriever, router, llm
         ent = ctx.pair().entities.sort_by("id")
         self.ids, self.kg, self.names = ent["id"].to_numpy(), ent["kg"].to_numpy(), ent["name"].to_pylist()

@@ -99,8 +99,14 @@ def decoder_state(ctx: ServeRun):
     key = {s: ctx.fingerprint(s) for s in ("ingest", "retrieve", "decode")}
     key["route.primary"] = ctx.cfg.route.primary
     path, key_path = out / "decoder_state.pkl", out / "decoder_state.json"
-    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()) == key:
-        return pickle.loads(path.read_bytes())
+    if path.is_file() and key_path.is_file():
+        saved = json.loads(key_path.read_text())
+        data = path.read_bytes()
+        # unpickled only when it is the very file written with this key (its sha256 beside it);
+        # otherwise it is rebuilt from the run's Parquet, as when the run changed
+        if saved.get("key") == key and saved.get("sha256") == hashlib.sha256(data).hexdigest():
+            return pickle.loads(data)
+        log.warning("serve: %s is not the decoder state of this run as written (run changed or file replaced): rebuilding", path)
     t0 = time.time()
     c = ctx.cfg.decode
     q, b, s2t, s2t_score, t2s, t2s_score = candidate_lists(ctx, p)
@@ -116,9 +122,10 @@ def decoder_state(ctx: ServeRun):
     st = DecoderState.of(c, ctx.cfg.route.primary, s2t, s2t_score, t2s, t2s_score, q, b, graphs, state, lists)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".decoder_state.{os.getpid()}.tmp"
-    tmp.write_bytes(pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL))
+    data = pickle.dumps(st, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.write_bytes(data)
     os.replace(tmp, path)
-    key_path.write_text(json.dumps(key, indent=2))
+    key_path.write_text(json.dumps({"key": key, "sha256": hashlib.sha256(data).hexdigest()}, indent=2))
     log.info("serve: decoder state of %s built in %.1f s (%d sources, %d targets)", p, time.time() - t0, len(q), len(b))
     return st
 
@@ -302,7 +309,9 @@ class RouterTier:
         # one query at a time: OpenMP threads of the classifier only spin against the other replicas
         threadpool_limits(1)
         d = ctx.run / "route" / ctx.protocol
-        self.router = Router(model=pickle.loads((d / "router.pkl").read_bytes()))
+        from hiea_ray.manifest import verified_bytes
+
+        self.router = Router(model=pickle.loads(verified_bytes(ctx.run, "route", f"{ctx.protocol}/router.pkl")))
         meta = json.loads((d / "router.json").read_text())
         self.threshold = float(meta["threshold"])
         self.features = list(meta["features"])
