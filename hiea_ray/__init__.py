@@ -8,3 +8,12 @@ module per pipeline stage, and the registry), ``hiea_ray.train`` (the Ray Train 
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``from hiea_ray import align, open_run`` (the Python API, ``hiea_ray.api``), loaded on first use."""
+    if name in ("align", "open_run", "Run"):
+        from hiea_ray import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hiea_ray' has no attribute {name!r}")

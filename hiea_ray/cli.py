@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dumps", metavar="KG1,KG2", help="also write the pair as dumps in OUT/dumps with a pair.yaml: "
                    "the formats of KG1 and KG2 (wikidata-json, ntriples), e.g. wikidata-json,ntriples")
     s.add_argument("--compress", default="gz", choices=["gz", "bz2", "none"], help="compression of the dumps")
+    e = sub.add_parser("export", help="the alignment of a finished run, again, with other settings (no re-run)")
+    e.add_argument("run", help="a run folder of `hiea-ray align`")
+    e.add_argument("--decoder", help="output.decoder (auto: hiea, else structure, else sinkhorn)")
+    e.add_argument("--protocol", help="output.protocol (auto: all-targets when evaluated)")
+    th = e.add_mutually_exclusive_group()
+    th.add_argument("--target-precision", type=float, help="keep the links above the confidence reaching this precision")
+    th.add_argument("--min-confidence", type=float, help="keep the links of at least this confidence")
+    e.add_argument("--format", choices=["tsv", "nt", "parquet", "all"], default="tsv",
+                   help="tsv / nt / parquet: the links in that form; all: every file of RUN/alignment/ into --out")
+    e.add_argument("--out", help="a file (a folder with --format all); default: stdout (tsv, nt)")
     c = sub.add_parser("config", help="print a resolved config with each field's help")
     c.add_argument("action", choices=["show"])
     c.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config; repeatable, merged in order")
@@ -128,6 +138,40 @@ def _align(data: Path, out: Path, args) -> int:
         print(f"\nmetrics: {out / 'metrics.json'}  plot: {out / 'evaluate' / 'metrics.png'}  total {time.time() - t0:.1f}s")
     else:
         print(f"stopped after {args.until}: {out / args.until}  total {time.time() - t0:.1f}s")
+    return 0
+
+
+def _export(args) -> int:
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from hiea_ray.alignment import write
+    from hiea_ray.api import open_run
+
+    run = open_run(args.run)
+    links, unmatched, summary = run.export(args.decoder, args.protocol, args.min_confidence, args.target_precision)
+    if args.format == "all":
+        if not args.out:
+            raise UserError("export --format all: give --out FOLDER")
+        write(links, unmatched, summary, Path(args.out))
+    elif args.format == "parquet":
+        if not args.out:
+            raise UserError("export --format parquet: give --out FILE")
+        pq.write_table(links, args.out)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            write(links, unmatched, summary, Path(d))
+            text = (Path(d) / f"links.{args.format}").read_text(encoding="utf-8")
+        if args.out:
+            Path(args.out).write_text(text, encoding="utf-8")
+        else:
+            sys.stdout.write(text)
+    th, est = summary["threshold"], summary["estimated_precision"]
+    note = "" if th is None else f", confidence >= {th:.4f}"
+    note += "" if est is None else f", estimated precision {est:.4f}"
+    print(f"export: {summary['links']} links of {summary['sources']} sources ({summary['decoder']}, "
+          f"{summary['protocol']}{note})", file=sys.stderr)
     return 0
 
 
@@ -222,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "serve":
             return _serve(args)
+        if args.cmd == "export":
+            return _export(args)
         if args.cmd == "config":
             from hiea_ray.config import load_config
             from hiea_ray.config_doc import to_markdown, to_yaml

@@ -492,6 +492,24 @@ class LLMConfig:
 
 
 @dataclass
+class OutputConfig:
+    """The alignment a run hands over (the ``export`` stage: RUN/alignment/): which decoder's
+    one-to-one output, on which protocol, and how many of its links."""
+    # "auto": hiea when the LLM tier runs, else structure when decoded, else sinkhorn, else the
+    # first of decode.decoders; or one of decode.decoders (or hiea).
+    decoder: str = "auto"
+    # "auto": all-targets when evaluated (every KG1 entity against every KG2 entity: the real use),
+    # else the first of evaluate.protocols.
+    protocol: str = "auto"
+    # Keep the links whose confidence (the router's probability that the match is right, where the
+    # run has a router; else the decoder's score) is at least this; null = every link of the output.
+    min_confidence: float | None = None
+    # Or: the confidence threshold that reaches this precision on the router's labelled seed sources
+    # (out of fold; needs the router: route.enabled or llm.enabled). null = use min_confidence.
+    target_precision: float | None = None
+
+
+@dataclass
 class RayConfig:
     # Ray address; null starts (or joins, inside `ray job submit`) a local instance.
     address: str | None = None
@@ -558,6 +576,7 @@ class Config:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
@@ -621,6 +640,16 @@ class Config:
                             f"{self.decode.decoders}")
         if not 0.0 < self.route.target_precision <= 1.0:
             raise UserError("config field route.target_precision: must be in (0, 1]")
+        o = self.output
+        if o.target_precision is not None and not 0.0 < o.target_precision <= 1.0:
+            raise UserError("config field output.target_precision: must be in (0, 1] or null")
+        decoders = set(self.decode.decoders) | ({"hiea"} if self.llm.enabled else set())
+        if o.decoder != "auto" and o.decoder not in decoders:
+            raise UserError(f"config field output.decoder: {o.decoder!r} is not one this run decodes "
+                            f"({', '.join(sorted(decoders))}, or auto)")
+        if o.protocol != "auto" and o.protocol not in self.evaluate.protocols:
+            raise UserError(f"config field output.protocol: {o.protocol!r} is not one of evaluate.protocols "
+                            f"({', '.join(self.evaluate.protocols)}, or auto)")
         f = self.route.max_llm_fraction
         if f is not None and not 0.0 <= f <= 1.0:
             raise UserError("config field route.max_llm_fraction: must be in [0, 1] or null")

@@ -1,7 +1,7 @@
 """The stage runner: runs the registry's stages (``hiea_ray.stages``) in order, reusing fresh ones.
 
     ingest -> [verbalize_train] -> verbalize -> [train] -> embed -> retrieve -> [rerank_train -> rerank] -> decode
-           -> [route -> llm_train -> llm] -> evaluate
+           -> [route -> llm_train -> llm] -> export -> evaluate
 
 For each enabled stage the runner builds its key — the schema version, the hash of the config it
 declares (``config.section_hash``: whole sections minus ``runtime`` fields, plus its ``extra`` and
@@ -25,6 +25,7 @@ Run folder layout::
     route/      <protocol>/{route.parquet, router.pkl, router.json, labelled.parquet}, report.json, route.png
     llm_train/  model/ (LoRA, knowledge adapter, score head, tokenizer, fusion.json), history.json, curve.png
     llm/        <protocol>/{prompts.parquet, parts/*.parquet (src, options, n_options, logp)}
+    export/     links.{parquet,tsv,nt}, unmatched.tsv, summary.json  (also copied to RUN/alignment/)
     evaluate/   metrics.json, metrics.png  (metrics.json is also copied to the run root)
 """
 

@@ -9,13 +9,16 @@ Imports no stage: stages, ``train``, ``serve`` and benchmarks import this.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiea_ray.config import Config
 from hiea_ray.core.fusion import fused_lists
+from hiea_ray.core.hiea import Merged
 from hiea_ray.io import column_to_numpy, read_dir, read_lists, to_local
 from hiea_ray.kg.model import KGPair
 from hiea_ray.manifest import Stage
@@ -111,3 +114,35 @@ def prompt_format(base: str, adapter_tokens: int, readout: str | None = None):
 def trained_model(ctx: RunContext) -> str:
     lc = ctx.cfg.llm
     return str(ctx.run / "llm_train" / "model") if lc.train else lc.trained
+
+
+@dataclass
+class HieaMerged:
+    """The "hiea" decoder of a protocol, as evaluate and export read it."""
+    primary: str
+    q: np.ndarray  # sorted source ids
+    cand: np.ndarray  # the primary decoder's lists (n, k) and scores
+    score: np.ndarray
+    merged: Merged
+    llm: pa.Table  # the llm stage's rows, by src
+    uncertain: np.ndarray  # the routed sources
+    fusion: float
+
+
+def hiea_merged(ctx: RunContext, protocol: str) -> HieaMerged:
+    """The primary decoder's lists and matches merged with the LLM tier's answers (``core.hiea.merge``)."""
+    from hiea_ray.core.hiea import fusion_weight, merge
+    from hiea_ray.core.router import primary_decoder
+
+    cfg = ctx.cfg
+    primary = primary_decoder(cfg.route.primary, cfg.decode.decoders)
+    d = ctx.run / "decode" / protocol
+    q, cand, score = read_lists(d / f"{primary}.parquet")
+    match = pq.read_table(d / f"{primary}.match.parquet")
+    route = pq.read_table(ctx.run / "route" / protocol / "route.parquet")
+    uncertain = route["src"].to_numpy()[~route["certain"].to_numpy(zero_copy_only=False)]
+    llm = read_dir(ctx.run / "llm" / protocol / "parts").sort_by("src")
+    fusion = fusion_weight(cfg.llm.fusion, trained_model(ctx))
+    m = merge(q, cand, score, match["src"].to_numpy(), match["tgt"].to_numpy(), uncertain, llm["src"].to_numpy(),
+              column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]), fusion)
+    return HieaMerged(primary, q, cand, score, m, llm, uncertain, fusion)

@@ -268,3 +268,78 @@ def test_cli_bad_model_folder_is_one_line_error(e2e, tmp_path, capsys, kind):
     assert str(model) in err[0]
     assert ("model folder not found" if kind == "missing" else "not a model folder") in err[0]
     assert not (run / "embed").exists() and not (run / ".embed.tmp").exists()
+
+
+@pytest.mark.ray
+def test_export_hands_over_the_alignment_in_the_inputs_identifiers(e2e):
+    """RUN/alignment/: the output decoder's one-to-one links with the input's IRIs and names, as
+    N-Triples any RDF parser reads; their precision / recall against the gold test links equal
+    metrics.json's for that decoder and protocol; unmatched sources listed; summary counts."""
+    import csv
+
+    import rdflib
+
+    run = e2e["run"]
+    d = run / "alignment"
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["decoder"] == "sinkhorn" and summary["protocol"] == "all-targets"  # the defaults' auto
+    links = pq.read_table(d / "links.parquet")
+    ent = {r["id"]: r for r in pq.read_table(run / "ingest" / "entities.parquet").to_pylist()}
+    assert links.num_rows == summary["links"] > 0
+    for row in links.slice(0, 20).to_pylist():
+        assert row["kg1_id"] == ent[row["src"]]["uri"] and row["kg2_id"] == ent[row["tgt"]]["uri"]
+        assert row["kg1_name"] == ent[row["src"]]["name"] and ent[row["src"]]["kg"] == 1 and ent[row["tgt"]]["kg"] == 2
+    g = rdflib.Graph().parse(d / "links.nt", format="nt")
+    assert len(g) == links.num_rows
+    assert all(str(p) == "http://www.w3.org/2002/07/owl#sameAs" for _, p, _ in g)
+    assert {(str(s), str(o)) for s, _, o in g} == set(zip(links["kg1_id"].to_pylist(), links["kg2_id"].to_pylist()))
+    m = json.loads((run / "metrics.json").read_text())["all_protocols"]["metrics"]["all-targets"]["sinkhorn"]
+    assert summary["measured"]["precision"] == pytest.approx(m["precision"])
+    assert summary["measured"]["recall"] == pytest.approx(m["recall"])
+    with open(d / "links.tsv", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    assert rows[0][:2] == ["kg1_id", "kg2_id"] and len(rows) == links.num_rows + 1
+    with open(d / "unmatched.tsv", encoding="utf-8") as fh:
+        assert len(list(csv.reader(fh, delimiter="\t"))) - 1 <= summary["unmatched"]
+    assert summary["links"] + summary["unmatched"] == summary["sources"]
+
+
+@pytest.mark.ray
+def test_export_command_and_python_api_reexport_without_rerunning(e2e, tmp_path, capsys):
+    """`hiea-ray export` and `open_run(...).links()` remake the alignment with other settings from
+    the decoded outputs (no stage re-runs); bad settings and an unfinished run are one line, exit 2."""
+    import rdflib
+
+    from hiea_ray import open_run
+    from hiea_ray.cli import main
+
+    run = e2e["run"]
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("manifest.json")}
+    r = open_run(run)
+    assert r.links().equals(pq.read_table(run / "alignment" / "links.parquet"))
+    assert r.metrics["protocol"] == "standard" and "sinkhorn" in r.metrics
+    top1 = r.links(decoder="top1", protocol="standard")
+    assert set(top1["decoder"].to_pylist()) == {"top1"}
+    t = float(np.median(r.links()["confidence"].to_numpy()))
+    strict = r.links(min_confidence=t)
+    assert 0 < strict.num_rows < r.links().num_rows and min(strict["confidence"].to_pylist()) >= t
+    nt = tmp_path / "links.nt"
+    assert main(["export", str(run), "--decoder", "csls", "--format", "nt", "--out", str(nt)]) == 0
+    g = rdflib.Graph().parse(nt, format="nt")
+    assert len(g) == r.links(decoder="csls").num_rows
+    assert main(["export", str(run), "--format", "all", "--out", str(tmp_path / "all")]) == 0
+    assert (tmp_path / "all" / "links.tsv").read_text() == (run / "alignment" / "links.tsv").read_text()
+    capsys.readouterr()
+    for argv, message in (
+        (["--decoder", "nope"], "output.decoder: 'nope' is not one this run decodes"),
+        (["--target-precision", "1.5"], "output.target_precision: must be in (0, 1]"),
+        (["--target-precision", "0.9"], "output.target_precision needs the router's labelled sources"),
+    ):
+        assert main(["export", str(run), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    unfinished = copy_stages(run, tmp_path / "unfinished", ["ingest"])
+    (unfinished / "config.resolved.json").write_text((run / "config.resolved.json").read_text())
+    assert main(["export", str(unfinished)]) == 2
+    assert "has not decoded yet" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("manifest.json")} == before  # nothing re-ran

@@ -16,7 +16,7 @@ from test_reliability import read_only_folder
 
 pytestmark = pytest.mark.ray
 
-SUMMARY_LINES = 18  # the summary `demo -q` prints on stdout (stage table + metrics table + paths)
+SUMMARY_LINES = 19  # the summary `demo -q` prints on stdout (stage table + metrics table + paths)
 
 
 def _demo(run: Path, model, *extra: str) -> list[str]:

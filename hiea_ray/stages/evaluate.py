@@ -17,16 +17,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 import numpy as np
-import pyarrow.compute as pc
 
-from hiea_ray.core.hiea import fusion_weight, merge
 from hiea_ray.core.metrics import decoder_metrics, metrics_document
-from hiea_ray.core.router import primary_decoder
-from hiea_ray.io import column_to_numpy, read_dir, read_lists, rows_of
+from hiea_ray.io import column_to_numpy, read_lists, rows_of
 from hiea_ray.plots import plot_metrics
-from hiea_ray.run import RunContext
+from hiea_ray.run import RunContext, hiea_merged
 from hiea_ray.stages.base import StageDef
-from hiea_ray.run import trained_model
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
@@ -55,17 +51,8 @@ def hiea_metrics(ctx: RunContext, protocol: str, gold_src, gold_tgt) -> dict:
     """The merged decoder's metrics, the LLM and the small model on the routed test sources, and
     the LLM tier's cost."""
     cfg = ctx.cfg
-    primary = primary_decoder(cfg.route.primary, cfg.decode.decoders)
-    d = ctx.run / "decode" / protocol
-    q, cand, score = read_lists(d / f"{primary}.parquet")
-    match = pq.read_table(d / f"{primary}.match.parquet")
-    route = pq.read_table(ctx.run / "route" / protocol / "route.parquet")
-    uncertain = route.filter(pc.invert(route["certain"]))["src"].to_numpy()
-    parts = read_dir(ctx.run / "llm" / protocol / "parts")
-    llm = parts.sort_by("src")
-    fusion = fusion_weight(cfg.llm.fusion, trained_model(ctx))
-    m = merge(q, cand, score, match["src"].to_numpy(), match["tgt"].to_numpy(), uncertain, llm["src"].to_numpy(),
-              column_to_numpy(llm["options"]), llm["n_options"].to_numpy(), column_to_numpy(llm["logp"]), fusion)
+    h = hiea_merged(ctx, protocol)
+    primary, q, cand, m, llm, uncertain, fusion = h.primary, h.q, h.cand, h.merged, h.llm, h.uncertain, h.fusion
     out = decoder_metrics(q, m.cand, m.match_src, m.match_tgt, gold_src, gold_tgt, cfg.evaluate.hits_at)
     gold = dict(zip(gold_src.tolist(), gold_tgt.tolist()))
     llm_src = llm["src"].to_numpy()

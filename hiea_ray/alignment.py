@@ -1,0 +1,127 @@
+"""The alignment a run hands over, read from its decoded outputs (a run reader, like ``hiea_ray.run``).
+
+``alignment``: one decoder's one-to-one output on one protocol, in the graphs' own identifiers,
+thresholded on confidence, with what a user needs beside the links (unmatched sources, a summary
+with estimated and measured precision); ``write``: its files. The ``export`` stage writes them into
+the run (RUN/alignment/); ``hiea-ray export`` and ``hiea_ray.api.Run.links`` make them again with
+other settings without re-running the pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hiea_ray.core.export import links_table, ntriples, precision_threshold
+from hiea_ray.core.metrics import matching_metrics
+from hiea_ray.errors import UserError
+from hiea_ray.io import read_lists, rows_of
+from hiea_ray.run import RunContext, hiea_merged
+
+
+FILES = ("links.parquet", "links.tsv", "links.nt", "unmatched.tsv", "summary.json")
+
+
+def output_decoder(cfg) -> str:
+    if cfg.output.decoder != "auto":
+        return cfg.output.decoder
+    if cfg.llm.enabled:
+        return "hiea"
+    for name in ("structure", "sinkhorn"):
+        if name in cfg.decode.decoders:
+            return name
+    return cfg.decode.decoders[0]
+
+
+def output_protocol(cfg) -> str:
+    if cfg.output.protocol != "auto":
+        return cfg.output.protocol
+    return "all-targets" if "all-targets" in cfg.evaluate.protocols else cfg.evaluate.protocols[0]
+
+
+def has_router(cfg) -> bool:
+    return bool(cfg.route.enabled or cfg.llm.enabled)
+
+
+def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: float | None,
+              target_precision: float | None) -> tuple[pa.Table, pa.Table, dict]:
+    """(links, unmatched, summary) of one decoder on one protocol of a finished run."""
+    cfg = ctx.cfg
+    d = ctx.run / "decode" / protocol
+    if not (ctx.run / "decode" / "manifest.json").is_file():
+        raise UserError(f"{ctx.run}: the run has not decoded yet (no decode stage): finish `hiea-ray align` first")
+    router = has_router(cfg)
+    if decoder == "hiea":
+        h = hiea_merged(ctx, protocol)
+        q, cand, score, ms, mt = h.q, h.merged.cand, h.score, h.merged.match_src, h.merged.match_tgt
+        routed = set(h.uncertain.tolist())
+        # a pair's score: the primary decoder's score of that target in the source's list (nan if absent)
+        prim_cand = h.cand
+    else:
+        q, cand, score = read_lists(d / f"{decoder}.parquet")
+        match = pq.read_table(d / f"{decoder}.match.parquet")
+        ms, mt, routed, prim_cand = match["src"].to_numpy(), match["tgt"].to_numpy(), set(), cand
+    rows = rows_of(q, ms)
+    hit = prim_cand[rows] == mt[:, None]
+    pair_score = np.where(hit.any(1), score[rows, np.argmax(hit, 1)], np.nan).astype(np.float32)
+    margin = (score[:, 0] - np.where(cand.shape[1] > 1, score[:, min(1, cand.shape[1] - 1)], np.nan)).astype(np.float32)
+    conf_all = np.asarray(score[:, 0], np.float32)
+    if router:
+        route = pq.read_table(ctx.run / "route" / protocol / "route.parquet")
+        conf_all = np.full(len(q), np.nan, np.float32)
+        conf_all[rows_of(q, route["src"].to_numpy())] = route["prob"].to_numpy()
+    conf = conf_all[rows] if router else pair_score
+    threshold, estimated = (-np.inf if min_confidence is None else float(min_confidence)), None
+    if target_precision is not None:
+        if not router:
+            raise UserError("output.target_precision needs the router's labelled sources (route.enabled or llm.enabled); "
+                            "use output.min_confidence")
+        lab = pq.read_table(ctx.run / "route" / protocol / "labelled.parquet")
+        threshold, estimated = precision_threshold(lab["prob"].to_numpy(), lab["right"].to_numpy(zero_copy_only=False),
+                                                   target_precision)
+    elif router:
+        lab = pq.read_table(ctx.run / "route" / protocol / "labelled.parquet")
+        kept = lab["prob"].to_numpy() >= threshold  # every labelled source when no threshold
+        estimated = float(lab["right"].to_numpy(zero_copy_only=False)[kept].mean()) if kept.any() else None
+    keep = (np.nan_to_num(conf, nan=-np.inf) >= threshold) | (threshold == -np.inf)
+    tier = np.array(["llm" if int(s) in routed else "small" for s in ms], object)
+    ents = ctx.pair().entities.select(["id", "uri", "name"])
+    links = links_table(ms[keep], mt[keep], pair_score[keep], conf[keep], tier[keep], margin[rows][keep], decoder, ents)
+    linked = set(links["src"].to_pylist())
+    left = np.array([s for s in q.tolist() if s not in linked], np.int64)
+    lr = rows_of(q, left)
+    best = cand[lr, 0] if len(lr) else np.zeros(0, np.int64)
+    has = best >= 0
+    un = links_table(left[has], best[has], score[lr, 0][has], conf_all[lr][has], np.array(["-"] * int(has.sum()), object),
+                     margin[lr][has], decoder, ents)
+    summary = {"decoder": decoder, "protocol": protocol, "sources": int(len(q)), "links": int(links.num_rows),
+               "unmatched": int(len(left)), "confidence": "router probability" if router else "decoder score",
+               "threshold": threshold if np.isfinite(threshold) else None, "target_precision": target_precision,
+               "estimated_precision": estimated, "tiers": {t: int((links["tier"].to_numpy(zero_copy_only=False) == t).sum())
+                                                         for t in ("small", "llm")}}
+    test = ctx.pair().links_of("test")
+    if test.num_rows:
+        # as metrics.json counts a decoder's output: its links of test sources against the gold links
+        summary["measured"] = {"gold_test_links": int(test.num_rows), **matching_metrics(
+            links["src"].to_numpy(), links["tgt"].to_numpy(), test["src"].to_numpy(), test["tgt"].to_numpy())}
+    else:
+        summary["measured"] = None  # no gold test links: label-free
+    return links, un, summary
+
+
+def write(links: pa.Table, unmatched: pa.Table, summary: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(links, out / "links.parquet")
+    cols = [c for c in links.column_names if c not in ("src", "tgt")]
+    for table, name in ((links, "links.tsv"), (unmatched, "unmatched.tsv")):
+        with open(out / name, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+            w.writerow(cols)
+            w.writerows(zip(*(table[c].to_pylist() for c in cols)))
+    (out / "links.nt").write_text(ntriples(links), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
