@@ -231,3 +231,23 @@ def test_ray_worker_output_stays_in_rays_logs_unless_asked(monkeypatch, quiet, l
     finally:
         logger.setLevel(old)
     assert seen["log_to_driver"] is forwarded and seen["address"] == "local"
+
+
+@pytest.mark.parametrize("address, env, want", [("ray://head:10001", None, "ray://head:10001"),
+                                                (None, "http://head:8265", None), (None, None, "local")])
+def test_init_ray_joins_the_configured_cluster(monkeypatch, address, env, want):
+    """ray.address is joined; else $RAY_ADDRESS (set inside `ray job submit`) by ray.init() itself;
+    else a new local instance, never one found on this machine."""
+    import ray
+
+    from hiea_ray.data import init_ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **kw: seen.update(kw, called=True))
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    init_ray(load_config(overrides=[] if address is None else [f"ray.address={address}"]))
+    assert seen["called"] and seen.get("address") == want

@@ -85,6 +85,9 @@ def test_a_new_row_gets_reverse_edges_from_the_targets_lists(decoded):
     assert set(qr.rev.tolist()) == set(np.flatnonzero(sims > st.t2s_last).tolist())
     out = st.decode(qr)
     assert set(out) == {"top1", "csls", "sinkhorn", "structure"} and all(x[0].shape == (1, 10) for x in out.values())
+    # top1 is the solve's own rule on the new row: its candidates by cosine, best first
+    np.testing.assert_array_equal(out["top1"][0][0], order)
+    np.testing.assert_allclose(out["top1"][1][0], sims[order], atol=1e-6)
     x, names, best = st.features(qr, out)
     assert x.shape == (1, len(names)) and best >= 0
 

@@ -306,3 +306,20 @@ def test_a_sigterm_swallowed_inside_a_finalizer_still_ends_the_run():
     finally:
         signal.signal(signal.SIGTERM, old)
         errors._TERM_SEEN.clear()
+
+
+def test_serve_refuses_a_run_with_the_reranker(tmp_path):
+    """A run with rerank.enabled is not served (the cross-encoder has no deployment): one clear error."""
+    import json
+
+    from hiea_ray.config import Config
+    from hiea_ray.serve.engine import ServeRun
+
+    cfg = Config()
+    cfg.rerank.enabled = True
+    (tmp_path / "config.resolved.json").write_text(json.dumps(cfg.to_dict()))
+    for stage in ("ingest", "verbalize", "embed", "retrieve", "decode"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "manifest.json").write_text("{}")
+    with pytest.raises(UserError, match="rerank.enabled is not served yet"):
+        ServeRun(tmp_path)

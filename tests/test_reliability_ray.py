@@ -82,3 +82,20 @@ def test_a_full_disk_during_a_ray_stage_is_one_line(tmp_path, synthetic_dir, tin
         assert not (small / "run" / "embed").exists()
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def test_ctrl_c_ends_with_130_and_one_line_and_keeps_finished_stages(tmp_path, tiny_encoder_dir):
+    """SIGINT (Ctrl-C) mid-run -> exit 130 and one line; the stages finished before it are kept."""
+    run = tmp_path / "run"
+    p = subprocess.Popen(_demo(run, tiny_encoder_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (run / "verbalize" / "manifest.json").is_file() and time.time() - t0 < 180 and p.poll() is None:
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("hiea-ray: interrupted"), err
+    assert (run / "ingest" / "manifest.json").is_file() and (run / "verbalize" / "manifest.json").is_file()
+    assert not (run / "metrics.json").exists()

@@ -1,0 +1,198 @@
+"""A multi-node Ray cluster on this machine, a job submitted through the Jobs API, and a node lost
+in the middle of the embed stage (and, with --train, of retriever training).
+
+    .venv/bin/python benchmarks/cluster_failover.py [--entities 600] [--train]
+
+1. A synthetic pair (``hiea-ray synth``) and a tiny random encoder, in a fresh temp folder.
+2. The reference: the same `jobs/align.py` command on one node (a local Ray of its own).
+3. ``ray.cluster_utils.Cluster`` (as Ray's own multi-node tests): a head with no CPUs (it runs the
+   job's driver only, so every task and actor must move to the workers) and two worker nodes of
+   2 CPUs each, every raylet with its own ports under one temp dir of its own.
+4. ``jobs/align.py`` submitted through the Jobs API (``JobSubmissionClient``); as soon as the embed
+   stage has written its first part, the node holding the encoder actor is killed (its raylet and
+   every worker on it, ``Cluster.remove_node(allow_graceful=False)``). Ray Data restarts the actor
+   on the surviving node and retries the lost tasks; the job must SUCCEED with the reference's
+   metrics, and the embed manifest names the nodes that embedded rows.
+5. With --train, a second job trains the retriever (``train.enabled``, ``FailureConfig``
+   max_failures 2, a checkpoint every few steps) and the node holding the Ray Train worker is
+   killed mid-training: training resumes from its last checkpoint (history ``resumed``) and finishes.
+The cluster is shut down by its own handle (never ``ray stop``). Writes
+benchmarks/results/cluster_failover.json: wall times (1 node vs head + 2 workers), time from the
+node loss to the job's end, node ids per stage, and the metrics of both runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TINY = ["embed.torch_threads=1", "embed.batch_size=32", "embed.max_length=64", "embed.rows_per_batch=64",
+        "verbalize.batch_size=128", "retrieve.k=20", "decode.csls_k=5"]
+
+
+def sets(items: list[str]) -> list[str]:
+    return [x for kv in items for x in ("--set", kv)]
+
+
+def align_cmd(data: Path, out: Path, model: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, str(ROOT / "jobs" / "align.py"), "--data", str(data), "--out", str(out), "-q",
+            *sets([f"embed.model={model}", *TINY, *extra])]
+
+
+def node_of_actor(class_fragment: str) -> str | None:
+    from ray.util.state import list_actors
+
+    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+        if class_fragment in (a.class_name or ""):
+            return a.node_id
+    return None
+
+
+def wait_for(pred, timeout: float, every: float = 0.5):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    return None
+
+
+def run_job(client, entrypoint: list[str], kill_when, kill, timeout: float) -> dict:
+    """Submit, kill a node once ``kill_when()`` holds, wait for the end; the job's record."""
+    from ray.job_submission import JobStatus
+
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    t0 = time.time()
+    job = client.submit_job(entrypoint=" ".join(entrypoint), runtime_env={"env_vars": env})
+    killed_at, killed = None, None
+    while time.time() - t0 < timeout:
+        st = client.get_job_status(job)
+        if st in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            break
+        if killed is None and kill_when():
+            killed = kill()
+            killed_at = time.time()
+        time.sleep(0.5)
+    end = time.time()
+    return {"job": job, "status": str(client.get_job_status(job)), "wall_s": round(end - t0, 1),
+            "killed_node": killed, "recovery_s": round(end - killed_at, 1) if killed_at else None,
+            "logs_tail": client.get_job_logs(job)[-1500:]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--entities", type=int, default=600)
+    ap.add_argument("--train", action="store_true", help="also lose a node during retriever training")
+    ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "cluster_failover.json"))
+    args = ap.parse_args(argv)
+
+    import pyarrow.parquet as pq
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.job_submission import JobSubmissionClient
+
+    from hiea_ray.config import VerbalizeConfig
+    from hiea_ray.core.tiny import build_tiny_encoder
+    from hiea_ray.core.verbalize import build_contexts, verbalize_table
+    from hiea_ray.kg.readers import read_pair
+    from hiea_ray.kg.synthetic import generate
+
+    tmp = Path(tempfile.mkdtemp(prefix="hiea_failover_"))
+    data, model = tmp / "pair", tmp / "tiny"
+    generate(data, n_entities=args.entities, seed=0)
+    pair = read_pair(data)
+    texts = verbalize_table(build_contexts(pair), VerbalizeConfig())
+    build_tiny_encoder(model, texts["name"].to_pylist() + texts["text"].to_pylist(), seed=0)
+    doc: dict = {"command": "python benchmarks/cluster_failover.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                 "date": time.strftime("%Y-%m-%d"), "entities": args.entities}
+
+    # 2. one node: the same entrypoint on a local Ray of its own
+    t0 = time.time()
+    ref = subprocess.run(align_cmd(data, tmp / "ref", model, ["ray.num_cpus=2"]), capture_output=True, text=True,
+                         timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    doc["one_node"] = {"rc": ref.returncode, "wall_s": round(time.time() - t0, 1)}
+    if ref.returncode != 0:
+        print(ref.stderr[-3000:])
+        return 1
+    ref_metrics = json.loads((tmp / "ref" / "metrics.json").read_text())
+
+    # 3. head (no CPUs: the driver only) + two worker nodes
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "object_store_memory": 150 * 2**20})
+    try:
+        workers = [cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20) for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        client = JobSubmissionClient(f"http://{cluster.head_node.address_info['webui_url']}")
+        by_id = {w.node_id: w for w in workers}
+
+        def kill_holder(fragment):
+            def kill():
+                nid = node_of_actor(fragment)
+                node = by_id.get(nid) or workers[0]
+                cluster.remove_node(node, allow_graceful=False)
+                return node.node_id[:12]
+            return kill
+
+        out = tmp / "cluster"
+        job = run_job(client, align_cmd(data, out, model, ["embed.cpus_per_actor=1", "verbalize.num_actors=2"]),
+                      kill_when=lambda: any((out / ".embed.tmp" / "parts").glob("*.parquet")) if (out / ".embed.tmp").is_dir() else False,
+                      kill=kill_holder("Embedder"), timeout=1200)
+        doc["cluster_align"] = job
+        if job["status"].endswith("SUCCEEDED"):
+            m = json.loads((out / "metrics.json").read_text())
+            em = json.loads((out / "embed" / "manifest.json").read_text())["stats"]
+            doc["cluster_align"].update({
+                "metrics_equal_one_node": m == ref_metrics,
+                "hits@1": {d: m[d]["hits@1"] for d in ("top1", "csls", "sinkhorn")},
+                "hits@1_one_node": {d: ref_metrics[d]["hits@1"] for d in ("top1", "csls", "sinkhorn")},
+                "embed_rows_per_node": em["rows_per_node"],
+                "head_node": cluster.head_node.node_id[:12],
+            })
+            vecs = {r: pq.read_table(r / "embed" / "parts").sort_by("id") for r in (out, tmp / "ref")}
+            import numpy as np
+
+            from hiea_ray.io import column_to_numpy
+
+            doc["cluster_align"]["embed_max_abs_diff"] = float(np.abs(column_to_numpy(vecs[out]["embedding"])
+                                                                      - column_to_numpy(vecs[tmp / "ref"]["embedding"])).max())
+        if args.train:
+            replacement = cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20)
+            by_id[replacement.node_id] = replacement
+            workers.append(replacement)
+            cluster.wait_for_nodes()
+            tout = tmp / "train"
+            tjob = run_job(client, [sys.executable, str(ROOT / "jobs" / "train.py"), "retriever", "--data", str(data),
+                                    "--out", str(tout), "-q",
+                                    *sets([f"embed.model={model}", *TINY, "train.epochs_per_round=4", "train.rounds=1",
+                                           "train.eval_every=4", "train.scaling.max_failures=2", "train.hard_negatives=0",
+                                           "train.scaling.cpus_per_worker=1", "train.scaling.torch_threads=1"])],
+                           kill_when=lambda: any((tout / ".train.tmp").rglob("checkpoint_*")) if (tout / ".train.tmp").is_dir() else False,
+                           kill=kill_holder("RayTrainWorker"), timeout=1800)
+            hist = tout / "train" / "history.json"
+            tjob["history_resumed"] = json.loads(hist.read_text())[-1].get("resumed") if hist.is_file() else None
+            doc["cluster_train"] = tjob
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    Path(args.result).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print(json.dumps({k: v for k, v in doc.items()}, indent=1, default=str)[:4000])
+    shutil.rmtree(tmp, ignore_errors=True)
+    ok = doc["cluster_align"]["status"].endswith("SUCCEEDED") and doc["cluster_align"].get("metrics_equal_one_node")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
