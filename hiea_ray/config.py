@@ -376,6 +376,11 @@ class RerankConfig:
     # Inference on CPU: "torch" or "torch-bf16" (bf16 autocast, as embed.backend; fast on CPUs with
     # native bf16), "auto" (torch-bf16 where the CPU has native bf16, else torch). On GPU, amp applies.
     backend: str = added(default="auto")
+    # Where (source, candidate) pairs become token ids: "actor", "stage" (CPU actors ahead of the
+    # rerank actors, as embed.tokenize), "auto" (stage when gpus_per_actor > 0). The same scores.
+    tokenize: str = runtime("auto")
+    tokenize_actors: int = runtime(2)
+    tokenize_cpus: float = runtime(1.0)
 
 
 @dataclass
@@ -485,6 +490,11 @@ class LLMConfig:
     # bf16 autocast on CPU actors too (oneDNN's AVX512-BF16 / AMX kernels: ~2.5x faster passes here;
     # scores not batch-invariant, so an online tier serving the run must use the same setting).
     cpu_amp: bool = added(default=False)
+    # Where prompts become token ids: "actor", "stage" (CPU actors ahead of the LLM actors, as
+    # embed.tokenize), "auto" (stage when gpus_per_actor > 0). The same scores.
+    tokenize: str = runtime("auto")
+    tokenize_actors: int = runtime(2)
+    tokenize_cpus: float = runtime(1.0)
     # The base LLM's weights: "auto" = bfloat16 on GPUs, float32 on CPUs; LoRA, the knowledge
     # adapter and the score head stay float32 whatever this says (trained in float32, saved as
     # before). bf16 weights halve the tier's GPU memory.
@@ -591,6 +601,8 @@ class Config:
             ("embed.backend", self.embed.backend, set(EMBED_BACKENDS)),
             ("rerank.backend", self.rerank.backend, {"auto", "torch", "torch-bf16"}),
             ("embed.tokenize", self.embed.tokenize, {"auto", "actor", "stage"}),
+            ("rerank.tokenize", self.rerank.tokenize, {"auto", "actor", "stage"}),
+            ("llm.tokenize", self.llm.tokenize, {"auto", "actor", "stage"}),
             ("llm.dtype", self.llm.dtype, {"auto", "float32", "bfloat16"}),
             ("retrieve.gpu", self.retrieve.gpu, {"auto", "yes", "no"}),
             ("decode.matcher", self.decode.matcher, {"greedy", "hungarian"}),
@@ -725,7 +737,7 @@ class Config:
 _RANGES = [
     *[(f, 1, False) for f in (
         "verbalize.max_words", "verbalize.batch_size", "verbalize.num_actors", "embed.batch_size", "embed.max_length",
-        "embed.num_actors", "embed.rows_per_batch", "embed.tokenize_actors",  "retrieve.query_batch", "retrieve.ivf_nlist", "retrieve.ivf_nprobe",
+        "embed.num_actors", "embed.rows_per_batch", "embed.tokenize_actors", "rerank.tokenize_actors", "llm.tokenize_actors",  "retrieve.query_batch", "retrieve.ivf_nlist", "retrieve.ivf_nprobe",
         "retrieve.hnsw_ef_search", "decode.sinkhorn_iters", "data.openea_fold", "train.rounds", "train.epochs_per_round",
         "train.batch_size", "train.eval_every", "rerank.k", "rerank.max_length", "rerank.epochs", "rerank.batch_size",
         "rerank.eval_every", "rerank.valid_links", "rerank.infer_batch_size", "rerank.rows_per_batch", "rerank.num_actors",

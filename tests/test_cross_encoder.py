@@ -188,3 +188,13 @@ def test_rerank_stage_scores_top_k_and_pads(tiny_encoder_dir):
     with pytest.raises(KeyError, match="missing"):
         stage(pa.table({"src": [10], "cand": embeddings_column(np.array([[99, 20]], np.int64)),
                         "score": embeddings_column(np.array([[0.1, 0.2]], np.float32))}))
+    # rerank.tokenize: stage — the pairs' token ids from a CPU actor, scored from ids: the same logits
+    from hiea_ray.ops.rerank import RerankTokenize, rerank_spec
+
+    ids = RerankTokenize(asdict(cfg), str(tiny_encoder_dir), texts)(batch)
+    assert ids.column_names == ["src", "cand", "score", "pair_ids", "pair_types"]
+    assert [len(x) for x in ids["pair_ids"].to_pylist()[1]] [1] == 0  # padding: no pair
+    from_ids = column_to_numpy(stage(ids)["rerank"])
+    assert from_ids[1, 1] == -np.inf and np.abs(from_ids[np.isfinite(from_ids)] - rer[np.isfinite(rer)]).max() <= 1e-5
+    assert [x.cls.__name__ for x in rerank_spec(cfg, "m", texts)] == ["Reranker"]
+    assert [x.cls.__name__ for x in rerank_spec(RerankConfig(gpus_per_actor=1), "m", texts)] == ["RerankTokenize", "Reranker"]

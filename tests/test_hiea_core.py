@@ -370,3 +370,45 @@ def test_bf16_weights_keep_the_trainable_parts_in_float32(tiny_llm, tmp_path, re
     assert {p.dtype for p in fp.parameters()} == {torch.float32}
     f32 = score(fp, tok2, batch["text"][:1], [vec], [3], 3, torch.device("cpu"))
     assert np.abs(np.exp(bf) - np.exp(f32)).max() < 0.05  # bf16 rounding of the base only
+
+
+def test_the_llm_stage_scores_the_same_from_a_cpu_tokenize_stage(tiny_llm, tmp_path):
+    """llm.tokenize: stage — LLMTokenize (a CPU actor) adds the prompts' token ids and LLMScorer
+    scores from them (pad, copy, forward): the same distributions as from the texts."""
+    from dataclasses import asdict
+
+    import pyarrow as pa
+
+    from hiea_ray.config import LLMConfig
+    from hiea_ray.core.llm import PromptFormat, load_hiea_llm
+    from hiea_ray.io import column_to_numpy, embeddings_column
+    from hiea_ray.ops.llm import LLMScorer, LLMTokenize, llm_spec
+
+    torch.manual_seed(0)
+    model, tok = load_hiea_llm(tiny_llm, None, 8, {**OPTS, "readout": "slots"}, trainable=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    fmt = PromptFormat(tok, 2, "slots")
+    rng = np.random.default_rng(0)
+    texts, vecs = [], []
+    for i in range(5):
+        cands = [EntityView(j, f"c{j}", [f"r: x{j}"] * (i % 3)) for j in (1, 2)]
+        texts.append(fmt.wrap(build_prompt(EntityView(0, "A" * (i + 1)), cands, fmt.count, 200, rng, slot=fmt.slot,
+                                           slot_last=True).text))
+        vecs.append(rng.normal(size=3 * 8).astype(np.float32))
+    batch = pa.table({"src": np.arange(5, dtype=np.int64), "text": texts, "vectors": embeddings_column(np.stack(vecs)),
+                      "n_options": np.full(5, 3, np.int64), "options": embeddings_column(np.ones((5, 2), np.int64))})
+    cfg = {**asdict(LLMConfig(candidates=2, adapter_tokens=2, infer_batch_size=2, torch_threads=1)),
+           **{k: v for k, v in OPTS.items()}}
+    scorer = LLMScorer(cfg, tiny_llm, str(tmp_path / "m"), 8)
+    ids = LLMTokenize(str(tmp_path / "m"))(batch)
+    assert ids.column_names == batch.column_names + ["input_ids"]
+    a = column_to_numpy(scorer(batch)["logp"])
+    b = column_to_numpy(scorer(ids)["logp"])
+    assert np.abs(np.exp(a) - np.exp(b)).max() <= 1e-6
+    assert [s.cls.__name__ for s in llm_spec(LLMConfig(), "b", "t", 8)] == ["LLMScorer"]
+    assert [s.cls.__name__ for s in llm_spec(LLMConfig(gpus_per_actor=1), "b", "t", 8)] == ["LLMTokenize", "LLMScorer"]

@@ -62,6 +62,41 @@ def score_pairs(model, tokenizer, src: list[str], cand: list[str], max_length: i
     return out
 
 
+def pair_token_ids(tokenizer, src: list[str], cand: list[str], max_length: int) -> tuple[list, list]:
+    """(token ids, token type ids) per (src, cand) pair, truncated as ``pair_logits`` truncates,
+    unpadded: what the rerank stage's CPU tokenize actors hand to the GPU actors."""
+    enc = tokenizer(list(src), list(cand), truncation="longest_first", max_length=max_length, padding=False)
+    types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
+    return enc["input_ids"], types
+
+
+@torch.inference_mode()
+def score_pair_ids(model, tokenizer, ids: list, types: list, device=None, batch_size: int = 64, amp_dtype=None) -> np.ndarray:
+    """``score_pairs`` on token ids (``pair_token_ids``): only padding, the copy (pinned memory,
+    non-blocking on GPUs) and the forward run here; batches by token count. (n,) float32 logits."""
+    device = device or torch.device("cpu")
+    model.eval()
+    out = np.empty(len(ids), np.float32)
+    lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+    order = np.argsort(lens, kind="stable")
+    pad = tokenizer.pad_token_id or 0
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        t = int(lens[idx].max())
+        real = np.arange(t)[None, :] < lens[idx][:, None]
+        arr = {"input_ids": np.full((len(idx), t), pad, np.int64), "token_type_ids": np.zeros((len(idx), t), np.int64)}
+        arr["input_ids"][real] = np.concatenate([np.asarray(ids[j]) for j in idx])
+        arr["token_type_ids"][real] = np.concatenate([np.asarray(types[j]) for j in idx])
+        arr["attention_mask"] = real.astype(np.int64)
+        batch = {}
+        for k, v in arr.items():
+            x = torch.from_numpy(v)
+            batch[k] = (x.pin_memory() if device.type == "cuda" else x).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out[idx] = model(**batch).logits.reshape(-1).float().cpu().numpy()
+    return out
+
+
 def listwise_loss(logits: torch.Tensor) -> torch.Tensor:
     """(B, 1 + N) logits with the positive in column 0 -> mean softmax cross-entropy."""
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))

@@ -445,6 +445,32 @@ def encode(tokenizer, texts, vectors: np.ndarray, n_options: np.ndarray, slots: 
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), vec.to(device), have.to(device)
 
 
+def token_ids(tokenizer, texts) -> list[list[int]]:
+    """Prompts -> token ids (no special tokens added: the chat template has them), unpadded: what
+    the llm stage's CPU tokenize actors hand to the GPU actors (``llm.tokenize: stage``)."""
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def encode_ids(tokenizer, ids, vectors: np.ndarray, n_options: np.ndarray, slots: int, device):
+    """``encode`` from token ids: right padded with the tokenizer's pad id (as ``encode`` pads),
+    copied from pinned memory without blocking on GPUs."""
+    lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+    t = int(lens.max()) if len(ids) else 0
+    real = np.arange(t)[None, :] < lens[:, None]
+    arr = np.full((len(ids), t), tokenizer.pad_token_id, np.int64)
+    arr[real] = np.concatenate([np.asarray(x, np.int64) for x in ids]) if len(ids) else []
+    b = len(ids)
+    vec = torch.as_tensor(np.asarray(np.stack(list(vectors)), np.float32)).view(b, slots, -1)
+    n = torch.as_tensor(np.asarray(n_options, np.int64))
+    have = torch.arange(slots)[None, :] < n[:, None]
+    pin = torch.device(device).type == "cuda"
+
+    def move(x):
+        return (x.pin_memory() if pin else x).to(device, non_blocking=True)
+
+    return move(torch.from_numpy(arr)), move(torch.from_numpy(real.astype(np.int64))), move(vec), have.to(device)
+
+
 def llm_amp_dtype(device, amp: bool, cpu_amp: bool):
     """bf16 for the LLM's passes on ``device``: on GPU when ``amp``; on CPU only with ``cpu_amp``
     too (oneDNN's bf16 kernels; without AVX512-BF16 / AMX it runs, slowly: a warning says so)."""
@@ -482,18 +508,25 @@ def train_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device
 
 @torch.no_grad()
 def score(model, tokenizer, texts, vectors, n_options, slots: int, device, batch_size: int = 8,
-          amp_dtype=None) -> np.ndarray:
+          amp_dtype=None, ids=None) -> np.ndarray:
     """(n, slots) log-probabilities over each prompt's options (-inf where it has fewer), one
-    forward pass per prompt, batched."""
+    forward pass per prompt, batched. ``ids``: the prompts' token ids (``token_ids``), when a CPU
+    stage tokenized them; then ``texts`` is not read."""
     model.eval()
     out = []
-    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
-    for i in range(0, len(texts), batch_size):
+    n = len(ids) if ids is not None else len(texts)
+    lengths = [len(x) for x in ids] if ids is not None else [len(t) for t in texts]
+    order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
+    for i in range(0, n, batch_size):
         sel = order[i : i + batch_size]
-        ids, mask, vec, have = encode(tokenizer, [texts[j] for j in sel], [vectors[j] for j in sel],
-                                      [n_options[j] for j in sel], slots, device)
+        if ids is not None:
+            ids_t, mask, vec, have = encode_ids(tokenizer, [ids[j] for j in sel], [vectors[j] for j in sel],
+                                                [n_options[j] for j in sel], slots, device)
+        else:
+            ids_t, mask, vec, have = encode(tokenizer, [texts[j] for j in sel], [vectors[j] for j in sel],
+                                            [n_options[j] for j in sel], slots, device)
         with autocast(device, amp_dtype):
-            out.append(model(ids, mask, vec, have, have).float().cpu().numpy())
+            out.append(model(ids_t, mask, vec, have, have).float().cpu().numpy())
     logp = np.concatenate(out) if out else np.zeros((0, slots), np.float32)
     res = np.empty_like(logp)
     res[order] = logp

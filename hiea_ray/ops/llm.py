@@ -40,13 +40,47 @@ class LLMScorer:
 
         slots = self.cfg.candidates + 1
         vectors = list(column_to_numpy(batch["vectors"]))
-        logp = score(self.model, self.tokenizer, batch["text"].to_pylist(), vectors, batch["n_options"].to_pylist(),
-                     slots, self.device, self.cfg.infer_batch_size, self.amp)
+        ids = batch[IDS].to_pylist() if IDS in batch.column_names else None  # from LLMTokenize
+        texts = batch["text"].to_pylist() if ids is None else None
+        logp = score(self.model, self.tokenizer, texts, vectors, batch["n_options"].to_pylist(),
+                     slots, self.device, self.cfg.infer_batch_size, self.amp, ids=ids)
         return pa.table({"src": batch["src"], "options": batch["options"], "n_options": batch["n_options"],
                          "logp": embeddings_column(logp.astype(np.float32))})
 
 
-def llm_spec(lc: LLMConfig, base: str, trained: str, vector_dim: int) -> MapSpec:
-    return MapSpec(LLMScorer, {"cfg": asdict(lc), "base": base, "trained": trained, "vector_dim": vector_dim},
-                   {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow", "num_cpus": lc.cpus_per_actor,
-                    "num_gpus": lc.gpus_per_actor})
+IDS = "input_ids"
+
+
+class LLMTokenize:
+    """Prompt rows -> the same rows + ``input_ids`` (the prompt's token ids with the trained model's
+    tokenizer, slot token included): the llm stage's CPU tokenize actors (``llm.tokenize: stage``)."""
+
+    def __init__(self, trained: str):
+        from hiea_ray.core.llm import load_tokenizer
+
+        self.tokenizer = load_tokenizer(trained)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from hiea_ray.core.llm import token_ids
+
+        ids = token_ids(self.tokenizer, batch["text"].to_pylist())
+        return batch.append_column(IDS, pa.array(ids, pa.list_(pa.int32())))
+
+
+def tokenize_mode(lc: LLMConfig) -> str:
+    """actor | stage: ``llm.tokenize``, with "auto" = stage when the LLM actors hold GPUs."""
+    if lc.tokenize != "auto":
+        return lc.tokenize
+    return "stage" if lc.gpus_per_actor > 0 else "actor"
+
+
+def llm_spec(lc: LLMConfig, base: str, trained: str, vector_dim: int) -> list[MapSpec]:
+    """The chain's callable classes in order: [LLMTokenize,] LLMScorer."""
+    scorer = MapSpec(LLMScorer, {"cfg": asdict(lc), "base": base, "trained": trained, "vector_dim": vector_dim},
+                     {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow", "num_cpus": lc.cpus_per_actor,
+                      "num_gpus": lc.gpus_per_actor}, actors=lc.num_actors)
+    if tokenize_mode(lc) == "actor":
+        return [scorer]
+    tok = MapSpec(LLMTokenize, {"trained": trained}, {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow",
+                                                     "num_cpus": lc.tokenize_cpus}, actors=lc.tokenize_actors)
+    return [tok, scorer]

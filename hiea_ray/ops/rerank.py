@@ -41,7 +41,7 @@ class Reranker:
         self._texts = TextLookup(resolve(texts))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from hiea_ray.core.cross_encoder import score_pairs
+        from hiea_ray.core.cross_encoder import score_pair_ids, score_pairs
 
         k = self.cfg.k
         src = batch["src"].to_numpy()
@@ -49,20 +49,71 @@ class Reranker:
         retr = column_to_numpy(batch["score"])[:, :k]
         ok = cand >= 0
         rows, cols = np.nonzero(ok)
-        logits = score_pairs(
-            self.model, self.tokenizer, self._texts(src[rows]), self._texts(cand[rows, cols]), self.cfg.max_length,
-            self.device, self.cfg.infer_batch_size, self.amp,
-        )
+        if PAIR_IDS in batch.column_names:  # token ids from the CPU tokenize stage: pad, copy, forward
+            ids, types = batch[PAIR_IDS].to_pylist(), batch[PAIR_TYPES].to_pylist()
+            logits = score_pair_ids(self.model, self.tokenizer, [ids[r][c] for r, c in zip(rows, cols)],
+                                    [types[r][c] for r, c in zip(rows, cols)], self.device, self.cfg.infer_batch_size,
+                                    self.amp)
+        else:
+            logits = score_pairs(
+                self.model, self.tokenizer, self._texts(src[rows]), self._texts(cand[rows, cols]), self.cfg.max_length,
+                self.device, self.cfg.infer_batch_size, self.amp,
+            )
         rerank = np.full(cand.shape, -np.inf, np.float32)
         rerank[rows, cols] = logits
         return pa.table({"src": batch["src"], "cand": embeddings_column(cand.astype(np.int64)), "retr": embeddings_column(retr),
                          "rerank": embeddings_column(rerank)})
 
 
-def rerank_spec(cfg: RerankConfig, model: str, texts) -> MapSpec:
-    return MapSpec(
-        Reranker,
-        {"cfg": asdict(cfg), "model": model, "texts": texts},
-        {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow", "num_cpus": cfg.cpus_per_actor,
-         "num_gpus": cfg.gpus_per_actor},
-    )
+class RerankTokenize:
+    """Candidate rows -> the same rows + each source's top-k (source text, candidate text) pairs as
+    token ids and token type ids (``core.cross_encoder.pair_token_ids``; empty for padding): the
+    rerank stage's CPU tokenize actors (``rerank.tokenize: stage``), ahead of the GPU actors."""
+
+    def __init__(self, cfg: dict, model: str, texts):
+        from transformers import AutoTokenizer
+
+        from hiea_ray.core.encoder import resolve_model
+
+        self.cfg = RerankConfig(**cfg)
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+        self._texts = TextLookup(resolve(texts))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from hiea_ray.core.cross_encoder import pair_token_ids
+
+        k = self.cfg.k
+        src = batch["src"].to_numpy()
+        cand = column_to_numpy(batch["cand"])[:, :k]
+        rows, cols = np.nonzero(cand >= 0)
+        ids, types = pair_token_ids(self.tokenizer, self._texts(src[rows]), self._texts(cand[rows, cols]),
+                                    self.cfg.max_length)
+        out_ids = [[[] for _ in range(cand.shape[1])] for _ in range(len(src))]
+        out_types = [[[] for _ in range(cand.shape[1])] for _ in range(len(src))]
+        for r, c, i, t in zip(rows, cols, ids, types):
+            out_ids[r][c], out_types[r][c] = i, t
+        return batch.append_column(PAIR_IDS, pa.array(out_ids, pa.list_(pa.list_(pa.int32())))).append_column(
+            PAIR_TYPES, pa.array(out_types, pa.list_(pa.list_(pa.int8()))))
+
+
+PAIR_IDS, PAIR_TYPES = "pair_ids", "pair_types"
+
+
+def tokenize_mode(cfg: RerankConfig) -> str:
+    """actor | stage: ``rerank.tokenize``, with "auto" = stage when the rerank actors hold GPUs."""
+    if cfg.tokenize != "auto":
+        return cfg.tokenize
+    return "stage" if cfg.gpus_per_actor > 0 else "actor"
+
+
+def rerank_spec(cfg: RerankConfig, model: str, texts) -> list[MapSpec]:
+    """The chain's callable classes in order: [RerankTokenize,] Reranker."""
+    args = {"cfg": asdict(cfg), "model": model, "texts": texts}
+    rerank = MapSpec(Reranker, args, {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow",
+                                      "num_cpus": cfg.cpus_per_actor, "num_gpus": cfg.gpus_per_actor},
+                     actors=cfg.num_actors)
+    if tokenize_mode(cfg) == "actor":
+        return [rerank]
+    tok = MapSpec(RerankTokenize, args, {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow",
+                                         "num_cpus": cfg.tokenize_cpus}, actors=cfg.tokenize_actors)
+    return [tok, rerank]
