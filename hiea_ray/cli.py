@@ -101,11 +101,15 @@ def format_summary(pipe, metrics: dict) -> str:
     for protocol in pipe.cfg.evaluate.protocols:  # config order (metrics.json is key-sorted)
         for name in pipe.cfg.decode.decoders + (["hiea"] if pipe.cfg.llm.enabled else []):
             m = allp[protocol][name]
+            if "hits@1" not in m and "share_matched" in m:  # label-free: no gold test links
+                lines.append(f"{protocol:<12} {name:<9} matched {m['matched']} of {m['sources']} sources "
+                             f"({100 * m['share_matched']:.1f}%), no gold test links")
+                continue
             lines.append(
                 f"{protocol:<12} {name:<9} " + " ".join(f"{m[h]:>8.4f}" for h in hits)
                 + f" {m['mrr']:>7.4f} {m['precision']:>7.4f} {m['recall']:>7.4f} {m['f1']:>7.4f}"
             )
-    if pipe.cfg.llm.enabled:
+    if pipe.cfg.llm.enabled and pipe.cfg.data.test_links != "none":
         for protocol in pipe.cfg.evaluate.protocols:
             h = allp[protocol]["hiea"]
             lines.append(f"{protocol}: {h['routed']} of {h.get('sources', '?')} sources "

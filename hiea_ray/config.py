@@ -33,6 +33,16 @@ def runtime(default):
     return field(default=default, metadata={"runtime": True})
 
 
+def added(default_factory=None, default=dataclasses.MISSING, used_when=None):
+    """A field added after runs existed: left out of stage keys while it has its default value (so
+    finished runs keep their keys and are reused) or, with ``used_when(section)``, while the section
+    does not use it (the LLM verbalizer's settings in template mode)."""
+    meta = {"omit_default": True, "used_when": used_when}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class DataConfig:
     # Input format of --data: auto | dbp15k | srprs | openea (auto looks at the file names).
@@ -51,6 +61,11 @@ class DataConfig:
     one_to_many: bool = False
     # OpenEA only: which 721_5fold/N split to use.
     openea_fold: int = 1
+    # "required": the release's test links are the gold of evaluation (an empty test file is an
+    # error). "none": a label-free run — the test links are not read (the file may be empty or
+    # absent), every KG1 entity is aligned against every KG2 entity (evaluate.protocols: [all-targets])
+    # and metrics.json gives label-free figures; the seed links (train / valid) still train and anchor.
+    test_links: str = added(default="required")
     # Dumps (--data PAIR.yaml): parse tasks running at once (Ray Data), one per chunk.
     dump_workers: int = runtime(2)
     # Dumps: plain-text and multistream .bz2 files are cut into chunks of about this many MB (of the
@@ -61,16 +76,6 @@ class DataConfig:
     # Dumps: Ray Data's target block size (MB) while ingesting; the driver streams the sorted tables
     # into their files a block or two at a time, so this bounds its memory.
     block_mb: float = runtime(32.0)
-
-
-def added(default_factory=None, default=dataclasses.MISSING, used_when=None):
-    """A field added after runs existed: left out of stage keys while it has its default value (so
-    finished runs keep their keys and are reused) or, with ``used_when(section)``, while the section
-    does not use it (the LLM verbalizer's settings in template mode)."""
-    meta = {"omit_default": True, "used_when": used_when}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -594,6 +599,7 @@ class Config:
         checks = [
             ("data.format", self.data.format, {"auto", "dbp15k", "srprs", "openea"}),
             ("data.names", self.data.names, {"translated", "uri"}),
+            ("data.test_links", self.data.test_links, {"required", "none"}),
             ("verbalize.mode", self.verbalize.mode, {"name", "template", "llm", "llm+template"}),
             ("verbalize.llm.engine", self.verbalize.llm.engine, {"auto", "transformers", "vllm"}),
             ("embed.pooling", self.embed.pooling, {"auto", "mean", "cls"}),
@@ -652,6 +658,9 @@ class Config:
                             f"{self.decode.decoders}")
         if not 0.0 < self.route.target_precision <= 1.0:
             raise UserError("config field route.target_precision: must be in (0, 1]")
+        if self.data.test_links == "none" and list(self.evaluate.protocols) != ["all-targets"]:
+            raise UserError("config field evaluate.protocols: a label-free run (data.test_links: none) has no test "
+                            "links to rank among; set evaluate.protocols to [all-targets]")
         o = self.output
         if o.target_precision is not None and not 0.0 < o.target_precision <= 1.0:
             raise UserError("config field output.target_precision: must be in (0, 1] or null")

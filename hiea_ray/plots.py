@@ -20,7 +20,7 @@ def plot_metrics(metrics: dict, path: Path) -> None:
         names = list(metrics[p])
         hits = sorted({k for n in names for k in metrics[p][n] if k.startswith("hits@")}, key=lambda k: int(k[5:]))
         keys = hits[:1] + hits[-1:] if len(hits) > 1 else hits
-        keys += ["mrr", "f1"]
+        keys += ["mrr", "f1"] if hits else ["share_matched"]  # label-free runs: what was matched
         width = 0.8 / len(keys)
         for j, key in enumerate(keys):
             vals = [metrics[p][n].get(key, 0) for n in names]

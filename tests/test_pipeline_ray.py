@@ -343,3 +343,30 @@ def test_export_command_and_python_api_reexport_without_rerunning(e2e, tmp_path,
     assert main(["export", str(unfinished)]) == 2
     assert "has not decoded yet" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in run.rglob("manifest.json")} == before  # nothing re-ran
+
+
+@pytest.mark.ray
+def test_a_label_free_run_aligns_everything_and_exports_the_labelled_runs_links(e2e, tmp_path):
+    """data.test_links: none (the real case: align everything not yet linked): the pipeline runs end
+    to end without gold test links, metrics.json says so and gives label-free figures, and the
+    exported links are the labelled run's for the same config (the test links change nothing but
+    the evaluation)."""
+    from hiea_ray.config import load_config
+
+    with pytest.raises(UserError, match="evaluate.protocols"):  # standard needs test links
+        load_config(overrides=tiny_overrides(e2e["model"], "data.test_links=none"))
+    cfg = load_config(overrides=tiny_overrides(e2e["model"], "data.test_links=none", "evaluate.protocols=[all-targets]"))
+    run = tmp_path / "label-free"
+    Pipeline(cfg, e2e["data"], run).run_all()
+    m = json.loads((run / "metrics.json").read_text())
+    assert "label_free" in m and m["protocol"] == "all-targets"
+    assert m["sinkhorn"]["gold_test_links"] == 0 and 0 < m["sinkhorn"]["share_matched"] <= 1
+    assert "hits@1" not in m["sinkhorn"]
+    s = json.loads((run / "alignment" / "summary.json").read_text())
+    assert s["measured"] is None and s["decoder"] == "sinkhorn"
+    free = pq.read_table(run / "alignment" / "links.parquet")
+    labelled = pq.read_table(e2e["run"] / "alignment" / "links.parquet")
+    pairs = [set(zip(t["kg1_id"].to_pylist(), t["kg2_id"].to_pylist())) for t in (free, labelled)]
+    assert labelled.num_rows > 0 and abs(free.num_rows - labelled.num_rows) <= labelled.num_rows // 100
+    # the same links by the inputs' identifiers (the runs embed separately: a near-tie may flip, rarely)
+    assert len(pairs[0] & pairs[1]) >= 0.99 * len(pairs[1])

@@ -399,3 +399,28 @@ def test_openea_bad_link_and_missing_fold(tmp_path, synthetic_dir):
         read_pair(d)
     pair = read_pair(d, DataConfig(skip_bad_lines=True))
     assert pair.report["skipped_lines"] == {"test_links": 1}
+
+
+def test_a_label_free_pair_reads_without_test_links(synthetic_dir, tmp_path):
+    """data.test_links: none — an empty (or absent) test links file is a label-free pair, and test
+    links that are there are not read; by default an empty test file stays a clear error."""
+    import shutil
+
+    from hiea_ray.config import DataConfig
+    from hiea_ray.errors import UserError
+    from hiea_ray.kg.readers import read_pair
+
+    d = tmp_path / "pair"
+    shutil.copytree(synthetic_dir, d)
+    full = read_pair(d)
+    withheld = read_pair(d, DataConfig(test_links="none"))
+    assert "test" in full.links["split"].to_pylist() and "test" not in withheld.links["split"].to_pylist()
+    assert withheld.entities.equals(full.entities)  # the same ids: the same alignment problem
+    seeds = full.links.filter(pc.not_equal(full.links["split"], "test"))
+    assert withheld.links.sort_by("src").equals(seeds.sort_by("src"))
+    (d / "721_5fold" / "1" / "test_links").write_text("")
+    with pytest.raises(UserError, match="test_links: no alignment links"):
+        read_pair(d)
+    assert read_pair(d, DataConfig(test_links="none")).links.num_rows == seeds.num_rows
+    (d / "721_5fold" / "1" / "test_links").unlink()
+    assert read_pair(d, DataConfig(test_links="none")).links.num_rows == seeds.num_rows

@@ -163,7 +163,14 @@ def test_http_answers_equal_the_offline_run(app_url, served_run):
             assert b["candidates"][0]["id"] in [int(x) for x in opts[s][:n]]
     batch = _post(f"{app_url}/v1/align/batch", {"queries": [{"id": int(route["src"][i])} for i in picks[:5]]})
     assert batch.status_code == 200 and len(batch.json()["results"]) == 5
-    assert requests.get(f"{app_url}/v1/entities/1/{int(q[0])}", timeout=30).json()["id"] == int(q[0])
+    e = requests.get(f"{app_url}/v1/entities/1/{int(q[0])}", timeout=30).json()
+    assert e["id"] == int(q[0]) and e["kg_id"]
+    # the same entity by its input identifier (an IRI: slashes and all), and the answers carry identifiers
+    assert requests.get(f"{app_url}/v1/entities/1/{e['kg_id']}", timeout=30).json()["id"] == int(q[0])
+    assert requests.get(f"{app_url}/v1/entities/1/no:such-entity", timeout=30).status_code == 404
+    uri = dict(zip(*(pq.read_table(served_run / "ingest" / "entities.parquet")[c].to_pylist() for c in ("id", "uri"))))
+    b = _post(f"{app_url}/v1/align", {"id": int(q[0])}).json()
+    assert b["query"]["kg1_id"] == uri[int(q[0])] and all(c["kg2_id"] == uri[c["id"]] for c in b["candidates"])
     # a new entity by name: answered by a tier, k respected
     b = _post(f"{app_url}/v1/align", {"entity": {"name": "some new entity", "relations": [
         {"relation": "r", "neighbour": int(q[1])}]}, "k": 5}).json()

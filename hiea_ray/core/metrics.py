@@ -111,6 +111,19 @@ def decoder_metrics(q: np.ndarray, cand: np.ndarray, match_src: np.ndarray, matc
     return m
 
 
+def label_free_metrics(q: np.ndarray, match_src: np.ndarray, match_score: np.ndarray | None = None,
+                       bins: int = 10) -> dict:
+    """What a run without gold test links can say of a decoder's one-to-one output: how many of
+    its sources q got a match, and the histogram of the matches' scores."""
+    out = {"gold_test_links": 0, "sources": int(len(q)), "matched": int(len(match_src)),
+           "share_matched": float(len(match_src) / max(len(q), 1))}
+    if match_score is not None and len(match_score):
+        finite = match_score[np.isfinite(match_score)]
+        counts, edges = np.histogram(finite, bins=bins)
+        out["score_histogram"] = {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist()}
+    return out
+
+
 def metrics_document(metrics: dict, k: int, decoders: list[str], protocols: list[str]) -> dict:
     """The run's metrics.json: decoder -> metrics of the primary (first) protocol, the protocol's
     name, and every protocol in full under ``all_protocols``."""

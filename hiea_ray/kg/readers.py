@@ -198,9 +198,12 @@ def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair,
         link_files = [("sup_ent_ids", "train"), ("ref_ent_ids", "all")]
     seen: dict[tuple[str, str], tuple[str, str]] = {}  # link -> (split, file)
     links = _Links(lines, cfg)
+    label_free = cfg.test_links == "none"
     for fname, split in link_files:
         path = folder / fname
         n_read = 0
+        if label_free and split in ("test", "all") and not lines.optional(path):
+            continue  # a label-free pair: no test links file
         for lineno, (a, b) in lines.rows(path, 2, 2):
             if owner.get(a) != 1 or owner.get(b) != 2:
                 bad = a if owner.get(a) != 1 else b
@@ -218,9 +221,10 @@ def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair,
             if not links.add(a, b, path, lineno):
                 continue
             seen[(a, b)] = ("test" if split == "all" else split, fname)
-        if n_read == 0:
+        if n_read == 0 and not (label_free and split in ("test", "all")):
             raise UserError(f"{path}: no alignment links")
-    raw.links = [(raw.keys[1][a], raw.keys[2][b], s) for (a, b), (s, _) in seen.items()]
+    raw.links = [(raw.keys[1][a], raw.keys[2][b], s) for (a, b), (s, _) in seen.items()
+                 if not (label_free and s == "test")]
     raw.one_to_many = links.extra
     if fmt == "srprs":
         for kg in (1, 2):
@@ -258,8 +262,11 @@ def _read_openea(folder: Path, cfg: DataConfig) -> tuple[_RawPair, Counter]:
         raise UserError(f"{fold}: split folder missing (set data.openea_fold to an existing fold)")
     seen: dict[tuple[str, str], str] = {}  # link -> the file it was first read from
     links = _Links(lines, cfg)
+    label_free = cfg.test_links == "none"
     for path, split in split_files:
         n_read = 0
+        if label_free and split == "test" and not lines.optional(path):
+            continue  # a label-free pair: no test links file
         for lineno, (a, b) in lines.rows(path, 2, 2):
             if a not in raw.keys[1] or b not in raw.keys[2]:
                 bad = a if a not in raw.keys[1] else b
@@ -273,8 +280,9 @@ def _read_openea(folder: Path, cfg: DataConfig) -> tuple[_RawPair, Counter]:
             if not links.add(a, b, path, lineno):
                 continue
             seen[(a, b)] = path.name
-            raw.links.append((raw.keys[1][a], raw.keys[2][b], split))
-        if n_read == 0 and split in ("train", "test"):
+            if not (label_free and split == "test"):
+                raw.links.append((raw.keys[1][a], raw.keys[2][b], split))
+        if n_read == 0 and (split == "train" or (split == "test" and not label_free)):
             raise UserError(f"{path}: no alignment links")
     raw.one_to_many = links.extra
     # ent_links must be readable even though the fold files carry the split.

@@ -211,12 +211,17 @@ class Ingress:
         self.retriever, self.router, self.llm = retriever, router, llm
         ent = ctx.pair().entities.sort_by("id")
         self.ids, self.kg, self.names = ent["id"].to_numpy(), ent["kg"].to_numpy(), ent["name"].to_pylist()
+        self.uris = ent["uri"].to_pylist()  # the input's identifiers (IRIs, Q-ids)
+        self.by_uri = {(int(k), u): int(i) for i, k, u in zip(self.ids.tolist(), self.kg.tolist(), self.uris)}
         texts = ctx.texts().sort_by("id")
         self.text_ids, self.texts = texts["id"].to_numpy(), texts["text"].to_pylist()
         self.fusion = fusion_weight(ctx.cfg.llm.fusion, ctx.llm_model) if ctx.has_llm else 0.0
 
     def name(self, i: int) -> str:
         return self.names[int(np.searchsorted(self.ids, i))]
+
+    def uri(self, i: int) -> str:
+        return self.uris[int(np.searchsorted(self.ids, i))]
 
     async def _align(self, queries: list[AlignRequest]) -> tuple[list[dict] | None, JSONResponse | None]:
         from hiea_ray.serve.engine import answer
@@ -253,7 +258,7 @@ class Ingress:
         bodies = []
         for i, r in enumerate(rows):
             b = answer(r, ks[i], self.name, None if prob is None else prob[i], None if certain is None else certain[i],
-                       llm_of.get(i), self.fusion)
+                       llm_of.get(i), self.fusion, self.uri)
             b["timings_ms"] = {"retriever": round(1000 * (t1 - t0), 2), "router": round(1000 * (t2 - t1), 2),
                                "llm": round(llm_of[i]["ms"], 2) if i in llm_of else 0.0,
                                "total": round(1000 * (time.perf_counter() - t0), 2)}
@@ -272,15 +277,19 @@ class Ingress:
         bodies, err = await self._align(body.queries)
         return err if err is not None else {"results": bodies}
 
-    @api.get("/v1/entities/{kg}/{entity_id}", summary="An entity of the run: name and verbalized text")
-    async def entity(self, kg: int, entity_id: int):
+    @api.get("/v1/entities/{kg}/{entity_id:path}",
+             summary="An entity of the run by its id or its input identifier (IRI, Q-id): name and verbalized text")
+    async def entity(self, kg: int, entity_id: str):
         if kg not in (1, 2):
             return _error(422, "kg", f"must be 1 or 2, got {kg}")
-        r = int(np.searchsorted(self.ids, entity_id))
-        if r >= len(self.ids) or self.ids[r] != entity_id or self.kg[r] != kg:
-            return _error(404, "entity_id", f"id {entity_id} is not a KG{kg} entity of this run")
-        t = int(np.searchsorted(self.text_ids, entity_id))
-        return {"id": entity_id, "kg": kg, "name": self.names[r], "text": self.texts[t]}
+        eid = self.by_uri.get((kg, entity_id))
+        if eid is None and entity_id.lstrip("-").isdigit():
+            eid = int(entity_id)
+        r = int(np.searchsorted(self.ids, eid)) if eid is not None else len(self.ids)
+        if r >= len(self.ids) or self.ids[r] != eid or self.kg[r] != kg:
+            return _error(404, "entity_id", f"{entity_id} is not a KG{kg} entity of this run (an id or an input identifier)")
+        t = int(np.searchsorted(self.text_ids, eid))
+        return {"id": int(eid), "kg": kg, "kg_id": self.uris[r], "name": self.names[r], "text": self.texts[t]}
 
     @api.get("/healthz", summary="Liveness and what is served")
     async def healthz(self):

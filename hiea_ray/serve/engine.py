@@ -388,11 +388,13 @@ class LLMTier:
 
 
 def answer(res: dict, k: int, names, prob: float | None, certain: bool | None, llm: dict | None = None,
-           fusion: float = 0.0) -> dict:
+           fusion: float = 0.0, uris=None) -> dict:
     """The response body for one query (``res``: a ``SmallTier`` row; ``llm``: options, n_options and
     logp of its LLM pass): ranked candidates (id, name, score = the primary decoder's, llm_prob when
     the LLM saw it), the match (null: the LLM chose "none"), the tier that answered, the router's
-    confidence. The LLM's ranking and match are ``core.hiea.merge``'s, as the run's hiea decoder."""
+    confidence. The LLM's ranking and match are ``core.hiea.merge``'s, as the run's hiea decoder.
+    ``uris``: id -> the input's identifier (IRI / Q-id): candidates and match carry it as kg2_id,
+    a run entity's query as kg1_id."""
     from hiea_ray.core.hiea import merge
 
     ent = res["entity"]
@@ -417,6 +419,8 @@ def answer(res: dict, k: int, names, prob: float | None, certain: bool | None, l
         if t < 0 or len(out) >= k:
             continue
         row = {"id": int(t), "name": names(int(t)), "score": round(float(score[pos[int(t)]]), 7)}
+        if uris is not None:
+            row["kg2_id"] = uris(int(t))
         if int(t) in llm_p:
             row["llm_prob"] = round(llm_p[int(t)], 6)
         out.append(row)
@@ -424,6 +428,10 @@ def answer(res: dict, k: int, names, prob: float | None, certain: bool | None, l
             "match": None if match < 0 else {"id": match, "name": names(match)},
             "abstained": match < 0, "tier": tier, "confidence": None if prob is None else round(float(prob), 6),
             "certain": None if certain is None else bool(certain), "candidates": out}
+    if uris is not None:
+        body["query"]["kg1_id"] = uris(ent.id) if ent.id >= 0 else None
+        if body["match"] is not None:
+            body["match"]["kg2_id"] = uris(match)
     if none_p is not None:
         body["llm_none_prob"] = round(none_p, 6)
     return body

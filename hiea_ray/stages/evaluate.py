@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 import numpy as np
 
-from hiea_ray.core.metrics import decoder_metrics, metrics_document
+from hiea_ray.core.metrics import decoder_metrics, label_free_metrics, metrics_document
 from hiea_ray.io import column_to_numpy, read_lists, rows_of
 from hiea_ray.plots import plot_metrics
 from hiea_ray.run import RunContext, hiea_merged
@@ -30,18 +30,31 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     test = ctx.pair().links_of("test")
     gold_src, gold_tgt = test["src"].to_numpy(), test["tgt"].to_numpy()
     metrics: dict = {}
+    label_free = len(gold_src) == 0  # data.test_links: none
     for protocol in cfg.evaluate.protocols:
         d = ctx.run / "decode" / protocol
         for name in cfg.decode.decoders:
             q, cand, _ = read_lists(d / f"{name}.parquet")
             match = pq.read_table(d / f"{name}.match.parquet")
+            if label_free:
+                metrics.setdefault(protocol, {})[name] = label_free_metrics(q, match["src"].to_numpy(),
+                                                                            match["score"].to_numpy())
+                continue
             metrics.setdefault(protocol, {})[name] = decoder_metrics(
                 q, cand, match["src"].to_numpy(), match["tgt"].to_numpy(), gold_src, gold_tgt, cfg.evaluate.hits_at
             )
         if cfg.llm.enabled:
-            metrics[protocol]["hiea"] = hiea_metrics(ctx, protocol, gold_src, gold_tgt)
+            if label_free:
+                h = hiea_merged(ctx, protocol)
+                metrics[protocol]["hiea"] = {**label_free_metrics(h.q, h.merged.match_src),
+                                             "routed": int(len(h.uncertain)), "abstained": int(len(h.merged.abstained))}
+            else:
+                metrics[protocol]["hiea"] = hiea_metrics(ctx, protocol, gold_src, gold_tgt)
     decoders = cfg.decode.decoders + (["hiea"] if cfg.llm.enabled else [])
     doc = metrics_document(metrics, cfg.retrieve.k, decoders, cfg.evaluate.protocols)
+    if label_free:
+        doc["label_free"] = ("no gold test links (data.test_links: none): the figures are label-free; "
+                             "RUN/alignment/summary.json has the estimated precision of the exported links")
     (tmp / "metrics.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
     plot_metrics(metrics, tmp / "metrics.png")
     return {"rows": len(gold_src)}
