@@ -69,6 +69,12 @@ def test_rayservice_carries_the_same_serve_config_and_sane_resources(serve_cfg):
     assert llm["autoscaling_config"]["max_replicas"] * llm["ray_actor_options"]["num_gpus"] <= gpus
     head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert 8000 in [p["containerPort"] for p in head["ports"]]
+    # the bearer token the Serve config names is in every container's environment, from a Secret
+    (var,) = [o.split("=", 1)[1] for o in inner["applications"][0]["args"]["overrides"] if o.startswith("serve.api_token_env=")]
+    containers = [head] + [c for g in cluster["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]]
+    for c in containers:
+        (e,) = [e for e in c.get("env", []) if e["name"] == var]
+        assert e["valueFrom"]["secretKeyRef"]["name"] and e["valueFrom"]["secretKeyRef"]["key"]
 
 
 def test_rayjob_runs_files_that_exist_with_configs_that_load_and_gpus_for_its_actors():
