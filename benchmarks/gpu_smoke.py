@@ -408,6 +408,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="every section on the CPU with tiny sizes (tests the script)")
     ap.add_argument("--texts", type=int, default=65536)
     ap.add_argument("--sections", default="encoder,llm_equality,llm")
+    ap.add_argument("--commit", help="the commit measured (default: git rev-parse HEAD of this checkout)")
     args = ap.parse_args(argv)
     if args.pack:
         pack(args.pack)
@@ -424,10 +425,14 @@ def main(argv=None) -> int:
         pack(assets)
     import transformers
 
-    try:
-        commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD 2>/dev/null").read().strip() or None
-    except OSError:
-        commit = None
+    commit = args.commit
+    if commit is None:
+        try:
+            commit = os.popen(f"git -C {ROOT} rev-parse --short HEAD 2>/dev/null").read().strip() or None
+            dirty = os.popen(f"git -C {ROOT} status --porcelain --untracked-files=no 2>/dev/null").read().strip()
+            commit = f"{commit}+uncommitted changes" if commit and dirty else commit
+        except OSError:
+            commit = None
     meta = {"command": "python benchmarks/gpu_smoke.py" + (" --dry-run" if args.dry_run else ""),
             "date": time.strftime("%Y-%m-%d"), "commit": commit,
             "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",

@@ -144,9 +144,10 @@ class VerbalizerLLMConfig:
     # Share of the train_file's lines held out (seeded) to pick the best checkpoint.
     valid_fraction: float = 0.1
     scaling: TrainScaling = field(default_factory=TrainScaling)
-    # Generation on a Ray Data actor pool: prompts per generate() call, rows per block (the unit
-    # of resume), actors, CPUs / GPUs per actor, torch threads per actor (0 = all cores).
-    batch_size_gen: int = runtime(16)
+    # Generation on a Ray Data actor pool: prompts per generate() call (0 = by device: 64 on a GPU,
+    # 16 on a CPU; docs/gpus.md), rows per block (the unit of resume), actors, CPUs / GPUs per actor,
+    # torch threads per actor (0 = all cores).
+    batch_size_gen: int = runtime(0)
     rows_per_batch: int = runtime(256)
     num_actors: int = runtime(1)
     cpus_per_actor: float = runtime(1.0)
@@ -744,6 +745,7 @@ class Config:
 
 # Numeric fields and their lower bound: (field, bound, strictly greater).
 _RANGES = [
+    ("verbalize.llm.batch_size_gen", 0, False),  # 0 = by device
     *[(f, 1, False) for f in (
         "verbalize.max_words", "verbalize.batch_size", "verbalize.num_actors", "embed.batch_size", "embed.max_length",
         "embed.num_actors", "embed.rows_per_batch", "embed.tokenize_actors", "rerank.tokenize_actors", "llm.tokenize_actors",  "retrieve.query_batch", "retrieve.ivf_nlist", "retrieve.ivf_nprobe",
@@ -755,7 +757,7 @@ _RANGES = [
         "llm.num_actors", "serve.llm_batch_size", "serve.retriever_replicas", "serve.llm_replicas",
         "serve.max_ongoing_requests", "serve.max_queued_requests", "serve.max_body_bytes", "serve.max_batch_queries",
         "verbalize.llm.prompt_tokens", "verbalize.llm.max_new_tokens", "verbalize.llm.lora_r", "verbalize.llm.epochs",
-        "verbalize.llm.batch_size", "verbalize.llm.eval_every", "verbalize.llm.batch_size_gen",
+        "verbalize.llm.batch_size", "verbalize.llm.eval_every",
         "verbalize.llm.rows_per_batch", "verbalize.llm.num_actors")],
     *[(f, 0, False) for f in (
         "verbalize.max_neighbors", "embed.torch_threads", "embed.gpus_per_actor", "train.warmup_steps",

@@ -253,3 +253,9 @@ def test_vllm_processor_config_is_built_without_vllm():
     assert c.concurrency == 3 and c.chat_template_stage is False
     fp32 = vllm_config(section_from_dict(VerbalizeConfig, {"mode": "llm", "llm": {"amp": False}}), "m")
     assert fp32.engine_kwargs["dtype"] == "float32"
+
+
+def test_the_generation_batch_is_chosen_by_device():
+    from hiea_ray.ops.verbalize import gen_batch_size
+
+    assert gen_batch_size(0, "cuda") == 64 and gen_batch_size(0, "cpu") == 16 and gen_batch_size(5, "cuda") == 5
