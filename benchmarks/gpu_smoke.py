@@ -19,6 +19,7 @@ Sections (each written to the JSON as soon as it finishes; a failing section rec
   steps on the GPU: fp32 cuda vs cpu, and bf16 weights vs fp32.
 - ``llm``: ``core.llm.train_step`` s/step and peak memory, ``core.llm.score`` prompts/s by batch,
   for the 135M and a 7B Llama architecture, with float32 and bfloat16 base weights (``llm.dtype``).
+- ``generate``: LLM verbalization (``core.generate.generate``) prompts/s by batch.
 Without a CUDA GPU (and without --dry-run) it prints one line and exits 1.
 """
 
@@ -400,6 +401,43 @@ def llm_section(assets: Path, device: str, archs: list[str], batches: list[int],
     return out
 
 
+def generate_section(assets: Path, device: str, batches: list[int], n: int, dry: bool) -> dict:
+    """LLM verbalization through ``core.generate.generate`` (transformers): the SmolLM2
+    architecture, bf16 on a GPU, greedy, 48 new tokens at most (a line break stops a row), prompts
+    of a description's size; prompts/s and new tokens/s by batch (``verbalize.llm.batch_size_gen``)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from hiea_ray.core.generate import chat, generate
+
+    tok = AutoTokenizer.from_pretrained(assets / "llm")
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    cfg = AutoConfig.from_pretrained(assets / "llm")
+    if dry:
+        cfg.num_hidden_layers = 2
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    words = words_from(tok, 3000)
+    prompts = [chat(tok, "Describe the entity in one sentence. " + t, "") for t in entity_texts(words, n, 60, seed=1)]
+    out = {"architecture": "SmolLM2-135M (random weights)" + (" 2 layers (dry run)" if dry else ""), "dtype": str(dtype),
+           "prompts": n, "max_new_tokens": 48,
+           "prompt_tokens_mean": float(np.mean([len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]))}
+    for b in batches:
+        generate(model, tok, prompts[:b], 48, b)  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        _, counts, _ = generate(model, tok, prompts, 48, b)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        out[f"batch_{b}"] = {"prompts_per_s": round(n / dt, 1), "new_tokens_per_s": round(sum(counts) / dt, 1),
+                             "new_tokens_mean": round(float(np.mean(counts)), 1)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--assets", type=Path, help="configs + tokenizers made by --pack (default: the installed packages)")
@@ -407,7 +445,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_smoke.json")
     ap.add_argument("--dry-run", action="store_true", help="every section on the CPU with tiny sizes (tests the script)")
     ap.add_argument("--texts", type=int, default=65536)
-    ap.add_argument("--sections", default="encoder,llm_equality,llm")
+    ap.add_argument("--sections", default="encoder,llm_equality,llm,generate")
     ap.add_argument("--commit", help="the commit measured (default: git rev-parse HEAD of this checkout)")
     args = ap.parse_args(argv)
     if args.pack:
@@ -448,6 +486,7 @@ def main(argv=None) -> int:
                                            [2] if dry else [4, 8, 14], dry),
         "llm_equality": lambda: llm_equality_section(assets, device, 3 if dry else 30, dry),
         "llm": lambda: llm_section(assets, device, ["135m"] if dry else ["135m", "7b"], [1, 4] if dry else [1, 4, 8, 16, 32], dry),
+        "generate": lambda: generate_section(assets, device, [2] if dry else [16, 64], 4 if dry else 256, dry),
     }
     for name in sections:
         t0 = time.perf_counter()
