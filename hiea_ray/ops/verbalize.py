@@ -212,7 +212,7 @@ def _generate_vllm(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str
 
 def gen_batch_size(setting: int, device: str) -> int:
     """``verbalize.llm.batch_size_gen``, with 0 = by device: 64 prompts per generate() call on a GPU
-    (an H200 writes 28.2 descriptions/s at 64 against 8.0 at 16), 16 on a CPU."""
+    (an H200 writes 21.0 descriptions/s at 64 against 5.8 at 16: docs/gpus.md), 16 on a CPU."""
     if setting > 0:
         return setting
     return 64 if str(device).startswith("cuda") else 16
