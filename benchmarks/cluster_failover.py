@@ -49,10 +49,15 @@ def align_cmd(data: Path, out: Path, model: Path, extra: list[str]) -> list[str]
             *sets([f"embed.model={model}", *TINY, *extra])]
 
 
+SEEN: list = []  # the alive actors' classes at each kill (what the record says was hit)
+
+
 def node_of_actor(class_fragment: str) -> str | None:
     from ray.util.state import list_actors
 
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+    alive = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    SEEN.append(sorted({a.class_name for a in alive}))
+    for a in alive:
         if class_fragment in (a.class_name or ""):
             return a.node_id
     return None
@@ -141,7 +146,9 @@ def main(argv=None) -> int:
         def kill_holder(fragment):
             def kill():
                 nid = node_of_actor(fragment)
-                node = by_id.get(nid) or workers[0]
+                node = by_id.get(nid)
+                if node is None:  # not found: record it, kill nothing (a random kill proves nothing)
+                    return f"no alive {fragment} actor found"
                 cluster.remove_node(node, allow_graceful=False)
                 return node.node_id[:12]
             return kill
@@ -176,14 +183,20 @@ def main(argv=None) -> int:
             tout = tmp / "train"
             tjob = run_job(client, [sys.executable, str(ROOT / "jobs" / "train.py"), "retriever", "--data", str(data),
                                     "--out", str(tout), "-q",
-                                    *sets([f"embed.model={model}", *TINY, "train.epochs_per_round=4", "train.rounds=1",
+                                    *sets([f"embed.model={model}", *TINY, "train.epochs_per_round=12", "train.rounds=1",
                                            "train.eval_every=4", "train.scaling.max_failures=2", "train.hard_negatives=0",
                                            "train.scaling.cpus_per_worker=1", "train.scaling.torch_threads=1"])],
-                           kill_when=lambda: any((tout / ".train.tmp").rglob("checkpoint_*")) if (tout / ".train.tmp").is_dir() else False,
+                           # two checkpoints on disk: the first is surely registered (num_to_keep 2)
+                           kill_when=lambda: len(list((tout / ".train.tmp").rglob("checkpoint_*"))) >= 2
+                           if (tout / ".train.tmp").is_dir() else False,
                            kill=kill_holder("RayTrainWorker"), timeout=1800)
             hist = tout / "train" / "history.json"
-            tjob["history_resumed"] = json.loads(hist.read_text())[-1].get("resumed") if hist.is_file() else None
+            if hist.is_file():
+                last = json.loads(hist.read_text())["rounds"][-1]
+                tjob.update({"resumed_at_steps": last["last"]["resumed"], "steps": last["last"]["step"],
+                             "best_valid_mrr": last["best"]["valid_mrr"]})
             doc["cluster_train"] = tjob
+        doc["actors_at_kills"] = SEEN
     finally:
         ray.shutdown()
         cluster.shutdown()
