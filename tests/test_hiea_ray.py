@@ -35,7 +35,7 @@ def hiea_run(e2e, tiny_llm_dir, tmp_path_factory):
 
 def test_pipeline_routes_trains_scores_and_merges(hiea_run):
     run, metrics = hiea_run["run"], hiea_run["metrics"]
-    assert [n for n, t in hiea_run["pipe"].timings.items() if not t["reused"]][-4:] == ["route", "llm_train", "llm", "evaluate"]
+    assert [n for n, t in hiea_run["pipe"].timings.items() if not t["reused"]][-5:] == ["route", "llm_train", "llm", "export", "evaluate"]
     route = pq.read_table(run / "route" / "standard" / "route.parquet")
     certain = route["certain"].to_numpy(zero_copy_only=False)
     routed = route["src"].to_numpy()[~certain]

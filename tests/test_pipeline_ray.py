@@ -121,7 +121,7 @@ def test_rerun_is_noop(e2e):
 
 
 @pytest.mark.ray
-def test_decode_change_reruns_only_decode_and_evaluate(e2e, tmp_path):
+def test_decode_change_reruns_only_decode_export_and_evaluate(e2e, tmp_path):
     run = copy_stages(e2e["run"], tmp_path / "run", STAGES)
     before = snapshot(run)
     cfg = load_config(overrides=tiny_overrides(e2e["model"], "decode.csls_k=5", "decode.sinkhorn_iters=20"))
@@ -134,6 +134,7 @@ def test_decode_change_reruns_only_decode_and_evaluate(e2e, tmp_path):
         "embed": True,
         "retrieve": True,
         "decode": False,
+        "export": False,
         "evaluate": False,
     }
     after = snapshot(run)
