@@ -69,7 +69,8 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     rows = rows_of(q, ms)
     hit = prim_cand[rows] == mt[:, None]
     pair_score = np.where(hit.any(1), score[rows, np.argmax(hit, 1)], np.nan).astype(np.float32)
-    margin = (score[:, 0] - np.where(cand.shape[1] > 1, score[:, min(1, cand.shape[1] - 1)], np.nan)).astype(np.float32)
+    second = score[:, 1] if score.shape[1] > 1 else np.full(len(score), np.nan)
+    margin = (score[:, 0] - second).astype(np.float32)
     conf_all = np.asarray(score[:, 0], np.float32)
     if router:
         route = pq.read_table(ctx.run / "route" / protocol / "route.parquet")

@@ -102,13 +102,35 @@ def check_cpus(reserved: dict[str, float]) -> None:
 
 @dataclass
 class MapSpec:
-    """How to chain one callable class: the class, its arguments, ``map_batches`` options and the
-    size of its actor pool (None: the ``num_actors`` the chain is given)."""
+    """How to chain one callable class: the class, its arguments, ``map_batches`` options, the
+    size of its actor pool (None: the ``num_actors`` the chain is given) and the config fields that
+    size it (named when the pools leave no CPU for Ray Data's own tasks)."""
 
     cls: type
     constructor_kwargs: dict = field(default_factory=dict)
     map_batches_kwargs: dict = field(default_factory=dict)
     actors: int | None = None
+    fields: str = ""
+
+
+def tokenize_mode(cfg) -> str:
+    """actor | stage of a section with ``tokenize`` and ``gpus_per_actor`` (embed, rerank, llm):
+    "auto" = a CPU tokenize stage when the model's actors hold GPUs."""
+    if cfg.tokenize != "auto":
+        return cfg.tokenize
+    return "stage" if cfg.gpus_per_actor > 0 else "actor"
+
+
+def model_chain(cfg, section: str, model: MapSpec, tokenizer: type, tokenizer_kwargs: dict) -> list[MapSpec]:
+    """[tokenize stage,] model actors: ``model`` alone, or after a CPU actor pool of ``tokenizer``
+    (``section.tokenize_actors`` actors of ``section.tokenize_cpus``) when ``tokenize_mode`` is stage."""
+    model.fields = model.fields or f"{section}.num_actors x cpus_per_actor"
+    if tokenize_mode(cfg) == "actor":
+        return [model]
+    tok = MapSpec(tokenizer, tokenizer_kwargs, {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow",
+                                                "num_cpus": cfg.tokenize_cpus}, actors=cfg.tokenize_actors,
+                  fields=f"{section}.tokenize_actors x tokenize_cpus")
+    return [tok, model]
 
 
 def resolve(obj):
@@ -139,6 +161,9 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec | list[MapSpec], num_actor
     ``progress`` = (label, total rows): progress lines (rows/s, ETA) while it runs."""
     import ray
 
+    specs = spec if isinstance(spec, list) else [spec]
+    check_cpus({s.fields or s.cls.__name__: (s.actors or num_actors) * s.map_batches_kwargs.get("num_cpus", 1)
+                for s in specs})
     ds = ray.data.read_parquet(str(src))
     if done is not None and len(done):
         ds = ds.map_batches(
@@ -153,7 +178,7 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec | list[MapSpec], num_actor
     # num_actors was, and the stage wrote a single part file (nothing to resume).
     # Streaming repartition: blocks of <= rows_per_block rows, spread over the actors/nodes.
     ds = ds.repartition(target_num_rows_per_block=max(1, rows_per_block))
-    for s in spec if isinstance(spec, list) else [spec]:
+    for s in specs:
         ds = ds.map_batches(
             s.cls,
             fn_constructor_kwargs=s.constructor_kwargs,

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from hiea_ray.core.optim import apply_gradients
+from hiea_ray.core.tokens import pad_rows, to_device
 
 
 def load_reranker(model: str):
@@ -77,21 +78,14 @@ def score_pair_ids(model, tokenizer, ids: list, types: list, device=None, batch_
     device = device or torch.device("cpu")
     model.eval()
     out = np.empty(len(ids), np.float32)
-    lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-    order = np.argsort(lens, kind="stable")
+    order = np.argsort(np.fromiter((len(x) for x in ids), np.int64, len(ids)), kind="stable")
     pad = tokenizer.pad_token_id or 0
     for i in range(0, len(order), batch_size):
         idx = order[i : i + batch_size]
-        t = int(lens[idx].max())
-        real = np.arange(t)[None, :] < lens[idx][:, None]
-        arr = {"input_ids": np.full((len(idx), t), pad, np.int64), "token_type_ids": np.zeros((len(idx), t), np.int64)}
-        arr["input_ids"][real] = np.concatenate([np.asarray(ids[j]) for j in idx])
-        arr["token_type_ids"][real] = np.concatenate([np.asarray(types[j]) for j in idx])
-        arr["attention_mask"] = real.astype(np.int64)
-        batch = {}
-        for k, v in arr.items():
-            x = torch.from_numpy(v)
-            batch[k] = (x.pin_memory() if device.type == "cuda" else x).to(device, non_blocking=True)
+        input_ids, real = pad_rows([ids[j] for j in idx], pad)
+        arr = {"input_ids": input_ids, "token_type_ids": pad_rows([types[j] for j in idx], 0)[0],
+               "attention_mask": real.astype(np.int64)}
+        batch = {k: to_device(v, device) for k, v in arr.items()}
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out[idx] = model(**batch).logits.reshape(-1).float().cpu().numpy()
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hiea_ray.config import EMBED_BACKENDS as BACKENDS
+from hiea_ray.core.tokens import pad_rows, to_device
 from hiea_ray.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -147,15 +148,8 @@ class Encoder:
     def _pad(self, ids: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Token id rows -> (ids, mask) int64 (B, T), padded on the tokenizer's side with its pad id:
         the arrays the tokenizer itself returns with ``padding=True``."""
-        lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-        t = int(lens.max()) if len(ids) else 0
-        pos = np.arange(t)[None, :]
-        if getattr(self.tokenizer, "padding_side", "right") == "left":
-            real = pos >= (t - lens)[:, None]
-        else:
-            real = pos < lens[:, None]
-        out = np.full((len(ids), t), self.tokenizer.pad_token_id or 0, np.int64)
-        out[real] = np.concatenate(ids) if len(ids) else []  # row-major: each row's ids in order
+        out, real = pad_rows(ids, self.tokenizer.pad_token_id or 0,
+                             left=getattr(self.tokenizer, "padding_side", "right") == "left")
         return out, real.astype(np.int64)
 
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> torch.Tensor:
@@ -166,11 +160,7 @@ class Encoder:
             out = torch.from_numpy(self.session.run(["last_hidden_state"], feed)[0])
             pooled = pool(out.float(), torch.from_numpy(attention_mask), self.pooling)
             return torch.nn.functional.normalize(pooled, dim=-1)
-        ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
-        if self.device.type == "cuda":  # page-locked host memory: the copy overlaps the GPU's work
-            ids_t, mask_t = ids_t.pin_memory(), mask_t.pin_memory()
-        ids_t = ids_t.to(self.device, non_blocking=True)
-        mask_t = mask_t.to(self.device, non_blocking=True)
+        ids_t, mask_t = to_device(input_ids, self.device), to_device(attention_mask, self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
         pooled = pool(out.float(), mask_t, self.pooling)

@@ -30,6 +30,7 @@ from torch import nn
 
 from hiea_ray.core.optim import apply_gradients
 from hiea_ray.core.prompt import LETTERS, SLOT
+from hiea_ray.core.tokens import pad_rows, to_device
 from hiea_ray.model_store import cache_dir
 
 
@@ -454,21 +455,12 @@ def token_ids(tokenizer, texts) -> list[list[int]]:
 def encode_ids(tokenizer, ids, vectors: np.ndarray, n_options: np.ndarray, slots: int, device):
     """``encode`` from token ids: right padded with the tokenizer's pad id (as ``encode`` pads),
     copied from pinned memory without blocking on GPUs."""
-    lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
-    t = int(lens.max()) if len(ids) else 0
-    real = np.arange(t)[None, :] < lens[:, None]
-    arr = np.full((len(ids), t), tokenizer.pad_token_id, np.int64)
-    arr[real] = np.concatenate([np.asarray(x, np.int64) for x in ids]) if len(ids) else []
+    arr, real = pad_rows(ids, tokenizer.pad_token_id)
     b = len(ids)
     vec = torch.as_tensor(np.asarray(np.stack(list(vectors)), np.float32)).view(b, slots, -1)
     n = torch.as_tensor(np.asarray(n_options, np.int64))
     have = torch.arange(slots)[None, :] < n[:, None]
-    pin = torch.device(device).type == "cuda"
-
-    def move(x):
-        return (x.pin_memory() if pin else x).to(device, non_blocking=True)
-
-    return move(torch.from_numpy(arr)), move(torch.from_numpy(real.astype(np.int64))), move(vec), have.to(device)
+    return to_device(arr, device), to_device(real.astype(np.int64), device), to_device(vec, device), have.to(device)
 
 
 def llm_amp_dtype(device, amp: bool, cpu_amp: bool):

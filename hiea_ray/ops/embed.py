@@ -19,17 +19,10 @@ import pyarrow as pa
 
 from hiea_ray.config import EmbedConfig
 from hiea_ray.core.encoder import Encoder, fuse, load_tokenizer, set_threads, token_ids
-from hiea_ray.data import MapSpec
+from hiea_ray.data import MapSpec, model_chain
 from hiea_ray.io import embeddings_column
 
 IDS, NAME_IDS = "input_ids", "name_ids"  # the token id columns the tokenize stage adds
-
-
-def tokenize_mode(cfg: EmbedConfig) -> str:
-    """actor | stage: ``embed.tokenize``, with "auto" = stage when the encoder actors hold GPUs."""
-    if cfg.tokenize != "auto":
-        return cfg.tokenize
-    return "stage" if cfg.gpus_per_actor > 0 else "actor"
 
 
 class Tokenize:
@@ -104,27 +97,16 @@ def node_id() -> str:
 
 def embed_specs(cfg: EmbedConfig) -> list[MapSpec]:
     """The chain's callable classes in order: [Tokenize,] Embedder."""
-    embed = MapSpec(
-        Embedder,
-        {"cfg": asdict(cfg)},
-        {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow", "num_cpus": cfg.cpus_per_actor,
-         "num_gpus": cfg.gpus_per_actor},
-        actors=cfg.num_actors,
-    )
-    if tokenize_mode(cfg) == "actor":
-        return [embed]
-    tok = MapSpec(Tokenize, {"cfg": asdict(cfg)}, {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow",
-                                                  "num_cpus": cfg.tokenize_cpus}, actors=cfg.tokenize_actors)
-    return [tok, embed]
+    embed = MapSpec(Embedder, {"cfg": asdict(cfg)},
+                    {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow", "num_cpus": cfg.cpus_per_actor,
+                     "num_gpus": cfg.gpus_per_actor}, actors=cfg.num_actors)
+    return model_chain(cfg, "embed", embed, Tokenize, {"cfg": asdict(cfg)})
 
 
 def embed_dataset(texts_dir: Path, parts: Path, e: EmbedConfig, done: np.ndarray | None = None,
                   total: int | None = None) -> None:
     """The embed chain: read texts -> (drop done ids) -> [tokenize actors ->] encoder actors -> Parquet parts."""
-    from hiea_ray.data import check_cpus, map_parquet
+    from hiea_ray.data import map_parquet
 
-    specs = embed_specs(e)
-    check_cpus({f"embed.{'tokenize_actors x tokenize_cpus' if s.cls is Tokenize else 'num_actors x cpus_per_actor'}":
-                (s.actors or e.num_actors) * s.map_batches_kwargs["num_cpus"] for s in specs})
-    map_parquet(texts_dir, parts, specs, e.num_actors, e.rows_per_batch, done,
+    map_parquet(texts_dir, parts, embed_specs(e), e.num_actors, e.rows_per_batch, done,
                 progress=None if total is None else ("embed", total))

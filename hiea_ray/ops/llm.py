@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from hiea_ray.config import LLMConfig
 from hiea_ray.core.encoder import set_threads
-from hiea_ray.data import MapSpec
+from hiea_ray.data import MapSpec, model_chain
 from hiea_ray.io import column_to_numpy, embeddings_column
 
 
@@ -67,20 +67,9 @@ class LLMTokenize:
         return batch.append_column(IDS, pa.array(ids, pa.list_(pa.int32())))
 
 
-def tokenize_mode(lc: LLMConfig) -> str:
-    """actor | stage: ``llm.tokenize``, with "auto" = stage when the LLM actors hold GPUs."""
-    if lc.tokenize != "auto":
-        return lc.tokenize
-    return "stage" if lc.gpus_per_actor > 0 else "actor"
-
-
 def llm_spec(lc: LLMConfig, base: str, trained: str, vector_dim: int) -> list[MapSpec]:
     """The chain's callable classes in order: [LLMTokenize,] LLMScorer."""
     scorer = MapSpec(LLMScorer, {"cfg": asdict(lc), "base": base, "trained": trained, "vector_dim": vector_dim},
                      {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow", "num_cpus": lc.cpus_per_actor,
                       "num_gpus": lc.gpus_per_actor}, actors=lc.num_actors)
-    if tokenize_mode(lc) == "actor":
-        return [scorer]
-    tok = MapSpec(LLMTokenize, {"trained": trained}, {"batch_size": lc.rows_per_batch, "batch_format": "pyarrow",
-                                                     "num_cpus": lc.tokenize_cpus}, actors=lc.tokenize_actors)
-    return [tok, scorer]
+    return model_chain(lc, "llm", scorer, LLMTokenize, {"trained": trained})

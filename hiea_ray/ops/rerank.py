@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from hiea_ray.config import RerankConfig
 from hiea_ray.core.encoder import resolve_backend, set_threads
-from hiea_ray.data import MapSpec, resolve
+from hiea_ray.data import MapSpec, model_chain, resolve
 from hiea_ray.io import TextLookup, column_to_numpy, embeddings_column
 
 
@@ -99,21 +99,10 @@ class RerankTokenize:
 PAIR_IDS, PAIR_TYPES = "pair_ids", "pair_types"
 
 
-def tokenize_mode(cfg: RerankConfig) -> str:
-    """actor | stage: ``rerank.tokenize``, with "auto" = stage when the rerank actors hold GPUs."""
-    if cfg.tokenize != "auto":
-        return cfg.tokenize
-    return "stage" if cfg.gpus_per_actor > 0 else "actor"
-
-
 def rerank_spec(cfg: RerankConfig, model: str, texts) -> list[MapSpec]:
     """The chain's callable classes in order: [RerankTokenize,] Reranker."""
     args = {"cfg": asdict(cfg), "model": model, "texts": texts}
     rerank = MapSpec(Reranker, args, {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow",
                                       "num_cpus": cfg.cpus_per_actor, "num_gpus": cfg.gpus_per_actor},
                      actors=cfg.num_actors)
-    if tokenize_mode(cfg) == "actor":
-        return [rerank]
-    tok = MapSpec(RerankTokenize, args, {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow",
-                                         "num_cpus": cfg.tokenize_cpus}, actors=cfg.tokenize_actors)
-    return [tok, rerank]
+    return model_chain(cfg, "rerank", rerank, RerankTokenize, args)

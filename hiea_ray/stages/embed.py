@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 
 from hiea_ray.core.encoder import resolve_model
 from hiea_ray.io import finished_ids, read_dir
-from hiea_ray.ops.embed import embed_dataset, tokenize_mode
+from hiea_ray.data import tokenize_mode
+from hiea_ray.ops.embed import embed_dataset
 from hiea_ray.run import RunContext
 from hiea_ray.stages.base import StageDef
 

@@ -58,7 +58,7 @@ def prompts(ctx: RunContext, protocol: str, base: str, out: Path) -> Path:
 
 def run(ctx: RunContext, tmp: Path) -> dict:
     from hiea_ray.core.llm import resolve_llm
-    from hiea_ray.data import check_cpus, init_ray, map_parquet
+    from hiea_ray.data import init_ray, map_parquet
 
     lc = ctx.cfg.llm
     base = resolve_llm(lc.model)
@@ -79,8 +79,6 @@ def run(ctx: RunContext, tmp: Path) -> dict:
             if len(done):
                 log.info("llm %s: resuming, %d of %d sources already scored", protocol, len(done), total)
             spec = llm_spec(lc, base, trained, int(vecs.shape[1]))
-            check_cpus({f"llm.{'tokenize_actors x tokenize_cpus' if x.cls.__name__ == 'LLMTokenize' else 'num_actors x cpus_per_actor'}":
-                        (x.actors or lc.num_actors) * x.map_batches_kwargs["num_cpus"] for x in spec})
             map_parquet(path, parts, spec, lc.num_actors, lc.rows_per_batch, done, "src", progress=(f"llm {protocol}", total))
         wall = time.time() - t0
         got = finished_ids(parts, "src")

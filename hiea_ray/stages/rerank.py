@@ -46,7 +46,7 @@ def candidates_file(ctx: RunContext, protocol: str, out: Path) -> Path:
 def run(ctx: RunContext, tmp: Path) -> dict:
     import ray
 
-    from hiea_ray.data import check_cpus, init_ray, map_parquet
+    from hiea_ray.data import init_ray, map_parquet
 
     rc = ctx.cfg.rerank
     model = ctx.reranker_model()
@@ -63,10 +63,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         if len(done) < total:
             if len(done):
                 log.info("rerank %s: resuming, %d of %d sources already reranked", protocol, len(done), total)
-            specs = rerank_spec(rc, model, texts)
-            check_cpus({f"rerank.{'tokenize_actors x tokenize_cpus' if x.cls.__name__ == 'RerankTokenize' else 'num_actors x cpus_per_actor'}":
-                        (x.actors or rc.num_actors) * x.map_batches_kwargs["num_cpus"] for x in specs})
-            map_parquet(s2t, parts, specs, rc.num_actors, rc.rows_per_batch, done, "src",
+            map_parquet(s2t, parts, rerank_spec(rc, model, texts), rc.num_actors, rc.rows_per_batch, done, "src",
                         progress=(f"rerank {protocol}", total))
             c = pq.read_table(s2t, columns=["cand"])["cand"].combine_chunks().flatten().to_numpy()
             pairs += int((c.reshape(total, -1)[:, : rc.k] >= 0).sum() * (total - len(done)) / max(total, 1))
