@@ -1,0 +1,224 @@
+"""The haystack benchmark: a real DBP15K pair's answer key among N distractor entities per side.
+
+    .venv/bin/python benchmarks/haystack.py --pair zh_en --sizes 0 100000 1000000
+    .venv/bin/python benchmarks/haystack.py --pair zh_en --plot-only
+
+For each N, ``hiea_ray.kg.haystack`` writes the pair plus N confusable distractors per side
+(runs/haystack/data/<pair>-<N>, DBP15K format, never committed); then, per variant, the pipeline runs
+with benchmarks/configs/haystack.yaml in a fresh process, stage by stage, sampling the peak RSS of the
+driver and its Ray workers (runs/haystack/<pair>-<N>-<variant>; a killed run resumes: reused stages
+keep their earlier measurements):
+
+- ``zero-shot``: all-MiniLM-L6-v2 as packaged;
+- ``fine-tuned``: at N = 0 the retriever is fine-tuned on the real train links (``train.enabled``);
+  every N > 0 reuses that model (``embed.model`` = the N = 0 run's ``train/model``).
+
+Per decoder (all-targets protocol: every KG1 entity, distractors included, against every KG2 entity):
+Hits@1/10, MRR and recall@k of the real test links from metrics.json; the 1-to-1 output (the run's
+own export, ``hiea_ray.alignment``) thresholded at the decoder-score cut that reaches the target
+precision on the validation links, scored on the test links with every KG1 distractor dangling (a
+link from one is a false positive). Writes benchmarks/results/haystack_<pair>.json after every run
+and haystack_<pair>.png (Hits@1 and F1 against N per decoder and variant; time and memory against N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+DATASETS = ROOT.parent / "shared" / "datasets"
+CONFIG = ROOT / "benchmarks" / "configs" / "haystack.yaml"
+DECODERS = ("top1", "csls", "sinkhorn", "structure")
+
+
+def haystack_data(pair: str, n: int, seed: int) -> Path:
+    from hiea_ray.kg.haystack import make_haystack, pool_files
+
+    out = ROOT / "runs" / "haystack" / "data" / f"{pair}-{n}"
+    desc = out / "haystack.json"
+    if desc.is_file():
+        d = json.loads(desc.read_text())
+        if d["distractors_per_side"] == n and d["seed"] == seed:
+            return out
+    t0 = time.time()
+    d = make_haystack(DATASETS / "DBP15K" / pair, out, n, pool_files(DATASETS), seed=seed)
+    print(f"haystack {pair} N={n}: generated in {time.time() - t0:.1f} s: {json.dumps(d['sides'])}", flush=True)
+    return out
+
+
+def run_one(data: Path, out: Path, result: Path, sets: list[str]) -> int:
+    """The pipeline stage by stage in this process, peak RSS per stage (driver + Ray workers)."""
+    import logging
+
+    from benchmarks.common import PeakRSS
+    from hiea_ray.config import load_config
+    from hiea_ray.data import init_ray
+    from hiea_ray.pipeline import Pipeline
+    from hiea_ray.stages import REGISTRY, STAGES
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("hiea_ray").setLevel(logging.INFO)
+    cfg = load_config(CONFIG, sets)
+    init_ray(cfg)
+    pipe = Pipeline(cfg, data, out)
+    earlier = json.loads(result.read_text()) if result.is_file() else {}
+    res = {"config": str(CONFIG.relative_to(ROOT)), "overrides": sets, "stages": {}}
+    for name in STAGES:
+        if not REGISTRY[name].enabled(cfg):
+            continue
+        t1 = time.time()
+        with PeakRSS() as mem:
+            pipe.run_stage(name)
+            if REGISTRY[name].publish is not None:
+                REGISTRY[name].publish(pipe)
+        reused = name in pipe.timings and pipe.timings[name]["reused"]
+        m = json.loads((out / name / "manifest.json").read_text())
+        if reused and name in earlier.get("stages", {}):
+            res["stages"][name] = earlier["stages"][name]
+        else:
+            res["stages"][name] = {"wall_s": round(time.time() - t1, 2), "peak_rss_gib": mem.peak_gib,
+                                   "rows": m["stats"].get("rows"), "rows_per_s": m["stats"].get("rows_per_s")}
+        print(name, res["stages"][name], flush=True)
+        result.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def thresholded(run: Path, target: float) -> dict:
+    """Per decoder: the run's 1-to-1 export cut at the decoder score reaching ``target`` precision on
+    the validation links, scored on the test links with the KG1 distractors dangling."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from hiea_ray.api import open_run
+    from hiea_ray.core.export import precision_threshold
+    from hiea_ray.core.metrics import matching_metrics
+    from hiea_ray.kg.model import KGPair
+
+    done = open_run(run)
+    pair = KGPair.read(run / "ingest")
+    ents = pair.entities
+    dist = ents.filter(pc.and_(pc.equal(ents["kg"], 1), pc.starts_with(ents["uri"], "http://haystack.invalid/")))
+    dangling = dist["id"].to_numpy()
+    valid, test = pair.links_of("valid"), pair.links_of("test")
+    vgold = dict(zip(valid["src"].to_pylist(), valid["tgt"].to_pylist()))
+    out = {}
+    for d in DECODERS:
+        links, _, _ = done.export(decoder=d, protocol="all-targets")
+        src, tgt, conf = links["src"].to_numpy(), links["tgt"].to_numpy(), links["confidence"].to_numpy()
+        conf = np.nan_to_num(conf.astype(np.float64), nan=-np.inf)
+        on_valid = np.array([s in vgold for s in src.tolist()], bool)
+        right = np.array([vgold.get(s) == t for s, t in zip(src[on_valid].tolist(), tgt[on_valid].tolist())], bool)
+        thr, est = precision_threshold(conf[on_valid], right, target)
+        keep = conf >= thr
+        gs, gt = test["src"].to_numpy(), test["tgt"].to_numpy()
+        cut = matching_metrics(src[keep], tgt[keep], gs, gt, dangling_src=dangling)
+        every = matching_metrics(src, tgt, gs, gt, dangling_src=dangling)
+        out[d] = {"threshold": thr if np.isfinite(thr) else None, "valid_links": int(on_valid.sum()),
+                  "valid_precision_at_threshold": est, "thresholded": cut, "all_links": every,
+                  "distractor_links_kept": int(np.isin(src[keep], dangling).sum())}
+    return out
+
+
+def summarize(run: Path, result: Path, target: float) -> dict:
+    res = json.loads(result.read_text())
+    metrics = json.loads((run / "metrics.json").read_text())["all_protocols"]["metrics"]
+    res["metrics"] = metrics
+    res["output"] = thresholded(run, target)
+    res["target_precision"] = target
+    res["total_wall_s"] = round(sum(v["wall_s"] for v in res["stages"].values()), 1)
+    res["peak_rss_gib"] = max(v["peak_rss_gib"] for v in res["stages"].values())
+    result.write_text(json.dumps(res, indent=2))
+    return res
+
+
+def plot(results: dict, path: Path, pair: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    for variant, style in (("zero-shot", "--"), ("fine-tuned", "-")):
+        runs = sorted(((int(k.split("/")[0]), v) for k, v in results["runs"].items()
+                       if k.endswith("/" + variant) and "output" in v), key=lambda x: x[0])
+        if not runs:
+            continue
+        xs = [max(n, 1e3) for n, _ in runs]  # N = 0 drawn at 10^3 on the log axis
+        for d in DECODERS:
+            ax[0].plot(xs, [r["metrics"]["all-targets"][d]["hits@1"] for _, r in runs], style, marker="o", label=f"{d} {variant}")
+            ax[1].plot(xs, [r["output"][d]["thresholded"]["f1"] for _, r in runs], style, marker="o", label=f"{d} {variant}")
+        ax[2].plot(xs, [r["total_wall_s"] / 60 for _, r in runs], style, marker="o", color="tab:blue", label=f"wall min {variant}")
+        ax[2].plot(xs, [r["peak_rss_gib"] for _, r in runs], style, marker="s", color="tab:orange", label=f"peak GiB {variant}")
+    ax[0].set_title(f"{pair}: Hits@1 of the real test links (all-targets)")
+    ax[1].set_title(f"F1 of the output at the validation cut (P >= {results.get('target_precision', 0.95)})")
+    ax[2].set_title("wall time (min) and peak RSS (GiB)")
+    for a in ax:
+        a.set_xscale("log")
+        a.set_xlabel("distractors per side (N = 0 at 10^3)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pair", default="zh_en")
+    ap.add_argument("--sizes", nargs="+", type=int, default=[0, 100_000, 1_000_000])
+    ap.add_argument("--variants", nargs="+", default=["zero-shot", "fine-tuned"], choices=["zero-shot", "fine-tuned"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target-precision", type=float, default=0.95)
+    ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--one", nargs=3, metavar=("DATA", "OUT", "RESULT"), help=argparse.SUPPRESS)
+    ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        return run_one(Path(args.one[0]), Path(args.one[1]), Path(args.one[2]), args.set)
+    path = ROOT / "benchmarks" / "results" / f"haystack_{args.pair}.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results.update(pair=args.pair, config=str(CONFIG.relative_to(ROOT)), target_precision=args.target_precision)
+    results.setdefault("runs", {})
+    if not args.plot_only:
+        for n in args.sizes:
+            data = haystack_data(args.pair, n, args.seed)
+            results.setdefault("haystacks", {})[str(n)] = json.loads((data / "haystack.json").read_text())
+            for variant in args.variants:
+                run = ROOT / "runs" / "haystack" / f"{args.pair}-{n}-{variant}"
+                sets = []
+                if variant == "fine-tuned":
+                    base = ROOT / "runs" / "haystack" / f"{args.pair}-0-fine-tuned"
+                    sets = ["train.enabled=true"] if n == 0 else [f"embed.model={base / 'train' / 'model'}"]
+                    if n and not (base / "train" / "model" / "config.json").is_file():
+                        print(f"fine-tuned N={n} needs the N = 0 fine-tuned run first (--sizes 0)", file=sys.stderr)
+                        return 2
+                run.mkdir(parents=True, exist_ok=True)
+                one = run / "bench.json"
+                cmd = [PY, __file__, "--one", str(data), str(run), str(one)] + [x for s in sets for x in ("--set", s)]
+                print(" ".join(cmd), flush=True)
+                with open(run / "bench.log", "a") as log:
+                    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+                if rc:
+                    print(f"run failed (rc {rc}): see {run / 'bench.log'}", file=sys.stderr)
+                    return rc
+                r = summarize(run, one, args.target_precision)
+                r["entities_per_side"] = results["haystacks"][str(n)]["sides"]["kg1"]["real_entities"] + n
+                results["runs"][f"{n}/{variant}"] = r
+                path.write_text(json.dumps(results, indent=2) + "\n")
+                at = r["metrics"]["all-targets"]
+                print(f"N={n} {variant}: " + ", ".join(
+                    f"{d} H@1 {at[d]['hits@1']:.4f} F1 {r['output'][d]['thresholded']['f1']:.4f}" for d in DECODERS)
+                    + f"; {r['total_wall_s'] / 60:.1f} min, peak {r['peak_rss_gib']} GiB", flush=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, path.with_suffix(".png"), args.pair)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
