@@ -1,7 +1,8 @@
 """The config explained: every field with its value and its help, as YAML or as Markdown.
 
-The help of a field is the comment block written above it in ``hiea_ray/config.py`` (and a
-section's, its class docstring): the one place a field is explained. ``hiea-ray config show``
+The help of a field is the comment block written above it in ``hiea_ray/config/schema.py`` (and a
+section's, its class docstring; a field a section shares with others, e.g. ``ActorPool``'s, has the
+help written where it is declared): the one place a field is explained. ``hiea-ray config show``
 prints a resolved config with that help; ``hiea-ray config show --defaults --markdown`` writes
 ``docs/configuration.md`` (``tests/test_docs.py`` fails when that file is stale).
 """
@@ -11,16 +12,18 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import typing
 from functools import lru_cache
 from pathlib import Path
 
 from hiea_ray import config as C
+from hiea_ray.config import schema
 
 
 @lru_cache(maxsize=1)
 def field_help() -> dict[str, dict[str, str]]:
-    """class name -> {field name: help text, "": the class docstring}, from config.py's source."""
-    src = Path(C.__file__).read_text(encoding="utf-8")
+    """class name -> {field name: help text, "": the class docstring}, from the schema's source."""
+    src = Path(schema.__file__).read_text(encoding="utf-8")
     lines = src.splitlines()
     out: dict[str, dict[str, str]] = {}
     for node in ast.parse(src).body:
@@ -42,12 +45,27 @@ def field_help() -> dict[str, dict[str, str]]:
 
 
 def _fields(obj, prefix: str = ""):
-    """(dotted name, value, help, runtime, nested section or None) of a config dataclass, in order."""
-    helps = field_help().get(type(obj).__name__, {})
-    for f in dataclasses.fields(obj):
+    """(dotted name, value, help, runtime, nested section or None) of a config dataclass: the
+    section's own fields in their order, then those it inherits (the actor pool's)."""
+    mro = [c for c in type(obj).__mro__ if dataclasses.is_dataclass(c)]
+    own = list(type(obj).__dict__.get("__annotations__", {}))
+    fields = sorted(dataclasses.fields(obj), key=lambda f: (f.name not in own, own.index(f.name) if f.name in own else 0))
+    hints = typing.get_type_hints(type(obj))
+    for f in fields:
         v = getattr(obj, f.name)
-        yield (prefix + f.name, v, helps.get(f.name, ""), bool(f.metadata.get("runtime")),
-               v if dataclasses.is_dataclass(v) else None)
+        text = next((h for c in mro if (h := field_help().get(c.__name__, {}).get(f.name))), "")
+        text += _allowed(hints[f.name], f)
+        yield (prefix + f.name, v, text, bool(f.metadata.get("runtime")), v if dataclasses.is_dataclass(v) else None)
+
+
+def _allowed(tp, f: dataclasses.Field) -> str:
+    """" One of: a, b." / " Bounds: >= 1." from the field's Literal type and bounds metadata."""
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+    choices = schema.literal_choices(item)
+    if choices is not None:
+        return " One of: " + ", ".join(map(str, choices)) + "."
+    bounds = {k: f.metadata[k] for k in ("ge", "gt", "le", "lt") if k in f.metadata}
+    return f" Bounds: {schema._rule(bounds)}." if bounds else ""
 
 
 def _scalar(v) -> str:
@@ -106,7 +124,7 @@ def to_yaml(cfg: C.Config) -> str:
 def to_markdown(cfg: C.Config) -> str:
     """docs/configuration.md: one table per section (field, default, help)."""
     out = ["# Configuration", "",
-           "Every field of the one typed config (`hiea_ray/config.py`), its default and its help. YAML files",
+           "Every field of the one typed config (`hiea_ray/config/schema.py`), its default, its help and its allowed values. YAML files",
            "given with `--config` (repeatable, merged in order) override the defaults, `--set section.field=value`",
            "overrides the files; unknown keys, wrong types and out-of-range values are one clear error. *runtime*",
            "fields only place work (actors, CPUs, threads, batch rows): they are left out of every stage key, so",

@@ -167,7 +167,7 @@ def test_rerank_stage_scores_top_k_and_pads(tiny_encoder_dir):
     from hiea_ray.ops.rerank import Reranker
 
     texts = pa.table({"id": [10, 11, 20, 21, 22], "text": ["karo city", "mila person", "karo town", "mila", "tenvo"], "kg": [1, 1, 2, 2, 2]})
-    cfg = RerankConfig(k=2, max_length=32, cpus_per_actor=1)
+    cfg = RerankConfig(k=2, max_length=32, cpus_per_actor=1, backend="torch")  # fp32: compared with score_pairs
     torch.manual_seed(0)
     stage = Reranker(asdict(cfg), str(tiny_encoder_dir), texts)
     batch = pa.table(

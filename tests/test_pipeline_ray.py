@@ -333,7 +333,7 @@ def test_export_command_and_python_api_reexport_without_rerunning(e2e, tmp_path,
     capsys.readouterr()
     for argv, message in (
         (["--decoder", "nope"], "output.decoder: 'nope' is not one this run decodes"),
-        (["--target-precision", "1.5"], "output.target_precision: must be in (0, 1]"),
+        (["--target-precision", "1.5"], "output.target_precision: 1.5 must be in (0, 1]"),
         (["--target-precision", "0.9"], "output.target_precision needs the router's labelled sources"),
     ):
         assert main(["export", str(run), *argv]) == 2

@@ -40,7 +40,7 @@ def test_verbalize_stage_on_batches(synthetic_pair):
 
 
 def _embed_cfg(model, **kw):
-    return asdict(EmbedConfig(**{"model": model, "torch_threads": 1, "batch_size": 16, **kw}))
+    return asdict(EmbedConfig(**{"model": model, "torch_threads": 1, "batch_size": 16, "backend": "torch", **kw}))
 
 
 @pytest.fixture(scope="module")
