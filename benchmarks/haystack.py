@@ -68,6 +68,7 @@ def run_one(data: Path, out: Path, result: Path, sets: list[str]) -> int:
     cfg = load_config(CONFIG, sets)
     init_ray(cfg)
     pipe = Pipeline(cfg, data, out)
+    pipe.write_config()
     earlier = json.loads(result.read_text()) if result.is_file() else {}
     res = {"config": str(CONFIG.relative_to(ROOT)), "overrides": sets, "stages": {}}
     for name in STAGES:

@@ -96,18 +96,23 @@ class Pipeline(RunContext):
         log.info("stage %-12s %s (%.1fs)", name, "reused" if reused else "done", m.get("wall_s") or 0)
         return st
 
+    def write_config(self) -> None:
+        """The run's config as ``config.resolved.json`` (what ``hiea-ray serve``, ``open_run`` and the
+        benchmarks read back); left alone when unchanged, so a finished read-only run still runs."""
+        self.run.mkdir(parents=True, exist_ok=True)
+        resolved = self.run / "config.resolved.json"
+        text = json.dumps(self.cfg.to_dict(), indent=2)
+        if not resolved.is_file() or resolved.read_text() != text:
+            tmp = resolved.with_suffix(".json.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, resolved)
+
     def run_all(self, until: str = "evaluate"):
         """Runs the enabled stages up to ``until``; returns metrics.json's content when evaluate
         ran, else the last stage's record. The run's config goes to ``config.resolved.json`` (what
         ``hiea-ray serve`` and the benchmarks read back)."""
         out = None
-        self.run.mkdir(parents=True, exist_ok=True)
-        resolved = self.run / "config.resolved.json"
-        text = json.dumps(self.cfg.to_dict(), indent=2)
-        if not resolved.is_file() or resolved.read_text() != text:  # a finished read-only run still runs
-            tmp = resolved.with_suffix(".json.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, resolved)
+        self.write_config()
         for name in STAGES:
             sd = REGISTRY[name]
             if sd.enabled(self.cfg):
