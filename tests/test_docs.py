@@ -80,3 +80,23 @@ def test_every_test_file_is_listed_in_docs_tests():
     listed = (ROOT / "docs" / "tests.md").read_text()
     missing = [p.name for p in sorted((ROOT / "tests").glob("test_*.py")) if f"tests/{p.name}" not in listed]
     assert not missing, f"docs/tests.md lacks {missing}"
+
+
+def test_every_results_page_names_its_results_date_and_commit():
+    """Each study page under docs/results/ says which committed JSON holds its numbers, when they
+    were committed and at which commit (checked against git when the checkout has its history)."""
+    import subprocess
+
+    line = re.compile(r"^Results: (`benchmarks/results/[\w.-]+\.json`(?:, )?)+ — committed (\d{4}-\d{2}-\d{2}) at ([0-9a-f]{7,})\.$",
+                      re.M)
+    for page in sorted((ROOT / "docs" / "results").glob("*.md")):
+        if page.name == "index.md":
+            continue
+        m = line.search(page.read_text())
+        assert m, f"{page.name}: no 'Results: `benchmarks/results/...json` — committed DATE at COMMIT.' line"
+        for j in re.findall(r"`(benchmarks/results/[\w.-]+\.json)`", m.group(0)):
+            assert (ROOT / j).is_file(), f"{page.name}: {j} does not exist"
+        known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{m.group(3)}^{{commit}}"], capture_output=True)
+        shallow = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True)
+        if shallow.returncode == 0 and shallow.stdout.strip() == "false":
+            assert known.returncode == 0, f"{page.name}: commit {m.group(3)} is not in this repository"
