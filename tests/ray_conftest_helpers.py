@@ -22,6 +22,10 @@ def run_stages() -> list[str]:
 # Small settings for a 2-core machine: one torch thread per encoder actor, several small blocks
 # (so the embed stage writes several part files and a resume has something to keep).
 TINY_EMBED = [
+    # fp32 whatever the CPU: the tests compare with fp32 references, and bf16 (what backend auto
+    # picks on CPUs with AMX / AVX512-BF16) is not batch-invariant
+    "embed.backend=torch",
+    "rerank.backend=torch",
     "embed.torch_threads=1",
     "embed.rows_per_batch=256",
     "embed.batch_size=64",

@@ -22,15 +22,17 @@ replaces a dead replica (its health check: ``check_health``).
 import asyncio
 import logging
 import time
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi import Path as FastAPIPath
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from hiea_ray.serve.schema import AlignRequest, BatchRequest
+from hiea_ray.serve.schema import AlignRequest, BatchRequest, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +98,29 @@ async def _limit_body(request: Request, call_next):
     return await call_next(request)
 
 
+# serve.max_batch_queries, set by the Ingress replica: /openapi.json documents the served run's limit
+_MAX_BATCH = [64]
+
+
+@api.middleware("http")
+async def _run_limits_in_schema(request: Request, call_next):
+    """The first GET /openapi.json builds the schema with this run's batch limit (maxItems)."""
+    app = request.app
+    if request.url.path == app.openapi_url and app.openapi_schema is None:
+        queries = app.openapi()["components"]["schemas"]["BatchRequest"]["properties"]["queries"]
+        queries["maxItems"] = _MAX_BATCH[0]
+    return await call_next(request)
+
+
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError):
     errs = exc.errors()
     first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
-    field = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+    field = ".".join(str(x) for x in first.get("loc", ()) if x not in ("body", "path", "query")) or "body"
     return JSONResponse(status_code=422, content={
         "error": {"field": field, "message": str(first.get("msg", "invalid"))},
-        "detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errs]})
+        "detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))}
+                   for e in errs]})
 
 
 def _unavailable(exc: Exception) -> bool:
@@ -143,7 +160,7 @@ class Retriever:
                 ents.append(self.tier.resolve(q))
                 ok.append(i)
             except UnknownEntity as e:
-                out[i] = {"error": (404, "id", str(e))}
+                out[i] = {"error": (404, e.field, str(e))}
             except BadQuery as e:
                 out[i] = {"error": (422, e.field, str(e))}
         for i, row in zip(ok, self.tier(ents) if ok else []):
@@ -207,6 +224,7 @@ class Ingress:
         import hiea_ray.serve.app as module
 
         module._MAX_BODY[0] = self.sv.max_body_bytes
+        module._MAX_BATCH[0] = self.sv.max_batch_queries
         module._TOKEN[0] = api_token(self.sv)
         self.retriever, self.router, self.llm = retriever, router, llm
         ent = ctx.pair().entities.sort_by("id")
@@ -231,9 +249,7 @@ class Ingress:
         where = (lambda i, f: f"queries.{i}.{f}") if batch else (lambda i, f: f)  # noqa: E731
         ks = []
         for i, q in enumerate(queries):
-            k = self.ctx.k if q.k is None else q.k
-            if not 1 <= k <= self.ctx.max_k:
-                return None, _error(422, where(i, "k"), f"must be in 1..{self.ctx.max_k}, got {k}")
+            k = self.ctx.k if q.k is None else min(q.k, self.ctx.max_k)  # at most max_k (GET /healthz says it)
             if q.tier == "llm" and not self.ctx.has_llm:
                 return None, _error(422, where(i, "tier"), "this run has no LLM tier (no router / llm_train model)")
             ks.append(k)
@@ -265,12 +281,14 @@ class Ingress:
             bodies.append(b)
         return bodies, None
 
-    @api.post("/v1/align", summary="Align one entity (a KG1 id, or a new entity by its facts)")
+    @api.post("/v1/align", summary="Align one entity (a KG1 id, or a new entity by its facts)",
+              responses=error_responses(401, 404, 411, 413, 422, 500, 503))
     async def align(self, body: AlignRequest):
         bodies, err = await self._align([body])
         return err if err is not None else bodies[0]
 
-    @api.post("/v1/align/batch", summary="Align several entities in one call")
+    @api.post("/v1/align/batch", summary="Align several entities in one call",
+              responses=error_responses(401, 404, 411, 413, 422, 500, 503))
     async def align_batch(self, body: BatchRequest):
         if len(body.queries) > self.sv.max_batch_queries:
             return _error(422, "queries", f"at most {self.sv.max_batch_queries} queries per call, got {len(body.queries)}")
@@ -278,12 +296,13 @@ class Ingress:
         return err if err is not None else {"results": bodies}
 
     @api.get("/v1/entities/{kg}/{entity_id:path}",
-             summary="An entity of the run by its id or its input identifier (IRI, Q-id): name and verbalized text")
-    async def entity(self, kg: int, entity_id: str):
+             summary="An entity of the run by its id or its input identifier (IRI, Q-id): name and verbalized text",
+             responses=error_responses(401, 404, 422, 500))
+    async def entity(self, kg: Annotated[int, FastAPIPath(ge=1, le=2, description="1 = KG1, 2 = KG2")], entity_id: str):
         if kg not in (1, 2):
             return _error(422, "kg", f"must be 1 or 2, got {kg}")
         eid = self.by_uri.get((kg, entity_id))
-        if eid is None and entity_id.lstrip("-").isdigit():
+        if eid is None and entity_id.lstrip("-").isdigit() and -(2**63) <= int(entity_id) < 2**63:
             eid = int(entity_id)
         r = int(np.searchsorted(self.ids, eid)) if eid is not None else len(self.ids)
         if r >= len(self.ids) or self.ids[r] != eid or self.kg[r] != kg:

@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 
 
 class UnknownEntity(LookupError):
-    """A request named an entity id the run does not hold (HTTP 404)."""
+    """A request named an entity id the run does not hold (HTTP 404); ``field`` names where."""
+
+    def __init__(self, message: str, field: str = "id"):
+        super().__init__(message)
+        self.field = field
 
 
 class BadQuery(ValueError):
@@ -175,6 +179,8 @@ class KG1:
         self.by_name = {n: v[0] for n, v in by_name.items() if len(v) == 1}
 
     def known(self, i: int, kg: int | None = None) -> bool:
+        if not -(2**63) <= i < 2**63:  # beyond int64: no entity of any run
+            return False
         r = int(np.searchsorted(self.ids_all, i))
         return r < len(self.ids_all) and self.ids_all[r] == i and (kg is None or self.kg_all[r] == kg)
 
@@ -201,7 +207,7 @@ class KG1:
             n = r["neighbour"]
             if isinstance(n, int):
                 if not self.known(n, 1):
-                    raise BadQuery(f"entity.relations.{j}.neighbour", f"id {n} is not a KG1 entity of this run")
+                    raise UnknownEntity(f"id {n} is not a KG1 entity of this run", f"entity.relations.{j}.neighbour")
                 nid, nname = n, self.name(n)
             else:
                 nid, nname = self.by_name.get(n, -1), n
