@@ -18,14 +18,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (what cluster schedulers and `kill` send), ended like Ctrl-C."""
 
 
-# set by the SIGTERM handler: an exception raised from a signal handler is lost when the signal
-# lands inside a finalizer (a weakref callback, __del__); ``check_terminated`` raises it again
+# set by the SIGTERM / SIGINT handlers: an exception raised from a signal handler is lost when the
+# signal lands inside a finalizer (a weakref callback, __del__); ``check_terminated`` raises it again
 _TERM_SEEN: list[bool] = []
+_INT_SEEN: list[bool] = []
 
 
 def handle_sigterm() -> None:
-    """Turn SIGTERM into ``Terminated`` in the main thread (re-installed after ``ray.init``, which
-    sets its own handler)."""
+    """Turn SIGTERM into ``Terminated`` and SIGINT into ``KeyboardInterrupt`` in the main thread,
+    remembering both (re-installed after ``ray.init``, which sets its own handler)."""
     import signal
     import threading
 
@@ -36,26 +37,36 @@ def handle_sigterm() -> None:
         _TERM_SEEN.append(True)
         raise Terminated()
 
+    def _interrupt(signum, frame):
+        _INT_SEEN.append(True)
+        raise KeyboardInterrupt()
+
     import sys
 
     if not getattr(sys.unraisablehook, "_hiea", False):
         default = sys.unraisablehook
 
-        def _quiet(unraisable):  # a Terminated swallowed by a finalizer: no "Exception ignored" traceback
-            if not isinstance(unraisable.exc_value, Terminated):
+        def _quiet(unraisable):  # a signal's exception swallowed by a finalizer: no "Exception ignored" traceback
+            if not isinstance(unraisable.exc_value, KeyboardInterrupt):
                 default(unraisable)
 
         _quiet._hiea = True
         sys.unraisablehook = _quiet
 
     signal.signal(signal.SIGTERM, _raise)
+    current = signal.getsignal(signal.SIGINT)
+    if current is signal.default_int_handler or getattr(current, "_hiea", False):  # not over a caller's own
+        _interrupt._hiea = True
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def check_terminated() -> None:
-    """Raise ``Terminated`` if a SIGTERM arrived whose exception was swallowed (see ``_TERM_SEEN``);
-    the pipeline calls it between stages and at the end."""
+    """Raise ``Terminated`` / ``KeyboardInterrupt`` if a SIGTERM / SIGINT arrived whose exception may
+    have been swallowed (see ``_TERM_SEEN``); the pipeline calls it between stages and at the end."""
     if _TERM_SEEN:
         raise Terminated()
+    if _INT_SEEN:
+        raise KeyboardInterrupt()
 
 
 # errno values of file-system trouble a user can fix (permissions, a full or read-only disk).
