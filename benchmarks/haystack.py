@@ -70,7 +70,7 @@ def run_one(data: Path, out: Path, result: Path, sets: list[str]) -> int:
     pipe = Pipeline(cfg, data, out)
     pipe.write_config()
     earlier = json.loads(result.read_text()) if result.is_file() else {}
-    res = {"config": str(CONFIG.relative_to(ROOT)), "overrides": sets, "stages": {}}
+    res = {"config": str(CONFIG.relative_to(ROOT)), "overrides": [x.replace(f"{ROOT}/", "") for x in sets], "stages": {}}
     for name in STAGES:
         if not REGISTRY[name].enabled(cfg):
             continue

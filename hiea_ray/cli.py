@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from hiea_ray.errors import Terminated, UserError, describe_file_system_error, file_system_error, handle_sigterm
+from hiea_ray.errors import Terminated, UserError, describe_file_system_error, file_system_error, handle_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its AVX probing is noise
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    handle_sigterm()
+    handle_signals()
     try:
         if args.cmd == "synth":
             from hiea_ray.kg.synthetic import generate

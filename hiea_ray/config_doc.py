@@ -65,7 +65,7 @@ def _allowed(tp, f: dataclasses.Field) -> str:
     if choices is not None:
         return " One of: " + ", ".join(map(str, choices)) + "."
     bounds = {k: f.metadata[k] for k in ("ge", "gt", "le", "lt") if k in f.metadata}
-    return f" Bounds: {schema._rule(bounds)}." if bounds else ""
+    return f" Bounds: {schema.bound_rule(bounds)}." if bounds else ""
 
 
 def _scalar(v) -> str:

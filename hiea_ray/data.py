@@ -30,7 +30,7 @@ def init_ray(cfg) -> None:
     terminal too."""
     import ray
 
-    from hiea_ray.errors import handle_sigterm
+    from hiea_ray.errors import handle_signals
 
     if ray.is_initialized():
         return
@@ -47,7 +47,7 @@ def init_ray(cfg) -> None:
     else:
         # "local": always a new instance; never attach to another one found on this machine.
         ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
-    handle_sigterm()  # ray.init installs its own SIGTERM handler in the driver
+    handle_signals()  # ray.init installs its own SIGTERM handler in the driver: ours again
     import ray.data  # its log handlers exist once it is imported
 
     _drop_file_system_tracebacks()

@@ -24,7 +24,7 @@ _TERM_SEEN: list[bool] = []
 _INT_SEEN: list[bool] = []
 
 
-def handle_sigterm() -> None:
+def handle_signals() -> None:
     """Turn SIGTERM into ``Terminated`` and SIGINT into ``KeyboardInterrupt`` in the main thread,
     remembering both (re-installed after ``ray.init``, which sets its own handler)."""
     import signal

@@ -284,7 +284,7 @@ def test_a_sigterm_swallowed_inside_a_finalizer_still_ends_the_run():
 
     old = signal.getsignal(signal.SIGTERM)
     try:
-        errors.handle_sigterm()
+        errors.handle_signals()
 
         class Thing:
             pass
@@ -296,7 +296,7 @@ def test_a_sigterm_swallowed_inside_a_finalizer_still_ends_the_run():
         hook = sys.unraisablehook
         sys.unraisablehook = lambda u: seen.append(u)  # what Python would print as "Exception ignored"
         try:
-            errors.handle_sigterm()  # wraps the hook in place: Terminated is not reported
+            errors.handle_signals()  # wraps the hook in place: Terminated is not reported
             gc.collect()  # the handler ran inside the finalizer: its Terminated was swallowed
         finally:
             sys.unraisablehook = hook

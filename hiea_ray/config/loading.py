@@ -26,12 +26,8 @@ def _hints(cls) -> dict[str, Any]:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert a YAML or --set value against a field's annotation."""
     origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        v = _coerce(value, type(choices[0]), where)
-        if v not in choices:
-            raise UserError(f"config field {where}: {v!r} is not one of {sorted(choices, key=str)}")
-        return v
+    if origin is Literal:  # converted to the choices' type here; the choice itself is checked by validate
+        return _coerce(value, type(typing.get_args(tp)[0]), where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() in {"null", "none"}):

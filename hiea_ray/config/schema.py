@@ -49,7 +49,7 @@ def hashed_if_set(default_factory=None, default=dataclasses.MISSING, used_when=N
     return _field(default, default_factory, omit_default=True, used_when=used_when, ge=ge, gt=gt, le=le, lt=lt)
 
 
-def _rule(meta) -> str:
+def bound_rule(meta) -> str:
     lo = f"[{meta['ge']}" if "ge" in meta else f"({meta['gt']}" if "gt" in meta else None
     hi = f"{meta['le']}]" if "le" in meta else f"{meta['lt']})" if "lt" in meta else None
     if lo and hi:
@@ -81,7 +81,7 @@ def check_fields(obj, prefix: str = "") -> None:
             value >= meta.get("ge", -math.inf), value > meta.get("gt", -math.inf),
             value <= meta.get("le", math.inf), value < meta.get("lt", math.inf)))
         if not ok:
-            raise UserError(f"config field {name}: {value!r} must be {_rule(meta)}")
+            raise UserError(f"config field {name}: {value!r} must be {bound_rule(meta)}")
 
 
 def literal_choices(tp) -> tuple | None:

@@ -145,7 +145,7 @@ def make_haystack(pair_dir: str | Path, out_dir: str | Path, n: int, pool_files:
         shutil.copyfile(pair_dir / f, tmp / f)
     ids = {kg: [int(p[0]) for p in _rows(pair_dir / f"ent_ids_{kg}")] for kg in (1, 2)}
     next_id = max(max(ids[1]), max(ids[2])) + 1
-    desc = {"pair": str(pair_dir), "distractors_per_side": n, "seed": seed, "homonym_share": homonym_share,
+    desc = {"pair": f"{pair_dir.parent.name}/{pair_dir.name}", "distractors_per_side": n, "seed": seed, "homonym_share": homonym_share,
             "name_pools": {"kg1": len(pool1), "kg2": len(pool2), "qualifiers": len(quals)}, "sides": {}}
     for kg, pool in ((1, pool1), (2, pool2)):
         names_path = pair_dir / f"ent_names_translated_{kg}"

@@ -299,8 +299,6 @@ class Ingress:
              summary="An entity of the run by its id or its input identifier (IRI, Q-id): name and verbalized text",
              responses=error_responses(401, 404, 422, 500))
     async def entity(self, kg: Annotated[int, FastAPIPath(ge=1, le=2, description="1 = KG1, 2 = KG2")], entity_id: str):
-        if kg not in (1, 2):
-            return _error(422, "kg", f"must be 1 or 2, got {kg}")
         eid = self.by_uri.get((kg, entity_id))
         if eid is None and entity_id.lstrip("-").isdigit() and -(2**63) <= int(entity_id) < 2**63:
             eid = int(entity_id)
