@@ -88,8 +88,43 @@ def test_a_new_row_gets_reverse_edges_from_the_targets_lists(decoded):
     # top1 is the solve's own rule on the new row: its candidates by cosine, best first
     np.testing.assert_array_equal(out["top1"][0][0], order)
     np.testing.assert_allclose(out["top1"][1][0], sims[order], atol=1e-6)
-    x, names, best = st.features(qr, out)
-    assert x.shape == (1, len(names)) and best >= 0
+
+
+def test_a_new_row_equal_to_a_solved_source_decodes_to_that_sources_lists(decoded):
+    """A new row with the vector and neighbours of a solved source r (``src_row=-1``: nothing of r's
+    own state is used) gets r's lists and features, by value: top1 / CSLS always; Sinkhorn and
+    structure wherever its reverse edges (the targets whose list it would enter, from its
+    similarities) are r's (they differ only where r is the last entry of a target's list, which a
+    copy ties and does not enter); the mutual-best feature is the solve's except where r itself is
+    the target's best source (a copy ties r and does not beat it)."""
+    from hiea_ray.stages.route import features
+
+    d = decoded
+    st, g, (i, s) = d["st"], d["g"], d["s2t"]
+    X, names, _ = features(d["lists"], *d["t2s"], d["q"], d["b"], g, st.primary)
+    src_rows, _ = g.rows(d["q"], d["b"])
+    mutual = names.index("mutual_best")
+    same_rev = 0
+    for r in range(len(d["q"])):
+        qr = st.query(i[r], s[r], _neighbours(g, src_rows[r]), -1, d["B"] @ d["Q"][r])
+        out = st.decode(qr)
+        solved_rev = set(st.rev_of[r][0].tolist())
+        assert set(qr.rev.tolist()) <= solved_rev, r
+        exact = set(qr.rev.tolist()) == solved_rev
+        same_rev += exact
+        for name in (("top1", "csls", "sinkhorn", "structure") if exact else ("top1", "csls")):
+            want_i, want_s = d["lists"][name]
+            assert np.array_equal(out[name][0][0], want_i[r]), (name, r)
+            assert np.allclose(out[name][1][0], want_s[r], rtol=1e-5, atol=1e-7), (name, r)
+        if not exact:
+            continue
+        x, nm, best = st.features(qr, out)
+        assert nm == names
+        others = np.arange(len(names)) != mutual
+        assert np.allclose(x[0, others], X[r, others], equal_nan=True, rtol=1e-5, atol=1e-7), r
+        r_is_targets_best = best >= 0 and st.t2s_top[best] == r
+        assert x[0, mutual] == (0.0 if r_is_targets_best else X[r, mutual]), r
+    assert same_rev > len(d["q"]) // 3  # the full comparison ran on many rows (187 of 377 here)
 
 
 @pytest.mark.parametrize("path, header, status", [

@@ -72,7 +72,18 @@ def test_a_new_entity_is_verbalized_and_decoded_like_a_run_entity(served_run):
     small = SmallTier(ctx)
     pair = ctx.pair()
     q, cand, _ = read_lists(served_run / "decode" / "standard" / "top1.parquet")
-    s = int(q[0])
+    # a source whose reverse edges a copy of it gets from its similarities alone (not the last entry
+    # of any target's list, which a copy ties and does not enter): then its lists are the solve's
+    st, B = small.state, small.B
+    ids, _, vecs = ctx.embeddings()
+
+    def copy_enters_its_lists(r):
+        sims = B @ vecs[np.searchsorted(ids, q[r])]
+        clear = not np.any(np.abs(sims - st.t2s_last) < 1e-4)  # re-encoding noise cannot flip an edge
+        return clear and set(np.flatnonzero(sims > st.t2s_last).tolist()) == set(st.rev_of[r][0].tolist())
+
+    row = next(r for r in range(len(q)) if copy_enters_its_lists(r))
+    s = int(q[row])
     rel = pair.rel_triples.to_pydict()
     att = pair.attr_triples.to_pydict()
     entity = {"name": small.kg1.name(s),
@@ -85,7 +96,60 @@ def test_a_new_entity_is_verbalized_and_decoded_like_a_run_entity(served_run):
     assert new["entity"].text == known["entity"].text  # the same facts verbalize to the same text
     assert np.array_equal(np.sort(new["entity"].neighbours), np.sort(known["entity"].neighbours))
     assert np.allclose(new["vector"], known["vector"], atol=1e-5)
-    assert new["features"].shape == known["features"].shape and new["best"] >= 0
+    # decoded from its similarities and neighbours alone, it gets the solve's lists and features; the
+    # mutual-best feature only where the source is not itself its target's best source (a copy ties it)
+    assert new["best"] == known["best"] >= 0 and np.array_equal(new["ids"], known["ids"])
+    assert np.allclose(new["scores"], known["scores"], atol=1e-4)
+    names = known["feature_names"]
+    assert new["feature_names"] == names
+    m = names.index("mutual_best")
+    others = np.arange(len(names)) != m
+    assert np.allclose(new["features"][others], known["features"][others], atol=1e-4, equal_nan=True)
+    own_best = st.t2s_top[np.flatnonzero(small.b == known["best"])[0]] == row
+    assert new["features"][m] == (0.0 if own_best else known["features"][m])
+
+
+def test_the_decoder_state_is_rebuilt_when_the_run_changes(ray_shared, synthetic_dir, tiny_encoder_dir,
+                                                         tmp_path_factory, caplog):
+    """serve/<protocol>/decoder_state.pkl is built once, loaded while the run is the same, rebuilt
+    (with the new decode) when the run's decode changed, and rebuilt when the file was replaced."""
+    import logging
+    import pickle
+
+    from ray_conftest_helpers import tiny_overrides
+
+    from hiea_ray.config import load_config
+    from hiea_ray.pipeline import Pipeline
+    from hiea_ray.serve.engine import ServeRun, decoder_state
+
+    e2e = e2e_run(tmp_path_factory, synthetic_dir, tiny_encoder_dir)
+    run = tmp_path_factory.mktemp("state") / "run"
+    shutil.copytree(e2e["run"], run)
+    caplog.set_level(logging.INFO, logger="hiea_ray")
+
+    def state():
+        caplog.clear()
+        st = decoder_state(ServeRun(run))
+        built = any("decoder state of" in r.getMessage() for r in caplog.records)
+        warned = any("rebuilding" in r.getMessage() for r in caplog.records)
+        return st, built, warned
+
+    first, built, _ = state()
+    path = run / "serve" / ServeRun(run).protocol / "decoder_state.pkl"
+    assert built and path.is_file()
+    data = path.read_bytes()
+    again, built, warned = state()
+    assert not built and not warned and path.read_bytes() == data
+    assert np.array_equal(again.v_sink, first.v_sink)
+    # the run changes: its decode re-runs with another Sinkhorn temperature
+    tau = first.tau * 2
+    Pipeline(load_config(overrides=tiny_overrides(e2e["model"], f"decode.sinkhorn_tau={tau}")), e2e["data"], run).run_all()
+    changed, built, warned = state()
+    assert built and warned and changed.tau == tau and not np.allclose(changed.v_sink, first.v_sink)
+    # a file replaced on the volume (here: the old state) is not unpickled but rebuilt
+    path.write_bytes(pickle.dumps(first, protocol=pickle.HIGHEST_PROTOCOL))
+    again, built, warned = state()
+    assert built and warned and again.tau == tau and np.array_equal(again.v_sink, changed.v_sink)
 
 
 def test_serve_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
