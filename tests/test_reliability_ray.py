@@ -1,10 +1,11 @@
 """Reliability of the `hiea-ray` command on Ray, run as a user runs it (a subprocess with its own
-local Ray): SIGTERM ends like Ctrl-C and the run resumes; `-q` keeps Ray quiet; a finished run on
+local Ray): SIGTERM ends like Ctrl-C and the run resumes; `-q` keeps Ray quiet and, without it, Ray's worker output stays in Ray's logs; a finished run on
 a read-only file system still reports its results."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_conftest_helpers import tiny_overrides
 from test_reliability import read_only_folder
 
 pytestmark = pytest.mark.ray
@@ -99,3 +101,30 @@ def test_ctrl_c_ends_with_130_and_one_line_and_keeps_finished_stages(tmp_path, t
     assert err.strip().splitlines()[-1].startswith("hiea-ray: interrupted"), err
     assert (run / "ingest" / "manifest.json").is_file() and (run / "verbalize" / "manifest.json").is_file()
     assert not (run / "metrics.json").exists()
+
+
+# how Ray prefixes a worker's forwarded output, after its colour code: "(RayTrainWorker pid=42) ..."
+WORKER_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?\((?:[\w.:-]+ )?pid=\d+")
+
+
+def test_a_run_shows_its_stages_not_rays_worker_output(tmp_path, synthetic_dir, tiny_encoder_dir):
+    """Without -q, a run with Ray Train (its controller, placement-group cleaner and workers log)
+    shows the stages and progress but no Ray worker line: those stay in Ray's log files unless
+    ray.log_to_driver is set, which forwards them (the check below sees them then)."""
+    def run(*extra):
+        r = subprocess.run([sys.executable, "-m", "hiea_ray.cli", "align", "--data", str(synthetic_dir),
+                            "--out", str(tmp_path / f"run{len(extra)}"), "--until", "train",
+                            *[x for s in tiny_overrides(tiny_encoder_dir, "train.enabled=true", "train.rounds=1",
+                                                         "train.eval_every=5", "train.hard_negatives=0",
+                                                         "train.scaling.torch_threads=1", *extra)
+                              for x in ("--set", s)]],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        return [ln for ln in (r.stdout + r.stderr).splitlines() if WORKER_LINE.match(ln)], r.stdout + r.stderr
+
+    worker, text = run()
+    assert not worker, worker[:5]
+    assert "PlacementGroupCleaner" not in text and "Failed to query Ray Train Controller" not in text
+    assert re.search(r"INFO stage train +done", text), text[-3000:]  # the stage lines are shown
+    forwarded, _ = run("ray.log_to_driver=true")
+    assert forwarded  # what the first run kept off the terminal is there to be kept off
