@@ -1,5 +1,6 @@
 """The Serve tier on a tiny finished HIEA run: the engine decodes, routes and scores a run entity
-exactly as the run did, and a new entity equal to a run entity as that entity; the decoder state is rebuilt when the run changes; the Ray Serve app over HTTP on loopback answers the same, rejects bad
+exactly as the run did, and a new entity equal to a run entity as that entity; the decoder state is
+rebuilt when the run changes; the Ray Serve app over HTTP on loopback answers the same, rejects bad
 requests with a 4xx naming the field, and loses no request when replicas are killed under load."""
 
 from __future__ import annotations
