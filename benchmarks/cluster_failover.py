@@ -1,7 +1,8 @@
 """A multi-node Ray cluster on this machine, a job submitted through the Jobs API, and a node lost
-in the middle of the embed stage (and, with --train, of retriever training).
+in the middle of the embed stage (with --serve, under the Serve app's load; with --train, during
+retriever training).
 
-    .venv/bin/python benchmarks/cluster_failover.py [--entities 600] [--train]
+    .venv/bin/python benchmarks/cluster_failover.py [--entities 600] [--serve] [--train]
 
 1. A synthetic pair (``hiea-ray synth``) and a tiny random encoder, in a fresh temp folder.
 2. The reference: the same `jobs/align.py` command on one node (a local Ray of its own).
@@ -13,12 +14,21 @@ in the middle of the embed stage (and, with --train, of retriever training).
    every worker on it, ``Cluster.remove_node(allow_graceful=False)``). Ray Data restarts the actor
    on the surviving node and retries the lost tasks; the job must SUCCEED with the reference's
    metrics, and the embed manifest names the nodes that embedded rows.
-5. With --train, a second job trains the retriever (``train.enabled``, ``FailureConfig``
+5. With --serve, the Serve app is deployed on that cluster (``serve deploy``) from the config
+   ``hiea-ray serve --run RUN --print-config`` generates for the finished run (two Retriever and two
+   Ingress replicas of 1 / 0.1 CPU, the proxy on the head only, since every node shares this
+   machine's ports); its answers are compared with the run's decoded lists; then, under a bounded
+   load (4 client threads, retries with backoff as ``hiea_ray.serve.load``), the node holding a
+   Retriever replica is killed and a replacement node joins (as KubeRay / the autoscaler would
+   bring one): no request may be lost, the answers after the kill must equal those before, and the
+   time until Serve runs two Retriever replicas again is recorded.
+6. With --train, a second job trains the retriever (``train.enabled``, ``FailureConfig``
    max_failures 2, a checkpoint every few steps) and the node holding the Ray Train worker is
    killed mid-training: training resumes from its last checkpoint (history ``resumed``) and finishes.
 The cluster is shut down by its own handle (never ``ray stop``). Writes
 benchmarks/results/cluster_failover.json: wall times (1 node vs head + 2 workers), time from the
-node loss to the job's end, node ids per stage, and the metrics of both runs.
+node loss to the job's end (or to Serve's recovery), node ids per stage, requests lost, and the
+metrics of both runs.
 """
 
 from __future__ import annotations
@@ -96,9 +106,117 @@ def run_job(client, entrypoint: list[str], kill_when, kill, timeout: float) -> d
             "logs_tail": client.get_job_logs(job)[-1500:]}
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_phase(cluster, add_worker, run: Path, tmp: Path, requests_n: int = 400) -> dict:
+    """Deploys the app over ``run`` with ``serve deploy`` from the generated config, checks its
+    answers against the run, kills the node of a Retriever replica under load; the record."""
+    import numpy as np
+    import requests
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+    from ray.util.state import list_actors
+
+    from hiea_ray.io import read_lists
+    from hiea_ray.serve.engine import ServeRun
+    from hiea_ray.serve.load import run_load
+
+    sets_ = ["serve.retriever_replicas=2", "serve.retriever_max_replicas=2", "serve.retriever_cpus=1",
+             "serve.torch_threads=1"]
+    gen = subprocess.run([sys.executable, "-m", "hiea_ray.cli", "serve", "--run", str(run), "--print-config",
+                          *sets(sets_)], capture_output=True, text=True, timeout=300)
+    if gen.returncode != 0:
+        return {"error": gen.stderr[-2000:]}
+    cfg = yaml.safe_load(gen.stdout)
+    port = free_port()
+    # this machine only: every node shares its ports (one proxy, on the head), a second Ingress
+    cfg["proxy_location"] = "HeadOnly"
+    cfg["http_options"].update({"host": "127.0.0.1", "port": port})
+    deps = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
+    deps["Ingress"]["num_replicas"] = 2
+    ServeDeploySchema.model_validate(cfg)
+    path = tmp / "serve.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    rec: dict = {"config": {"generated_with": "hiea-ray serve --run RUN --print-config " + " ".join(sets(sets_)),
+                            "changed_for_one_machine": {"proxy_location": "HeadOnly", "http_options.port": "free",
+                                                        "Ingress.num_replicas": 2},
+                            "deployments": sorted(deps)}}
+    dash = f"http://{cluster.head_node.address_info['webui_url']}"
+    t0 = time.time()
+    dep = subprocess.run([str(Path(sys.executable).with_name("serve")), "deploy", str(path), "-a", dash],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if dep.returncode != 0:
+        rec["error"] = dep.stderr[-2000:]
+        return rec
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return requests.get(f"{url}/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def retrievers():
+        return [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                if "Retriever" in (a.class_name or "")]
+
+    if not wait_for(lambda: healthy() and len(retrievers()) == 2, 600, 1.0):
+        rec["error"] = "the app did not become healthy with two Retriever replicas in 600 s"
+        return rec
+    rec["deploy_s"] = round(time.time() - t0, 1)
+    rec["retriever_nodes"] = sorted(a.node_id[:12] for a in retrievers())
+    # the served answers against the run's decoded lists (the served protocol, the primary decoder)
+    ctx = ServeRun(run)
+    from hiea_ray.core.router import primary_decoder
+
+    primary = primary_decoder(ctx.cfg.route.primary, ctx.cfg.decode.decoders)
+    q, cand, _ = read_lists(run / "decode" / ctx.protocol / f"{primary}.parquet")
+    sess = requests.Session()
+    same = []
+    for s in q[:200]:
+        b = sess.post(f"{url}/v1/align", json={"id": int(s)}, timeout=60).json()
+        got = [c["id"] for c in b["candidates"]]
+        same.append(got == [int(x) for x in cand[np.searchsorted(q, s)][:len(got)]])
+    rec["answers_equal_run"] = {"sources": len(same), "equal": int(sum(same)), "decoder": primary,
+                                "protocol": ctx.protocol}
+    bodies = [{"id": int(q[i % len(q)])} for i in range(requests_n)]
+    before = {b["id"]: sess.post(f"{url}/v1/align", json=b, timeout=60).json() for b in bodies[:len(q)]}
+    kill: dict = {}
+
+    def on_start(i):
+        if i == requests_n // 4 and not kill:
+            nid = retrievers()[0].node_id
+            node = next(n for n in cluster.worker_nodes if n.node_id == nid)
+            kill["t"] = time.time()
+            cluster.remove_node(node, allow_graceful=False)
+            kill["node"] = nid[:12]
+            add_worker()  # a replacement node joins, as KubeRay / the autoscaler would bring one
+
+    res = run_load(f"{url}/v1/align", bodies, concurrency=4, max_seconds=600, retries=12, on_start=on_start)
+    back = wait_for(lambda: len(retrievers()) == 2 and healthy(), 600, 1.0)
+    rec["load"] = {k: v for k, v in res.items() if k != "answers"}
+    rec["killed_node"] = kill.get("node")
+    rec["recovery_s"] = round(time.time() - kill["t"], 1) if back and kill else None
+    rec["answers_equal_before_kill"] = int(sum(
+        a is not None and [c["id"] for c in a["candidates"]] == [c["id"] for c in before[b["id"]]["candidates"]]
+        for b, a in zip(bodies, res["answers"])))
+    rec["retriever_nodes_after"] = sorted(a.node_id[:12] for a in retrievers())
+    subprocess.run([str(Path(sys.executable).with_name("serve")), "shutdown", "-a", dash, "-y"],
+                   capture_output=True, text=True, timeout=300)
+    return rec
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entities", type=int, default=600)
+    ap.add_argument("--serve", action="store_true", help="also serve the run on the cluster and lose a node under load")
     ap.add_argument("--train", action="store_true", help="also lose a node during retriever training")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "cluster_failover.json"))
     args = ap.parse_args(argv)
@@ -175,6 +293,15 @@ def main(argv=None) -> int:
 
             doc["cluster_align"]["embed_max_abs_diff"] = float(np.abs(column_to_numpy(vecs[out]["embedding"])
                                                                       - column_to_numpy(vecs[tmp / "ref"]["embedding"])).max())
+        if args.serve and job["status"].endswith("SUCCEEDED"):
+            def add_worker():
+                node = cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20)
+                by_id[node.node_id] = node
+                workers.append(node)
+
+            add_worker()  # the align job lost one: two workers again
+            cluster.wait_for_nodes()
+            doc["cluster_serve"] = serve_phase(cluster, add_worker, out, tmp)
         if args.train:
             replacement = cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20)
             by_id[replacement.node_id] = replacement
@@ -204,6 +331,9 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in doc.items()}, indent=1, default=str)[:4000])
     shutil.rmtree(tmp, ignore_errors=True)
     ok = doc["cluster_align"]["status"].endswith("SUCCEEDED") and doc["cluster_align"].get("metrics_equal_one_node")
+    if args.serve:
+        sv = doc.get("cluster_serve", {})
+        ok = ok and sv.get("load", {}).get("lost") == 0 and sv.get("recovery_s") is not None
     return 0 if ok else 1
 
 
