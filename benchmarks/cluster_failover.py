@@ -90,7 +90,14 @@ def run_job(client, entrypoint: list[str], kill_when, kill, timeout: float) -> d
     env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     t0 = time.time()
-    job = client.submit_job(entrypoint=" ".join(entrypoint), runtime_env={"env_vars": env})
+    for attempt in range(30):  # the head's job agent may not be up yet: "No available agent to submit job"
+        try:
+            job = client.submit_job(entrypoint=" ".join(entrypoint), runtime_env={"env_vars": env})
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or attempt == 29:
+                raise
+            time.sleep(2)
     killed_at, killed = None, None
     while time.time() - t0 < timeout:
         st = client.get_job_status(job)

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         done = open_run(run)
         for protocol in done.config.evaluate.protocols:
             for t in args.targets:
-                links, _, s = done.export(decoder="structure", protocol=protocol, target_precision=t)
+                _, _, s = done.export(decoder="structure", protocol=protocol, target_precision=t)
                 m = s["measured"]
                 row = {"pair": pair, "protocol": protocol, "target": t, "threshold": s["threshold"],
                        "estimated": s["estimated_precision"], "measured": m["precision"], "recall": m["recall"],
