@@ -371,3 +371,36 @@ def test_a_label_free_run_aligns_everything_and_exports_the_labelled_runs_links(
     assert labelled.num_rows > 0 and abs(free.num_rows - labelled.num_rows) <= labelled.num_rows // 100
     # the same links by the inputs' identifiers (the runs embed separately: a near-tie may flip, rarely)
     assert len(pairs[0] & pairs[1]) >= 0.99 * len(pairs[1])
+
+
+@pytest.mark.ray
+def test_a_dump_pair_exports_wikidata_and_rdf_identifiers(e2e, tmp_path):
+    """A pair spec of dumps (KG1 a Wikidata JSON dump, KG2 N-Triples): the exported links carry the
+    items' Wikidata entity IRIs (http://www.wikidata.org/entity/Q...) on the KG1 side and the
+    N-Triples IRIs on the KG2 side; links.nt parses with rdflib; the links' precision / recall against the gold test links are
+    metrics.json's, and the links that are right are the input's own gold pairs."""
+    import rdflib
+
+    from hiea_ray.core.export import WIKIDATA
+    from hiea_ray.kg.dump_fixtures import write_dumps
+
+    maps = write_dumps(e2e["data"], tmp_path / "dumps", "wikidata-json", "ntriples", "gz")
+    run = tmp_path / "run"
+    Pipeline(load_config(overrides=tiny_overrides(e2e["model"])), tmp_path / "dumps" / "pair.yaml", run).run_all()
+    d = run / "alignment"
+    s = json.loads((d / "summary.json").read_text())
+    links = pq.read_table(d / "links.parquet")
+    assert links.num_rows == s["links"] > 0
+    kg1 = set(maps[1].values())
+    assert all(a in kg1 and a.startswith(WIKIDATA + "Q") for a in links["kg1_id"].to_pylist())
+    assert all(b.startswith("http") for b in links["kg2_id"].to_pylist())
+    g = rdflib.Graph().parse(d / "links.nt", format="nt")
+    assert {(str(x), str(o)) for x, _, o in g} == set(zip(links["kg1_id"].to_pylist(), links["kg2_id"].to_pylist()))
+    m = json.loads((run / "metrics.json").read_text())["all_protocols"]["metrics"][s["protocol"]][s["decoder"]]
+    assert s["measured"]["precision"] == pytest.approx(m["precision"])
+    assert s["measured"]["recall"] == pytest.approx(m["recall"])
+    # the gold links in the dumps' own identifiers (links.nt of the pair spec): the right links are among them
+    gold = {(str(x), str(o)) for x, _, o in rdflib.Graph().parse(tmp_path / "dumps" / "links.nt", format="nt")}
+    right = sum((a, b) in gold for a, b in zip(links["kg1_id"].to_pylist(), links["kg2_id"].to_pylist()))
+    test_links = s["measured"]["gold_test_links"]
+    assert right >= round(s["measured"]["recall"] * test_links) > 0
