@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -196,17 +197,29 @@ def serve_phase(cluster, add_worker, run: Path, tmp: Path, requests_n: int = 400
     bodies = [{"id": int(q[i % len(q)])} for i in range(requests_n)]
     before = {b["id"]: sess.post(f"{url}/v1/align", json=b, timeout=60).json() for b in bodies[:len(q)]}
     kill: dict = {}
+    trigger = threading.Event()
 
     def on_start(i):
-        if i == requests_n // 4 and not kill:
-            nid = retrievers()[0].node_id
-            node = next(n for n in cluster.worker_nodes if n.node_id == nid)
-            kill["t"] = time.time()
-            cluster.remove_node(node, allow_graceful=False)
-            kill["node"] = nid[:12]
-            add_worker()  # a replacement node joins, as KubeRay / the autoscaler would bring one
+        if i == requests_n // 4:
+            trigger.set()
 
-    res = run_load(f"{url}/v1/align", bodies, concurrency=4, max_seconds=600, retries=12, on_start=on_start)
+    # the load runs in a thread; the node is killed and replaced from this (the main) thread, as
+    # Ray starts nodes only from the main thread (signal handlers)
+    box: dict = {}
+    load = threading.Thread(target=lambda: box.update(res=run_load(
+        f"{url}/v1/align", bodies, concurrency=4, max_seconds=600, retries=12, on_start=on_start)))
+    load.start()
+    while not trigger.wait(0.2) and load.is_alive():
+        pass
+    if trigger.is_set():
+        nid = retrievers()[0].node_id
+        node = next(n for n in cluster.worker_nodes if n.node_id == nid)
+        kill["t"] = time.time()
+        cluster.remove_node(node, allow_graceful=False)
+        kill["node"] = nid[:12]
+        add_worker()  # a replacement node joins, as KubeRay / the autoscaler would bring one
+    load.join()
+    res = box["res"]
     back = wait_for(lambda: len(retrievers()) == 2 and healthy(), 600, 1.0)
     rec["load"] = {k: v for k, v in res.items() if k != "answers"}
     rec["killed_node"] = kill.get("node")
@@ -291,6 +304,10 @@ def main(argv=None) -> int:
                 "hits@1": {d: m[d]["hits@1"] for d in ("top1", "csls", "sinkhorn")},
                 "hits@1_one_node": {d: ref_metrics[d]["hits@1"] for d in ("top1", "csls", "sinkhorn")},
                 "embed_rows_per_node": em["rows_per_node"],
+                # the encoder processes that embedded rows: beyond the pool = restarted / replaced actors
+                "embed_rows_per_encoder_process": em.get("rows_per_encoder_process"),
+                "embed_encoder_actor_restarts": em.get("encoder_actor_restarts"),
+                "embed_encoder_processes_beyond_pool": em.get("encoder_processes_beyond_pool"),
                 "head_node": cluster.head_node.node_id[:12],
             })
             vecs = {r: pq.read_table(r / "embed" / "parts").sort_by("id") for r in (out, tmp / "ref")}

@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hiea_ray.core.export import links_table, ntriples, precision_threshold
+from hiea_ray.core.export import Calibration, links_table, ntriples, precision_threshold
 from hiea_ray.core.metrics import matching_metrics
+from hiea_ray.core.router import primary_decoder
 from hiea_ray.errors import UserError
 from hiea_ray.io import read_lists, rows_of
 from hiea_ray.run import RunContext, hiea_merged
@@ -55,7 +56,9 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     d = ctx.run / "decode" / protocol
     if not (ctx.run / "decode" / "manifest.json").is_file():
         raise UserError(f"{ctx.run}: the run has not decoded yet (no decode stage): finish `hiea-ray align` first")
-    router = has_router(cfg)
+    # the router's probability is the confidence of the decoder it routes (and of hiea's merge);
+    # any other decoder's is its score calibrated on the labelled seed sources
+    router = has_router(cfg) and decoder in ("hiea", primary_decoder(cfg.route.primary, cfg.decode.decoders))
     if decoder == "hiea":
         h = hiea_merged(ctx, protocol)
         q, cand, score, ms, mt = h.q, h.merged.cand, h.score, h.merged.match_src, h.merged.match_tgt
@@ -71,24 +74,32 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     pair_score = np.where(hit.any(1), score[rows, np.argmax(hit, 1)], np.nan).astype(np.float32)
     second = score[:, 1] if score.shape[1] > 1 else np.full(len(score), np.nan)
     margin = (score[:, 0] - second).astype(np.float32)
-    conf_all = np.asarray(score[:, 0], np.float32)
+    calibration, why = (None, None) if router else calibration_of(ctx, protocol, decoder)
     if router:
         route = pq.read_table(ctx.run / "route" / protocol / "route.parquet")
         conf_all = np.full(len(q), np.nan, np.float32)
         conf_all[rows_of(q, route["src"].to_numpy())] = route["prob"].to_numpy()
-    conf = conf_all[rows] if router else pair_score
+        conf = conf_all[rows]
+        lab = pq.read_table(ctx.run / "route" / protocol / "labelled.parquet")
+        lab_conf, lab_right = lab["prob"].to_numpy(), lab["right"].to_numpy(zero_copy_only=False)
+        kind = "router probability"
+    elif calibration is not None:
+        conf_all, conf = calibration(score[:, 0]), calibration(pair_score)
+        lab = pq.read_table(ctx.run / "calibrate" / protocol / "labelled.parquet")
+        lab_conf, lab_right = lab[f"conf.{decoder}"].to_numpy(), lab[f"right.{decoder}"].to_numpy(zero_copy_only=False)
+        kind = "calibrated decoder score"
+    else:
+        conf_all, conf, lab_conf, lab_right = np.asarray(score[:, 0], np.float32), pair_score, None, None
+        kind = "decoder score"
     threshold, estimated = (-np.inf if min_confidence is None else float(min_confidence)), None
     if target_precision is not None:
-        if not router:
-            raise UserError("output.target_precision needs the router's labelled sources (route.enabled or llm.enabled); "
+        if lab_conf is None:
+            raise UserError(f"output.target_precision needs labelled seed sources to choose its threshold on ({why}); "
                             "use output.min_confidence")
-        lab = pq.read_table(ctx.run / "route" / protocol / "labelled.parquet")
-        threshold, estimated = precision_threshold(lab["prob"].to_numpy(), lab["right"].to_numpy(zero_copy_only=False),
-                                                   target_precision)
-    elif router:
-        lab = pq.read_table(ctx.run / "route" / protocol / "labelled.parquet")
-        kept = lab["prob"].to_numpy() >= threshold  # every labelled source when no threshold
-        estimated = float(lab["right"].to_numpy(zero_copy_only=False)[kept].mean()) if kept.any() else None
+        threshold, estimated = precision_threshold(lab_conf, lab_right, target_precision)
+    elif lab_conf is not None:
+        kept = lab_conf >= threshold  # every labelled source when no threshold
+        estimated = float(lab_right[kept].mean()) if kept.any() else None
     keep = (np.nan_to_num(conf, nan=-np.inf) >= threshold) | (threshold == -np.inf)
     tier = np.array(["llm" if int(s) in routed else "small" for s in ms], object)
     ents = ctx.pair().entities.select(["id", "uri", "name"])
@@ -101,7 +112,7 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     un = links_table(left[has], best[has], score[lr, 0][has], conf_all[lr][has], np.array(["-"] * int(has.sum()), object),
                      margin[lr][has], decoder, ents)
     summary = {"decoder": decoder, "protocol": protocol, "sources": int(len(q)), "links": int(links.num_rows),
-               "unmatched": int(len(left)), "confidence": "router probability" if router else "decoder score",
+               "unmatched": int(len(left)), "confidence": kind,
                "threshold": threshold if np.isfinite(threshold) else None, "target_precision": target_precision,
                "estimated_precision": estimated, "tiers": {t: int((links["tier"].to_numpy(zero_copy_only=False) == t).sum())
                                                          for t in ("small", "llm")}}
@@ -113,6 +124,17 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     else:
         summary["measured"] = None  # no gold test links: label-free
     return links, un, summary
+
+
+def calibration_of(ctx: RunContext, protocol: str, decoder: str) -> tuple[Calibration | None, str | None]:
+    """(the calibrate stage's map of a decoder's score, None) or (None, why there is none)."""
+    path = ctx.run / "calibrate" / protocol / "calibration.json"
+    if not path.is_file():
+        return None, "the run has no calibrate stage: output.calibrate is false"
+    cal = json.loads(path.read_text())
+    if decoder not in cal.get("decoders", {}):
+        return None, cal.get("reason", f"the calibrate stage did not calibrate {decoder}")
+    return Calibration.from_json(cal["decoders"][decoder]), None
 
 
 def write(links: pa.Table, unmatched: pa.Table, summary: dict, out: Path) -> None:

@@ -1,7 +1,7 @@
 """The stage runner: runs the registry's stages (``hiea_ray.stages``) in order, reusing fresh ones.
 
     ingest -> [verbalize_train] -> verbalize -> [train] -> embed -> retrieve -> [rerank_train -> rerank] -> decode
-           -> [route -> llm_train -> llm] -> export -> evaluate
+           -> [calibrate] -> [route -> llm_train -> llm] -> export -> evaluate
 
 For each enabled stage the runner builds its key — the schema version, the hash of the config it
 declares (``config.section_hash``: whole sections minus ``runtime`` fields, plus its ``extra`` and
@@ -22,6 +22,7 @@ Run folder layout::
     rerank/     <protocol>/parts/*.parquet (src, cand, retr, rerank): top rerank.k per source
                 (+ candidates.parquet when rerank.candidates=sinkhorn)
     decode/     <protocol>/<decoder>.parquet (ranked lists), <protocol>/<decoder>.match.parquet
+    calibrate/  <protocol>/{labelled.parquet, calibration.json}  (the labelled seed sources, decoded out of fold)
     route/      <protocol>/{route.parquet, router.pkl, router.json, labelled.parquet}, report.json, route.png
     llm_train/  model/ (LoRA, knowledge adapter, score head, tokenizer, fusion.json), history.json, curve.png
     llm/        <protocol>/{prompts.parquet, parts/*.parquet (src, options, n_options, logp)}

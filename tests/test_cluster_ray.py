@@ -80,6 +80,11 @@ def test_embed_spreads_over_two_nodes_and_matches_single_actor(two_node_cluster,
     assert set(per_node) <= node_ids
     assert all(rows > 0 for rows in per_node.values())
     assert sum(per_node.values()) == stats["rows"] == stats["rows_embedded_now"]
+    # no node lost: two encoder actors, one process each, nothing restarted (the failover
+    # benchmark, benchmarks/cluster_failover.py, loses a node and sees the count grow)
+    procs = stats["rows_per_encoder_process"]
+    assert len(procs) == stats["encoder_actors"] == 2 and sum(procs.values()) == stats["rows"], procs
+    assert stats["encoder_actor_restarts"] == 0 == stats["encoder_processes_beyond_pool"]
 
     # (b) 1 actor (so one node) on the same texts: the same vectors, row for row.
     run1 = copy_stages(run2, tmp_path / "one_actor", ["ingest", "verbalize"])

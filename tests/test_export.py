@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from hiea_ray.core.export import WIKIDATA, iri, links_table, ntriples, precision_threshold
+from hiea_ray.core.export import (WIKIDATA, Calibration, calibrate_out_of_fold, iri, links_table, ntriples,
+                                  precision_threshold)
 
 
 def test_identifiers_become_iris():
@@ -41,3 +42,33 @@ def test_the_threshold_keeps_the_most_links_at_the_target_precision():
     t, est = precision_threshold(prob, right, 0.75)
     assert (t, est) == (0.8, 0.8)  # 0.8 keeps more links (5) than 0.9 (4) at >= 0.75
     assert precision_threshold(prob, np.zeros(7, bool), 0.5) == (float("inf"), None)
+
+
+def test_a_calibrated_score_is_the_rate_of_right_answers_at_that_score():
+    """A decoder whose answer is right with probability sigmoid(8 (s - 0.5)) at score s: the
+    isotonic map learns that curve (monotone, within sampling noise), survives JSON, sends a missing
+    answer (NaN) to 0, and its out-of-fold scores pick a threshold whose precision on fresh sources
+    meets the target."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        s = rng.uniform(0, 1, n)
+        return s, rng.uniform(0, 1, n) < 1 / (1 + np.exp(-8 * (s - 0.5)))
+
+    s, right = draw(20000)
+    cal, oof = calibrate_out_of_fold(s, right, folds=5, seed=0)
+    grid = np.linspace(0.05, 0.95, 19)
+    got = cal(grid)
+    assert np.all(np.diff(got) >= 0)  # monotone in the score
+    assert np.abs(got - 1 / (1 + np.exp(-8 * (grid - 0.5)))).max() < 0.06
+    back = Calibration.from_json(cal.to_json())
+    assert np.array_equal(back(s), cal(s))
+    assert cal(np.array([np.nan]))[0] == 0.0
+    assert not np.array_equal(oof, cal(s))  # out of fold: each source scored by a fit without it
+    t, est = precision_threshold(oof, right, 0.95)
+    fresh, fresh_right = draw(20000)
+    kept = cal(fresh) >= t
+    assert est >= 0.95 and abs(fresh_right[kept].mean() - est) < 0.02
+    # one class only, or one score only: a constant map, never an error
+    assert np.all(Calibration.fit(s, np.ones(len(s), bool))(grid) == 1.0)
+    assert np.all(Calibration.fit(np.full(10, 0.3), np.arange(10) < 4)(grid) == np.float32(0.4))

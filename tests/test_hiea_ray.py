@@ -77,7 +77,7 @@ def test_killed_llm_stage_resumes(hiea_run, e2e, tmp_path, caplog):
     clean = hiea_run["run"]
     parts = sorted((clean / "llm" / "standard" / "parts").glob("*.parquet"))
     assert len(parts) >= 2
-    run = copy_stages(clean, tmp_path / "run", UPSTREAM + ["retrieve", "decode", "route", "llm_train"])
+    run = copy_stages(clean, tmp_path / "run", UPSTREAM + ["retrieve", "decode", "calibrate", "route", "llm_train"])
     tmp = run / ".llm.tmp"
     (tmp / "standard" / "parts").mkdir(parents=True)
     (tmp / ".key.json").write_text(json.dumps(stage_key(clean, "llm"), sort_keys=True))
@@ -159,7 +159,7 @@ def test_bad_llm_input_is_one_clear_error(e2e, tiny_encoder_dir, tiny_llm_dir, t
     run = copy_stages(e2e["run"], tmp_path / "run", UPSTREAM)
     # the LLM folder is an encoder, not a causal LM: refused before the stage starts
     pipe = Pipeline(_cfg(e2e, tiny_encoder_dir), e2e["data"], run)
-    for s in ("ingest", "verbalize", "embed", "retrieve", "decode", "route"):
+    for s in ("ingest", "verbalize", "embed", "retrieve", "decode", "calibrate", "route"):
         pipe.run_stage(s)
     with pytest.raises(UserError, match="not a causal LM"):
         pipe.run_stage("llm_train")
@@ -176,36 +176,39 @@ def test_bad_llm_input_is_one_clear_error(e2e, tiny_encoder_dir, tiny_llm_dir, t
 def test_router_labels_never_come_from_their_own_anchors(hiea_run, monkeypatch):
     """Each fold of the seed links is decoded with the other folds as anchors only: a labelled
     source is never an anchor of the decode its features come from."""
-    import hiea_ray.stages.route as route
-    from hiea_ray.core.router import anchor_folds
-    from hiea_ray.core.structure import SeedGraphs
+    import hiea_ray.labelled as labelled
 
     ctx = hiea_run["pipe"]
     cfg = ctx.cfg
-    pair = ctx.pair()
-    graphs = SeedGraphs.of(pair, cfg.decode.structure_anchors)
-    seeds = pair.links.filter(pa.compute.is_in(pair.links["split"], pa.array(cfg.decode.structure_anchors)))
-    fold = anchor_folds(seeds.num_rows, cfg.route.folds, cfg.route.seed)
+    seeds = labelled.seeds_of(ctx)
+    graphs, fold = seeds.graphs, seeds.fold
     seen = []
-    real = route.run_decoders
+    real = labelled.run_decoders
 
     def spy(names, s2t, s2t_score, t2s, t2s_score, q, b, c, graphs_fn):
         seen.append((q, graphs_fn().anchors))
         return real(names, s2t, s2t_score, t2s, t2s_score, q, b, c, graphs_fn)
 
-    monkeypatch.setattr(route, "run_decoders", spy)
-    X, right, src, cand, _ = route.labelled_features(ctx, "standard", graphs, seeds, fold, "structure", ctx.embeddings())
-    assert len(seen) == cfg.route.folds and len(src) == seeds.num_rows == len(X) == len(cand)
+    monkeypatch.setattr(labelled, "run_decoders", spy)
+    lab = labelled.labelled_decode(ctx, "standard", seeds, "structure", ctx.embeddings())
+    X, right, src, cand = lab.X, lab.right("structure"), lab.src, lab.cand
+    assert len(seen) == cfg.route.folds and len(src) == (fold >= 0).sum() == len(X) == len(cand)
     # each labelled source's list is its fold's primary list, in global ids: right = its head is the gold
-    gold = dict(zip(seeds["src"].to_pylist(), seeds["tgt"].to_pylist()))
-    assert np.array_equal(right, cand[:, 0] == np.array([gold[s] for s in src.tolist()]))
+    gold = dict(zip(seeds.links["src"].to_pylist(), seeds.links["tgt"].to_pylist()))
+    assert np.array_equal(lab.tgt, [gold[s] for s in src.tolist()])
+    assert np.array_equal(right, cand[:, 0] == lab.tgt)
+    for d in cfg.decode.decoders:  # every decoder's answer is labelled too
+        assert len(lab.answer[d]) == len(src) and np.isin(lab.answer[d], np.append(graphs.ids_t, -1)).all()
     for j, (q, anchors) in enumerate(seen):
-        f_src = seeds["src"].to_numpy()[fold == j]
+        f_src = seeds.links["src"].to_numpy()[fold == j]
         assert np.isin(f_src, q).all()  # the fold is decoded ...
         anchor_src = graphs.ids_s[anchors[:, 0]]
         assert not np.isin(f_src, anchor_src).any()  # ... without its own links as anchors
         assert len(anchors) == (fold != j).sum()
     assert 0 < right.mean() < 1  # labels are not trivially right
+    # the route stage's labelled sources are the calibrate stage's, as decoded here
+    routed = pq.read_table(hiea_run["run"] / "route" / "standard" / "labelled.parquet")
+    assert np.array_equal(routed["src"].to_numpy(), src) and np.array_equal(routed["right"].to_numpy(), right)
 
 
 def test_route_alone_on_both_protocols(e2e, tmp_path):
@@ -245,7 +248,7 @@ def test_route_alone_on_both_protocols(e2e, tmp_path):
 
 
 def test_router_labels_only_what_no_small_model_trained_on(e2e):
-    from hiea_ray.stages.route import labelled_splits
+    from hiea_ray.labelled import labelled_splits
 
     def splits(*sets):
         return labelled_splits(load_config(overrides=tiny_overrides(e2e["model"], *sets)), ["train", "valid"])

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_stage_order_is_the_documented_one():
-    assert STAGES == ["ingest", "verbalize_train", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "route",
+    assert STAGES == ["ingest", "verbalize_train", "verbalize", "train", "embed", "retrieve", "rerank_train", "rerank", "decode", "calibrate", "route",
                       "llm_train", "llm", "export", "evaluate"]
     for name, sd in REGISTRY.items():
         assert sd.name == name
@@ -160,7 +160,7 @@ def test_the_runner_is_small_and_ray_free_modules_do_not_import_ray():
 LAYERS = [
     ("base", ("hiea_ray.errors", "hiea_ray.config", "hiea_ray.io", "hiea_ray.manifest", "hiea_ray.model_store",
               "hiea_ray.progress", "hiea_ray.plots", "hiea_ray.core", "hiea_ray.kg")),
-    ("ops", ("hiea_ray.data", "hiea_ray.ops", "hiea_ray.run", "hiea_ray.alignment", "hiea_ray.config_doc")),
+    ("ops", ("hiea_ray.data", "hiea_ray.ops", "hiea_ray.run", "hiea_ray.labelled", "hiea_ray.alignment", "hiea_ray.config_doc")),
     ("work", ("hiea_ray.train", "hiea_ray.stages", "hiea_ray.serve")),
     ("pipeline", ("hiea_ray.pipeline",)),
     ("cli", ("hiea_ray.cli", "hiea_ray.api", "hiea_ray")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import asdict
 
 import numpy as np
@@ -52,12 +53,13 @@ def test_embed_stage_output(tiny_encoder_dir, tiny_encoder, text_batch, monkeypa
     monkeypatch.delenv("HIEA_NODE_ID", raising=False)
     stage = Embedder(_embed_cfg(tiny_encoder_dir))
     out = stage(text_batch)
-    assert out.column_names == ["id", "kg", "embedding", "node", "precision"]
+    assert out.column_names == ["id", "kg", "embedding", "node", "worker", "precision"]
     assert set(out["precision"].to_pylist()) == {stage.encoder.precision}
     assert out.num_rows == text_batch.num_rows
     assert out["id"].equals(text_batch["id"]) and out["kg"].equals(text_batch["kg"])
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 32)
     assert set(out["node"].to_pylist()) == {"local"}
+    assert set(out["worker"].to_pylist()) == {f"local:{os.getpid()}"}  # outside Ray: no actor, this process
     v = column_to_numpy(out["embedding"])
     assert v.shape == (45, 32)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)

@@ -566,12 +566,17 @@ class OutputConfig:
     # "auto": all-targets when evaluated (every KG1 entity against every KG2 entity: the real use),
     # else the first of evaluate.protocols.
     protocol: str = "auto"
-    # Keep the links whose confidence (the router's probability that the match is right, where the
-    # run has a router; else the decoder's score) is at least this; null = every link of the output.
+    # Keep the links whose confidence (the router's probability that the match is right, for the
+    # decoder the router routes; else the decoder's score calibrated on the labelled seed sources)
+    # is at least this; null = every link of the output.
     min_confidence: float | None = None
-    # Or: the confidence threshold that reaches this precision on the router's labelled seed sources
-    # (out of fold; needs the router: route.enabled or llm.enabled). null = use min_confidence.
+    # Or: the confidence threshold that reaches this precision on the labelled seed sources (out of
+    # fold: the router's, or the calibrate stage's). null = use min_confidence.
     target_precision: float | None = bounded(None, gt=0, le=1)
+    # Run the calibrate stage without a router: decode the labelled seed sources out of fold
+    # (route.folds decodes of the pool) and map each decoder's score to P(right). false: confidence
+    # is the raw decoder score and target_precision needs the router.
+    calibrate: bool = True
 
 
 @dataclass

@@ -3,12 +3,15 @@
 ``links_table`` turns a one-to-one match over internal ids into rows of the input's identifiers
 (IRIs; Wikidata Q-ids), names, score, confidence, tier, decoder and the margin to the second
 candidate; ``ntriples`` writes them as ``owl:sameAs`` statements any RDF parser reads;
-``precision_threshold`` picks the confidence a target precision needs on labelled sources.
+``precision_threshold`` picks the confidence a target precision needs on labelled sources;
+``Calibration`` maps a decoder's score to the probability that its answer is right (isotonic
+regression on labelled sources), the confidence of a run, or of a decoder, without a router.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import numpy as np
@@ -78,3 +81,53 @@ def precision_threshold(prob: np.ndarray, right: np.ndarray, target: float) -> t
         return float("inf"), None
     i = int(ok.max())
     return float(p[i]), float(prec[i])
+
+
+@dataclass
+class Calibration:
+    """A decoder's score -> P(its answer is right): a monotone step-linear map (scikit-learn's
+    isotonic regression on labelled sources), kept as its breakpoints so it is stored as JSON and
+    applied with ``np.interp``; NaN (no answer) -> 0."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    @classmethod
+    def fit(cls, score: np.ndarray, right: np.ndarray) -> "Calibration":
+        from sklearn.isotonic import IsotonicRegression
+
+        score, right = np.asarray(score, np.float64), np.asarray(right, np.float64)
+        ok = np.isfinite(score)
+        if not ok.any():
+            return cls(np.zeros(1), np.zeros(1))
+        if len(np.unique(right[ok])) < 2 or len(np.unique(score[ok])) < 2:
+            return cls(np.zeros(1), np.full(1, right[ok].mean()))
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(score[ok], right[ok])
+        return cls(np.asarray(iso.X_thresholds_, np.float64), np.asarray(iso.y_thresholds_, np.float64))
+
+    def __call__(self, score: np.ndarray) -> np.ndarray:
+        s = np.asarray(score, np.float64)
+        out = np.interp(np.nan_to_num(s, nan=0.0), self.x, self.y) if len(self.x) > 1 else np.full(s.shape, self.y[0])
+        return np.where(np.isfinite(s), out, 0.0).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"x": self.x.tolist(), "y": self.y.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Calibration":
+        return cls(np.asarray(d["x"], np.float64), np.asarray(d["y"], np.float64))
+
+
+def calibrate_out_of_fold(score: np.ndarray, right: np.ndarray, folds: int, seed: int) -> tuple[Calibration, np.ndarray]:
+    """(the calibration fit on every labelled source, each source's calibrated score from a fit
+    without its own fold): the out-of-fold scores are what a threshold is chosen and its
+    precision estimated on."""
+    from sklearn.model_selection import KFold
+
+    score, right = np.asarray(score, np.float64), np.asarray(right, bool)
+    oof = np.zeros(len(score), np.float32)
+    k = max(2, min(folds, len(score)))
+    if len(score) >= 2:
+        for tr, te in KFold(k, shuffle=True, random_state=seed).split(score):
+            oof[te] = Calibration.fit(score[tr], right[tr])(score[te])
+    return Calibration.fit(score, right), oof

@@ -54,7 +54,9 @@ def id_rows(column) -> list[np.ndarray]:
 
 class Embedder:
     """(id, kg, name, text) rows — or the tokenize stage's (id, kg, input_ids[, name_ids]) rows —
-    -> (id, kg, embedding, node, precision); the encoder is loaded once per actor."""
+    -> (id, kg, embedding, node, worker, precision); the encoder is loaded once per actor. ``worker``:
+    the Ray actor and the process that embedded the row (``actor_id:pid``): an actor Ray restarted
+    after its node was lost shows a second process, a replacement actor a new id."""
 
     def __init__(self, cfg: dict):
         self.cfg = EmbedConfig(**cfg)
@@ -62,6 +64,7 @@ class Embedder:
         self.encoder = Encoder(self.cfg.model, self.cfg.pooling, self.cfg.max_length, amp=self.cfg.amp,
                                backend=self.cfg.backend, threads=self.cfg.torch_threads or os.cpu_count())
         self.node = os.environ.get("HIEA_NODE_ID") or node_id()
+        self.worker = f"{actor_id()}:{os.getpid()}"
 
     def _encode(self, batch: pa.Table, text: str, ids: str) -> np.ndarray:
         if ids in batch.column_names:
@@ -79,6 +82,7 @@ class Embedder:
                 "kg": batch["kg"],
                 "embedding": embeddings_column(vecs),
                 "node": pa.array([self.node] * n, pa.string()).dictionary_encode(),
+                "worker": pa.array([self.worker] * n, pa.string()).dictionary_encode(),
                 "precision": pa.array([self.encoder.precision] * n, pa.string()).dictionary_encode(),
             }
         )
@@ -92,6 +96,17 @@ def node_id() -> str:
         return "local"
     if ray.is_initialized():
         return ray.get_runtime_context().get_node_id()[:12]
+    return "local"
+
+
+def actor_id() -> str:
+    """This Ray actor's id (12 hex digits), "local" outside an actor."""
+    try:
+        import ray
+    except ImportError:
+        return "local"
+    if ray.is_initialized():
+        return (ray.get_runtime_context().get_actor_id() or "local")[:12]
     return "local"
 
 

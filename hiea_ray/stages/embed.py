@@ -2,8 +2,11 @@
 
 The chain is ``hiea_ray.ops.embed`` (the encoder loaded once per actor: the trained retriever when
 ``train.enabled``, else ``embed.model``; token ids from a CPU tokenize stage with
-``embed.tokenize: stage``); output ``parts/*.parquet`` (id, kg, embedding, node, precision).
-Finished parts are kept when a run is killed, and only the missing ids are embedded again.
+``embed.tokenize: stage``); output ``parts/*.parquet`` (id, kg, embedding, node, worker, precision).
+Finished parts are kept when a run is killed, and only the missing ids are embedded again. The
+manifest records where the rows were embedded (per node) and by which encoder processes: more
+processes than ``embed.num_actors`` means Ray restarted or replaced an encoder actor mid-stage
+(a lost node, a crashed worker), and the rows it had in flight were embedded again.
 """
 
 from __future__ import annotations
@@ -51,11 +54,21 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     per_node = pc.value_counts(table["node"].cast(pa.string())).to_pylist()
     precision = pc.value_counts(table["precision"].cast(pa.string())).to_pylist() if "precision" in table.column_names else []
     new_rows = total - len(done)
+    now = table.filter(pc.invert(pc.is_in(table["id"], pa.array(done, pa.int64())))) if len(done) else table
+    procs = ({} if "worker" not in now.column_names else
+             {d["values"]: d["counts"] for d in pc.value_counts(now["worker"].cast(pa.string())).to_pylist()})
+    actors = {w.split(":")[0] for w in procs}
     return {
         "rows": total,
         "rows_embedded_now": new_rows,
         "rows_per_s": round(new_rows / max(wall, 1e-9), 1),
         "rows_per_node": {d["values"]: d["counts"] for d in per_node},
+        # this run's rows per encoder process (actor:pid); restarted = an actor seen in a second
+        # process; beyond the pool = processes more than embed.num_actors (restarts or replacements)
+        "rows_per_encoder_process": procs,
+        "encoder_actors": len(actors),
+        "encoder_actor_restarts": len(procs) - len(actors),
+        "encoder_processes_beyond_pool": max(0, len(procs) - e.num_actors),
         # what ran (embed.backend auto): backend/device/autocast dtype -> rows
         "precision": {str(d["values"]): d["counts"] for d in precision},
         "tokenize": tokenize_mode(e),

@@ -3,10 +3,10 @@
 One decoder's one-to-one output (``output.decoder``: hiea when the LLM tier runs, else structure,
 else sinkhorn) on one protocol (``output.protocol``: all-targets when evaluated), with the input's
 identifiers (IRIs; Wikidata Q-ids), names, score, confidence (the router's probability that the
-match is right where the run has a router, else the decoder's score), tier (small / llm) and the
-margin to the second candidate; thresholded on confidence (``output.min_confidence``, or the
-threshold that reaches ``output.target_precision`` on the router's labelled seed sources, out of
-fold). Outputs, also copied to ``RUN/alignment/``: ``links.parquet``, ``links.tsv``, ``links.nt``
+match is right for the decoder the router routes, else the decoder's score calibrated by the
+calibrate stage on the labelled seed sources), tier (small / llm) and the margin to the second
+candidate; thresholded on confidence (``output.min_confidence``, or the threshold that reaches
+``output.target_precision`` on the labelled seed sources, out of fold). Outputs, also copied to ``RUN/alignment/``: ``links.parquet``, ``links.tsv``, ``links.nt``
 (owl:sameAs N-Triples), ``unmatched.tsv`` (KG1 entities left without a link, with their best
 candidate), ``summary.json`` (counts, decoder, threshold, estimated precision, and the measured
 precision / recall where gold test links exist).
@@ -40,6 +40,7 @@ def publish(ctx: RunContext) -> None:
             shutil.copy(src, dst / f)
 
 
-STAGE = StageDef(name="export", body=run, reads=("ingest", "decode", "route", "llm"),
-                 config=("output", "decode.decoders", "evaluate.protocols", "llm.enabled", "llm.fusion", "route.enabled"),
+STAGE = StageDef(name="export", body=run, reads=("ingest", "decode", "calibrate", "route", "llm"),
+                 config=("output", "decode.decoders", "evaluate.protocols", "llm.enabled", "llm.fusion", "route.enabled",
+                         "route.primary"),
                  publish=publish)

@@ -1,0 +1,170 @@
+"""The labelled seed sources, decoded out of fold (a run reader, like ``hiea_ray.run``).
+
+What tells a run how far to trust an answer: the seed links no small model trained on
+(``labelled_splits``), in ``route.folds`` folds; fold j is decoded (the protocol's pool plus fold
+j's links, every decoder) with every other seed link as a structure anchor, so a labelled source's
+lists are made as a test source's are and its answer is not trivially right (``labelled_decode``).
+The ``calibrate`` stage writes them; the ``route`` stage fits the certainty classifier on their
+confidence features (``features``), and ``export`` maps each decoder's score to a probability of
+being right on them (``core.export.Calibration``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hiea_ray.core.decoders import run_decoders
+from hiea_ray.core.metrics import protocol_sets
+from hiea_ray.core.retrieval import knn
+from hiea_ray.core.router import anchor_folds, confidence_features, neighbour_consistency
+from hiea_ray.core.structure import SeedGraphs
+from hiea_ray.errors import UserError
+from hiea_ray.io import read_lists, rows_of, to_local
+from hiea_ray.run import RunContext
+
+# how much of each labelled source's primary list is kept (the LLM tier shows <= 25)
+LABELLED_LIST = 32
+
+
+def labelled_splits(cfg, anchors: list[str]) -> list[str]:
+    """``route.labelled``, "auto" ([]) resolved: the anchor splits no small model trained on."""
+    if cfg.route.labelled:
+        bad = sorted(set(cfg.route.labelled) - set(anchors))
+        if bad:
+            raise UserError(f"config field route.labelled: {', '.join(bad)} not among the structure anchors "
+                            f"(decode.structure_anchors: {', '.join(anchors)})")
+        return list(cfg.route.labelled)
+    trained = {"train"} if cfg.train.enabled or cfg.rerank.enabled else set()
+    splits = [s for s in anchors if s not in trained]
+    if not splits:
+        raise UserError(f"route: every anchor split ({', '.join(anchors)}) trained a small model, so none can label "
+                        "the certainty classifier; add validation links (data.valid_fraction) or set route.labelled")
+    return splits
+
+
+def features(lists: dict, t2s, t2s_score, q: np.ndarray, b: np.ndarray, graphs: SeedGraphs, primary: str):
+    """(X, names, best local target of the primary decoder) for sources q against targets b."""
+    src_rows, tgt_rows = graphs.rows(q, b)
+    idx, score = lists[primary]
+    p_best = best_of(idx, score)
+    best_rows = np.where(p_best >= 0, tgt_rows[np.maximum(p_best, 0)], -1)
+    cons = neighbour_consistency(best_rows, src_rows, graphs.adj_s, graphs.adj_t, graphs.anchors)
+    degree = np.diff(graphs.adj_s.indptr)[src_rows]
+    return confidence_features(lists, primary, t2s=t2s, t2s_score=t2s_score, consistency=cons, degree=degree)
+
+
+def best_of(idx: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Each row's best-scored entry of a (-1 padded) list; -1 for an empty list."""
+    return idx[np.arange(len(idx)), np.argmax(np.where(idx >= 0, score, -np.inf), axis=1)]
+
+
+def decoded_lists(ctx: RunContext, protocol: str):
+    """The decode stage's lists of a protocol in local indices: (q, b, {decoder: (idx, score)}, t2s, t2s_score)."""
+    r = ctx.run / "retrieve" / protocol
+    q, _, _ = read_lists(r / "s2t.parquet")
+    b, t2s_ids, t2s_score = read_lists(r / "t2s.parquet")
+    lists = {}
+    for name in ctx.cfg.decode.decoders:
+        path = ctx.run / "decode" / protocol / f"{name}.parquet"
+        if not path.is_file():
+            raise UserError(f"{path}: the run has no decoded lists (run the decode stage first)")
+        dq, ids, score = read_lists(path)
+        if not np.array_equal(dq, q):
+            raise RuntimeError(f"{path}: its sources differ from the retrieved ones")
+        lists[name] = (to_local(b, ids), score)
+    return q, b, lists, to_local(q, t2s_ids), t2s_score
+
+
+@dataclass
+class Seeds:
+    """The seed links the labelled decode uses: anchors, and the fold of each (-1: an anchor of
+    every fold's decode, never labelled)."""
+
+    graphs: SeedGraphs
+    links: pa.Table
+    fold: np.ndarray
+    splits: list[str]
+
+
+def seeds_of(ctx: RunContext) -> Seeds:
+    """The run's seed links in folds (``route.folds`` of ``labelled_splits``, seeded by ``route.seed``)."""
+    cfg, rc = ctx.cfg, ctx.cfg.route
+    pair = ctx.pair()
+    anchors = cfg.decode.structure_anchors or ["train", "valid"]
+    seeds = pair.links.filter(pc.is_in(pair.links["split"], pa.array(anchors, pa.string())))
+    splits = labelled_splits(cfg, anchors)
+    is_lab = pc.is_in(seeds["split"], pa.array(splits, pa.string())).to_numpy(zero_copy_only=False)
+    n_lab = int(is_lab.sum())
+    if n_lab < 2 * rc.folds:
+        raise UserError(f"route: {n_lab} seed links ({', '.join(splits)}) are too few to label "
+                        f"{rc.folds} folds of labelled sources (route.folds)")
+    fold = np.full(seeds.num_rows, -1, np.int64)
+    fold[is_lab] = anchor_folds(n_lab, rc.folds, rc.seed)
+    return Seeds(SeedGraphs.of(pair, anchors), seeds, fold, splits)
+
+
+@dataclass
+class Labelled:
+    """The labelled sources of one protocol: their seed link, the primary decoder's confidence
+    features and list, and every decoder's answer and its score."""
+
+    src: np.ndarray  # (n,) KG1 ids
+    tgt: np.ndarray  # (n,) their gold KG2 ids
+    X: np.ndarray  # (n, f) the primary decoder's confidence features
+    names: list[str]
+    cand: np.ndarray  # (n, <= LABELLED_LIST) the primary decoder's list, global ids, -1 padded
+    score: np.ndarray
+    answer: dict[str, np.ndarray]  # decoder -> (n,) its best target (global id, -1 none)
+    answer_score: dict[str, np.ndarray]  # decoder -> (n,) that target's score
+
+    def right(self, decoder: str) -> np.ndarray:
+        return self.answer[decoder] == self.tgt
+
+
+def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, vectors) -> Labelled:
+    """The seed links of every fold, each fold decoded without its own links as anchors."""
+    cfg = ctx.cfg
+    ids, kg, vecs = vectors
+    test = ctx.pair().links_of("test")
+    t_src, t_tgt = test["src"].to_numpy(), test["tgt"].to_numpy()
+    s_src, s_tgt = seeds.links["src"].to_numpy(), seeds.links["tgt"].to_numpy()
+    parts: dict[str, list] = {k: [] for k in ("src", "tgt", "X", "cand", "score")}
+    answer: dict[str, list] = {d: [] for d in cfg.decode.decoders}
+    answer_score: dict[str, list] = {d: [] for d in cfg.decode.decoders}
+    names: list[str] = []
+    for j in range(int(seeds.fold.max()) + 1 if len(seeds.fold) else 0):
+        f_src, f_tgt = s_src[seeds.fold == j], s_tgt[seeds.fold == j]
+        # the protocol's pool with fold j's links in it (all-targets: the pool already holds them)
+        q, b = protocol_sets(protocol, np.concatenate([t_src, f_src]), np.concatenate([t_tgt, f_tgt]), ids, kg)
+        Q, B = vecs[rows_of(ids, q)], vecs[rows_of(ids, b)]
+        s2t_score, s2t = knn(Q, B, cfg.retrieve.k, cfg.retrieve)
+        t2s_score, t2s = knn(B, Q, cfg.retrieve.k, cfg.retrieve)
+        g = dataclasses.replace(seeds.graphs, anchors=seeds.graphs.anchors[seeds.fold != j])
+        lists = {d.name: (d.idx, d.score)
+                 for d in run_decoders(cfg.decode.decoders, s2t, s2t_score, t2s, t2s_score, q, b, cfg.decode, lambda: g)}
+        X, names, _ = features(lists, t2s, t2s_score, q, b, g, primary)
+        rows = rows_of(q, f_src)
+        parts["X"].append(X[rows])
+        parts["src"].append(f_src)
+        parts["tgt"].append(f_tgt)
+        for name, (idx, score) in lists.items():
+            best = best_of(idx[rows], score[rows])
+            answer[name].append(np.where(best >= 0, b[np.maximum(best, 0)], -1))
+            at = np.argmax(np.where(idx[rows] >= 0, score[rows], -np.inf), axis=1)
+            answer_score[name].append(np.where(best >= 0, score[rows][np.arange(len(rows)), at], np.nan)
+                                      .astype(np.float32))
+        idx, score = lists[primary]
+        keep = min(LABELLED_LIST, idx.shape[1])
+        top = np.argsort(-np.where(idx[rows] >= 0, score[rows], -np.inf), axis=1, kind="stable")[:, :keep]
+        li = np.take_along_axis(idx[rows], top, 1)
+        parts["cand"].append(np.where(li >= 0, b[np.maximum(li, 0)], -1))
+        parts["score"].append(np.take_along_axis(score[rows], top, 1).astype(np.float32))
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    return Labelled(src=cat["src"], tgt=cat["tgt"], X=cat["X"], names=list(names), cand=cat["cand"],
+                    score=cat["score"], answer={d: np.concatenate(v) for d, v in answer.items()},
+                    answer_score={d: np.concatenate(v) for d, v in answer_score.items()})

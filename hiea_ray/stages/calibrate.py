@@ -1,0 +1,92 @@
+"""calibrate (driver; ``output.calibrate`` or a router): how far to trust each decoder's answer.
+
+The labelled seed sources (``hiea_ray.labelled``: the seed links no small model trained on, in
+``route.folds`` folds, each fold decoded by every decoder with the other folds as structure
+anchors, so its answers are made as a test source's are) and, per decoder, an isotonic map from
+the decoder's score to the probability that its answer is right (``core.export.Calibration``),
+with each labelled source's out-of-fold calibrated score.
+
+The route stage fits the certainty classifier on these sources' features; export gives every link
+of a decoder without a router (or of a decoder other than the router's) its calibrated score as
+confidence, and picks ``output.target_precision``'s threshold on the out-of-fold ones.
+
+Outputs per protocol: ``labelled.parquet`` (src, tgt, the primary decoder's features and top-32
+list; per decoder ``answer.<d>``, ``score.<d>``, ``right.<d>``, ``conf.<d>``) and
+``calibration.json`` (feature names, the primary decoder, per decoder its map and labelled
+Hits@1). Without labelled seed links (no seeds, or all trained on) and without a router, each
+protocol's ``calibration.json`` only says why: confidence is then the decoder's score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hiea_ray.core.export import calibrate_out_of_fold
+from hiea_ray.core.router import primary_decoder
+from hiea_ray.errors import UserError
+from hiea_ray.io import embeddings_column
+from hiea_ray.labelled import labelled_decode, seeds_of
+from hiea_ray.run import RunContext
+from hiea_ray.stages.base import StageDef
+
+log = logging.getLogger(__name__)
+
+
+def calibrate_enabled(cfg) -> bool:
+    return cfg.output.calibrate or cfg.route.enabled or cfg.llm.enabled
+
+
+def run(ctx: RunContext, tmp: Path) -> dict:
+    cfg, rc = ctx.cfg, ctx.cfg.route
+    primary = primary_decoder(rc.primary, cfg.decode.decoders)
+    t0 = time.time()
+    try:
+        seeds = seeds_of(ctx)
+    except UserError as e:
+        if cfg.route.enabled or cfg.llm.enabled:
+            raise
+        for protocol in cfg.evaluate.protocols:
+            (tmp / protocol).mkdir(parents=True)
+            (tmp / protocol / "calibration.json").write_text(json.dumps({"labelled": 0, "reason": str(e)}, indent=2))
+        log.info("calibrate: no labelled sources (%s); confidence is the decoder's score", e)
+        return {"labelled": 0}
+    vectors = ctx.embeddings()
+    stats: dict = {}
+    for protocol in cfg.evaluate.protocols:
+        out = tmp / protocol
+        out.mkdir(parents=True)
+        lab = labelled_decode(ctx, protocol, seeds, primary, vectors)
+        cols = {"src": lab.src, "tgt": lab.tgt, "features": embeddings_column(lab.X),
+                "cand": embeddings_column(lab.cand.astype(np.int64)), "score": embeddings_column(lab.score)}
+        decoders = {}
+        for d in cfg.decode.decoders:
+            right = lab.right(d)
+            cal, oof = calibrate_out_of_fold(lab.answer_score[d], right, rc.cv_folds, rc.seed)
+            cols.update({f"answer.{d}": lab.answer[d], f"score.{d}": lab.answer_score[d], f"right.{d}": right,
+                         f"conf.{d}": oof})
+            decoders[d] = {"hits@1": round(float(right.mean()), 4) if len(right) else None, **cal.to_json()}
+        pq.write_table(pa.table(cols), out / "labelled.parquet")
+        (out / "calibration.json").write_text(json.dumps(
+            {"labelled": int(len(lab.src)), "splits": seeds.splits, "primary": primary, "features": lab.names,
+             "decoders": decoders}, indent=2))
+        stats[protocol] = {d: v["hits@1"] for d, v in decoders.items()}
+        log.info("calibrate %s: %d labelled sources; Hits@1 on them %s", protocol, len(lab.src),
+                 ", ".join(f"{d} {v}" for d, v in stats[protocol].items()))
+    return {"labelled": int(len(lab.src)), "wall_s_calibrate": round(time.time() - t0, 2), "labelled_hits@1": stats}
+
+
+STAGE = StageDef(
+    name="calibrate",
+    body=run,
+    reads=("decode", "embed"),
+    config=("decode", "retrieve", "evaluate.protocols", "route.primary", "route.folds", "route.labelled",
+            "route.cv_folds", "route.seed", "train.enabled", "rerank.enabled"),
+    enabled=calibrate_enabled,
+)
