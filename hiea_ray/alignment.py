@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hiea_ray.core.export import Calibration, links_table, ntriples, precision_threshold
@@ -86,6 +87,7 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     elif calibration is not None:
         conf_all, conf = calibration(score[:, 0]), calibration(pair_score)
         lab = pq.read_table(ctx.run / "calibrate" / protocol / "labelled.parquet")
+        lab = lab.filter(pc.greater_equal(lab[f"answer.{decoder}"], 0))  # the labelled sources it links
         lab_conf, lab_right = lab[f"conf.{decoder}"].to_numpy(), lab[f"right.{decoder}"].to_numpy(zero_copy_only=False)
         kind = "calibrated decoder score"
     else:

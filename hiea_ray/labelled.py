@@ -111,7 +111,7 @@ def seeds_of(ctx: RunContext) -> Seeds:
 @dataclass
 class Labelled:
     """The labelled sources of one protocol: their seed link, the primary decoder's confidence
-    features and list, and every decoder's answer and its score."""
+    features and list, and every decoder's one-to-one answer (what export hands over) and its score."""
 
     src: np.ndarray  # (n,) KG1 ids
     tgt: np.ndarray  # (n,) their gold KG2 ids
@@ -119,11 +119,16 @@ class Labelled:
     names: list[str]
     cand: np.ndarray  # (n, <= LABELLED_LIST) the primary decoder's list, global ids, -1 padded
     score: np.ndarray
-    answer: dict[str, np.ndarray]  # decoder -> (n,) its best target (global id, -1 none)
-    answer_score: dict[str, np.ndarray]  # decoder -> (n,) that target's score
+    answer: dict[str, np.ndarray]  # decoder -> (n,) its one-to-one match (global id, -1: none)
+    answer_score: dict[str, np.ndarray]  # decoder -> (n,) that pair's score (NaN: none)
 
     def right(self, decoder: str) -> np.ndarray:
+        """Whether the decoder's one-to-one match of each source is its gold target."""
         return self.answer[decoder] == self.tgt
+
+    def list_right(self) -> np.ndarray:
+        """Whether the head of the primary decoder's list is the gold target (the router's label)."""
+        return self.cand[:, 0] == self.tgt
 
 
 def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, vectors) -> Labelled:
@@ -145,19 +150,18 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
         s2t_score, s2t = knn(Q, B, cfg.retrieve.k, cfg.retrieve)
         t2s_score, t2s = knn(B, Q, cfg.retrieve.k, cfg.retrieve)
         g = dataclasses.replace(seeds.graphs, anchors=seeds.graphs.anchors[seeds.fold != j])
-        lists = {d.name: (d.idx, d.score)
-                 for d in run_decoders(cfg.decode.decoders, s2t, s2t_score, t2s, t2s_score, q, b, cfg.decode, lambda: g)}
+        decoded = list(run_decoders(cfg.decode.decoders, s2t, s2t_score, t2s, t2s_score, q, b, cfg.decode, lambda: g))
+        lists = {d.name: (d.idx, d.score) for d in decoded}
         X, names, _ = features(lists, t2s, t2s_score, q, b, g, primary)
         rows = rows_of(q, f_src)
         parts["X"].append(X[rows])
         parts["src"].append(f_src)
         parts["tgt"].append(f_tgt)
-        for name, (idx, score) in lists.items():
-            best = best_of(idx[rows], score[rows])
-            answer[name].append(np.where(best >= 0, b[np.maximum(best, 0)], -1))
-            at = np.argmax(np.where(idx[rows] >= 0, score[rows], -np.inf), axis=1)
-            answer_score[name].append(np.where(best >= 0, score[rows][np.arange(len(rows)), at], np.nan)
-                                      .astype(np.float32))
+        for d in decoded:  # the fold's sources' one-to-one answers, made with the pool's as a test source's are
+            tgt, w = np.full(len(q), -1, np.int64), np.full(len(q), np.nan, np.float32)
+            tgt[d.match_rows], w[d.match_rows] = b[d.match_cols], d.match_score
+            answer[d.name].append(tgt[rows])
+            answer_score[d.name].append(w[rows])
         idx, score = lists[primary]
         keep = min(LABELLED_LIST, idx.shape[1])
         top = np.argsort(-np.where(idx[rows] >= 0, score[rows], -np.inf), axis=1, kind="stable")[:, :keep]

@@ -191,14 +191,16 @@ def test_router_labels_never_come_from_their_own_anchors(hiea_run, monkeypatch):
 
     monkeypatch.setattr(labelled, "run_decoders", spy)
     lab = labelled.labelled_decode(ctx, "standard", seeds, "structure", ctx.embeddings())
-    X, right, src, cand = lab.X, lab.right("structure"), lab.src, lab.cand
+    X, right, src, cand = lab.X, lab.list_right(), lab.src, lab.cand
     assert len(seen) == cfg.route.folds and len(src) == (fold >= 0).sum() == len(X) == len(cand)
     # each labelled source's list is its fold's primary list, in global ids: right = its head is the gold
     gold = dict(zip(seeds.links["src"].to_pylist(), seeds.links["tgt"].to_pylist()))
     assert np.array_equal(lab.tgt, [gold[s] for s in src.tolist()])
     assert np.array_equal(right, cand[:, 0] == lab.tgt)
-    for d in cfg.decode.decoders:  # every decoder's answer is labelled too
+    for d in cfg.decode.decoders:  # every decoder's one-to-one answer is labelled too
         assert len(lab.answer[d]) == len(src) and np.isin(lab.answer[d], np.append(graphs.ids_t, -1)).all()
+        assert np.isnan(lab.answer_score[d]).tolist() == (lab.answer[d] < 0).tolist()
+        assert 0 < lab.right(d).mean() < 1
     for j, (q, anchors) in enumerate(seen):
         f_src = seeds.links["src"].to_numpy()[fold == j]
         assert np.isin(f_src, q).all()  # the fold is decoded ...

@@ -3,7 +3,7 @@
 The labelled seed sources (``hiea_ray.labelled``: the seed links no small model trained on, in
 ``route.folds`` folds, each fold decoded by every decoder with the other folds as structure
 anchors, so its answers are made as a test source's are) and, per decoder, an isotonic map from
-the decoder's score to the probability that its answer is right (``core.export.Calibration``),
+the score of the decoder's one-to-one match to the probability that the match is right (``core.export.Calibration``),
 with each labelled source's out-of-fold calibrated score.
 
 The route stage fits the certainty classifier on these sources' features; export gives every link
@@ -11,9 +11,10 @@ of a decoder without a router (or of a decoder other than the router's) its cali
 confidence, and picks ``output.target_precision``'s threshold on the out-of-fold ones.
 
 Outputs per protocol: ``labelled.parquet`` (src, tgt, the primary decoder's features and top-32
-list; per decoder ``answer.<d>``, ``score.<d>``, ``right.<d>``, ``conf.<d>``) and
-``calibration.json`` (feature names, the primary decoder, per decoder its map and labelled
-Hits@1). Without labelled seed links (no seeds, or all trained on) and without a router, each
+list, ``right_list``: its head is the gold; per decoder its one-to-one match ``answer.<d>`` (-1:
+none), the pair's ``score.<d>``, ``right.<d>`` and out-of-fold ``conf.<d>``) and
+``calibration.json`` (feature names, the primary decoder, per decoder its map and the precision of
+its matches on the labelled sources). Without labelled seed links (no seeds, or all trained on) and without a router, each
 protocol's ``calibration.json`` only says why: confidence is then the decoder's score.
 """
 
@@ -64,22 +65,26 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         out.mkdir(parents=True)
         lab = labelled_decode(ctx, protocol, seeds, primary, vectors)
         cols = {"src": lab.src, "tgt": lab.tgt, "features": embeddings_column(lab.X),
-                "cand": embeddings_column(lab.cand.astype(np.int64)), "score": embeddings_column(lab.score)}
+                "cand": embeddings_column(lab.cand.astype(np.int64)), "score": embeddings_column(lab.score),
+                "right_list": lab.list_right()}
         decoders = {}
         for d in cfg.decode.decoders:
             right = lab.right(d)
             cal, oof = calibrate_out_of_fold(lab.answer_score[d], right, rc.cv_folds, rc.seed)
             cols.update({f"answer.{d}": lab.answer[d], f"score.{d}": lab.answer_score[d], f"right.{d}": right,
                          f"conf.{d}": oof})
-            decoders[d] = {"hits@1": round(float(right.mean()), 4) if len(right) else None, **cal.to_json()}
+            matched = lab.answer[d] >= 0
+            decoders[d] = {"matched": int(matched.sum()),
+                           "precision": round(float(right[matched].mean()), 4) if matched.any() else None,
+                           **cal.to_json()}
         pq.write_table(pa.table(cols), out / "labelled.parquet")
         (out / "calibration.json").write_text(json.dumps(
             {"labelled": int(len(lab.src)), "splits": seeds.splits, "primary": primary, "features": lab.names,
              "decoders": decoders}, indent=2))
-        stats[protocol] = {d: v["hits@1"] for d, v in decoders.items()}
-        log.info("calibrate %s: %d labelled sources; Hits@1 on them %s", protocol, len(lab.src),
+        stats[protocol] = {d: v["precision"] for d, v in decoders.items()}
+        log.info("calibrate %s: %d labelled sources; precision of each decoder's matches on them: %s", protocol, len(lab.src),
                  ", ".join(f"{d} {v}" for d, v in stats[protocol].items()))
-    return {"labelled": int(len(lab.src)), "wall_s_calibrate": round(time.time() - t0, 2), "labelled_hits@1": stats}
+    return {"labelled": int(len(lab.src)), "wall_s_calibrate": round(time.time() - t0, 2), "labelled_precision": stats}
 
 
 STAGE = StageDef(

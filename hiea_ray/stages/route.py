@@ -64,7 +64,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         X, names, best = features(lists, t2s, t2s_score, q, b, graphs, primary)
         # the labelled seed sources, decoded out of fold by the calibrate stage
         lab = pq.read_table(ctx.run / "calibrate" / protocol / "labelled.parquet")
-        X_lab, right = column_to_numpy(lab["features"]), lab[f"right.{primary}"].to_numpy(zero_copy_only=False)
+        X_lab, right = column_to_numpy(lab["features"]), lab["right_list"].to_numpy(zero_copy_only=False)
         lab_src, lab_tgt = lab["src"].to_numpy(), lab["tgt"].to_numpy()
         router = Router(seed=rc.seed)
         oof = router.cross_fit(X_lab, right, rc.cv_folds)
