@@ -154,11 +154,11 @@ class Stage:
         assert m is not None, f"stage {self.name} has no manifest"
         return m["fingerprint"]
 
-    def begin(self) -> Path:
-        """The tmp folder to write into; kept (for resuming) only if made with the same key."""
+    def begin(self, keep: bool = True) -> Path:
+        """The tmp folder to write into; kept (for resuming) only if ``keep`` and made with the same key."""
         marker = self.tmp / ".key.json"
         if self.tmp.exists():
-            same = marker.is_file() and json.loads(marker.read_text()) == self.key
+            same = keep and marker.is_file() and json.loads(marker.read_text()) == self.key
             if not same:
                 shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)

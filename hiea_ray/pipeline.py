@@ -32,6 +32,7 @@ Run folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -78,7 +79,7 @@ class Pipeline(RunContext):
         if not reused:
             if sd.check is not None:
                 sd.check(self)
-            tmp = st.begin()
+            tmp = st.begin(keep=sd.resumable)
             try:
                 stats = sd.body(self, tmp)
             except BaseException as e:
@@ -113,15 +114,39 @@ class Pipeline(RunContext):
         ran, else the last stage's record. The run's config goes to ``config.resolved.json`` (what
         ``hiea-ray serve`` and the benchmarks read back)."""
         out = None
-        self.write_config()
-        for name in STAGES:
-            sd = REGISTRY[name]
-            if sd.enabled(self.cfg):
-                check_terminated()
-                out = self.run_stage(name)
-                if sd.publish is not None:
-                    out = sd.publish(self)
-            if name == until:
-                break
-        check_terminated()
+        with self.lock():
+            self.write_config()
+            for name in STAGES:
+                sd = REGISTRY[name]
+                if sd.enabled(self.cfg):
+                    check_terminated()
+                    out = self.run_stage(name)
+                    if sd.publish is not None:
+                        out = sd.publish(self)
+                if name == until:
+                    break
+            check_terminated()
         return out
+
+    @contextlib.contextmanager
+    def lock(self):
+        """One pipeline at a time per run folder: a second one (another terminal, a job submitted
+        twice) is refused with one line instead of both writing the same stage folders. An
+        advisory lock (``RUN/.lock``, flock): the kernel drops it when its process dies."""
+        import fcntl
+
+        self.run.mkdir(parents=True, exist_ok=True)
+        try:
+            fh = open(self.run / ".lock", "a+")
+        except OSError:  # a read-only run folder: nothing can be written into it anyway
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UserError(f"{self.run}: another hiea-ray pipeline is writing into this run folder; "
+                                "wait for it or stop it") from None
+            yield
+        finally:
+            fh.close()

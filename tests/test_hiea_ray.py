@@ -242,6 +242,7 @@ def test_route_alone_on_both_protocols(e2e, tmp_path):
         e2e["model"], "decode.decoders=[top1,sinkhorn,structure]", "route.enabled=true", "route.folds=3",
         "route.target_precision=0.9", "route.labelled=[valid]", "evaluate.protocols=[standard,all-targets]")),
         e2e["data"], run)
+    valid_only.run_stage("calibrate")  # the labelled sources are the calibrate stage's
     valid_only.run_stage("route")
     valid = pair.links_of("valid")["src"].to_numpy()
     for p in ("standard", "all-targets"):

@@ -79,6 +79,16 @@ def test_tmp_from_other_key_is_wiped_same_key_kept(tmp_path):
     assert not (Stage(tmp_path, "embed", "h2", {"verbalize": "f9"}).begin() / "part-1.parquet").exists()
 
 
+def test_a_stage_that_cannot_resume_starts_from_an_empty_tmp(tmp_path):
+    """A non-resumable stage killed mid-body (SIGKILL: no cleanup) left its tmp with the same key:
+    the re-run starts empty, so the body's own folders can be made again."""
+    tmp = Stage(tmp_path, "route", "h1", {}).begin(keep=False)
+    (tmp / "standard").mkdir()
+    again = Stage(tmp_path, "route", "h1", {}).begin(keep=False)
+    assert not (again / "standard").exists()
+    (again / "standard").mkdir()
+
+
 def test_tmp_without_marker_is_wiped(tmp_path):
     (tmp_path / ".embed.tmp").mkdir()
     (tmp_path / ".embed.tmp" / "junk").write_text("x")

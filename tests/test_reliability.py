@@ -323,3 +323,19 @@ def test_serve_refuses_a_run_with_the_reranker(tmp_path):
         (tmp_path / stage / "manifest.json").write_text("{}")
     with pytest.raises(UserError, match="rerank.enabled is not served yet"):
         ServeRun(tmp_path)
+
+
+def test_a_second_pipeline_on_the_same_run_folder_is_refused(tmp_path):
+    """Two pipelines writing one run folder (a job submitted twice, a second terminal) would write
+    the same stage folders: the second is refused with one line while the first holds the folder,
+    and the folder is free again once the first is done (or its process died)."""
+    from hiea_ray.pipeline import Pipeline
+
+    cfg = load_config()
+    first, second = Pipeline(cfg, tmp_path / "data", tmp_path / "run"), Pipeline(cfg, tmp_path / "data", tmp_path / "run")
+    with first.lock():
+        with pytest.raises(UserError, match="another hiea-ray pipeline is writing into this run folder"):
+            with second.lock():
+                pass
+    with second.lock():  # released
+        pass
