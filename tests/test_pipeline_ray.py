@@ -121,7 +121,7 @@ def test_rerun_is_noop(e2e):
 
 
 @pytest.mark.ray
-def test_decode_change_reruns_only_decode_export_and_evaluate(e2e, tmp_path):
+def test_decode_change_reruns_only_decode_and_what_reads_it(e2e, tmp_path):
     run = copy_stages(e2e["run"], tmp_path / "run", STAGES)
     before = snapshot(run)
     cfg = load_config(overrides=tiny_overrides(e2e["model"], "decode.csls_k=5", "decode.sinkhorn_iters=20"))
@@ -134,6 +134,7 @@ def test_decode_change_reruns_only_decode_export_and_evaluate(e2e, tmp_path):
         "embed": True,
         "retrieve": True,
         "decode": False,
+        "calibrate": False,  # the labelled sources are decoded with the new options too
         "export": False,
         "evaluate": False,
     }
@@ -284,6 +285,7 @@ def test_export_hands_over_the_alignment_in_the_inputs_identifiers(e2e):
     d = run / "alignment"
     summary = json.loads((d / "summary.json").read_text())
     assert summary["decoder"] == "sinkhorn" and summary["protocol"] == "all-targets"  # the defaults' auto
+    assert summary["confidence"] == "calibrated decoder score"  # no router: calibrated on the labelled seeds
     links = pq.read_table(d / "links.parquet")
     ent = {r["id"]: r for r in pq.read_table(run / "ingest" / "entities.parquet").to_pylist()}
     assert links.num_rows == summary["links"] > 0
@@ -334,11 +336,25 @@ def test_export_command_and_python_api_reexport_without_rerunning(e2e, tmp_path,
     for argv, message in (
         (["--decoder", "nope"], "output.decoder: 'nope' is not one this run decodes"),
         (["--target-precision", "1.5"], "output.target_precision: 1.5 must be in (0, 1]"),
-        (["--target-precision", "0.9"], "output.target_precision needs the router's labelled sources"),
     ):
         assert main(["export", str(run), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    # no router: the confidence is each decoder's score calibrated on the labelled seed sources
+    # (the calibrate stage), and a target precision picks its threshold on them, out of fold
+    links, _, s = r.export(decoder="csls", protocol="all-targets", target_precision=0.6)
+    assert s["confidence"] == "calibrated decoder score" and s["estimated_precision"] >= 0.6
+    conf = links["confidence"].to_numpy()
+    assert len(conf) and conf.min() >= s["threshold"] and conf.max() <= 1.0
+    cal = json.loads((run / "calibrate" / "all-targets" / "calibration.json").read_text())["decoders"]["csls"]
+    assert np.all(np.diff(cal["y"]) >= 0)  # a monotone map of the score
+    # a run without the calibrate stage (output.calibrate: false) keeps the raw score and says why
+    # a target precision cannot be had
+    raw = copy_stages(run, tmp_path / "raw", ["ingest", "verbalize", "embed", "retrieve", "decode"])
+    (raw / "config.resolved.json").write_text((run / "config.resolved.json").read_text())
+    assert main(["export", str(raw), "--target-precision", "0.9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs labelled seed sources" in err[0] and "output.calibrate is false" in err[0], err
     unfinished = copy_stages(run, tmp_path / "unfinished", ["ingest"])
     (unfinished / "config.resolved.json").write_text((run / "config.resolved.json").read_text())
     assert main(["export", str(unfinished)]) == 2
