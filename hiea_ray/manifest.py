@@ -15,6 +15,8 @@ trained models.
 
 from __future__ import annotations
 
+import contextlib
+
 import filecmp
 import hashlib
 import json
@@ -200,3 +202,29 @@ class Stage:
         if old.get("outputs") != outputs or "fingerprint" not in old:
             return False
         return all(filecmp.cmp(self.tmp / rel, self.final / rel, shallow=False) for rel in outputs)
+
+
+@contextlib.contextmanager
+def run_lock(run: Path):
+    """One pipeline at a time per run folder: a second one (another terminal, a job submitted
+    twice) is refused with one line instead of both writing the same stage folders. An advisory
+    lock (``RUN/.lock``, flock): the kernel drops it when its process dies."""
+    import fcntl
+
+    from hiea_ray.errors import UserError
+
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        fh = open(run / ".lock", "a+")
+    except OSError:  # a read-only run folder: nothing can be written into it anyway
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"{run}: another hiea-ray pipeline is writing into this run folder; "
+                            "wait for it or stop it") from None
+        yield
+    finally:
+        fh.close()

@@ -32,7 +32,6 @@ Run folder layout::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from pathlib import Path
 
 from hiea_ray.config import Config, section_hash
 from hiea_ray.errors import UserError, check_terminated
-from hiea_ray.manifest import Stage
+from hiea_ray.manifest import Stage, run_lock
 from hiea_ray.stages import REGISTRY, STAGES, RunContext, StageDef
 
 log = logging.getLogger(__name__)
@@ -128,25 +127,6 @@ class Pipeline(RunContext):
             check_terminated()
         return out
 
-    @contextlib.contextmanager
     def lock(self):
-        """One pipeline at a time per run folder: a second one (another terminal, a job submitted
-        twice) is refused with one line instead of both writing the same stage folders. An
-        advisory lock (``RUN/.lock``, flock): the kernel drops it when its process dies."""
-        import fcntl
-
-        self.run.mkdir(parents=True, exist_ok=True)
-        try:
-            fh = open(self.run / ".lock", "a+")
-        except OSError:  # a read-only run folder: nothing can be written into it anyway
-            yield
-            return
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise UserError(f"{self.run}: another hiea-ray pipeline is writing into this run folder; "
-                                "wait for it or stop it") from None
-            yield
-        finally:
-            fh.close()
+        """One pipeline at a time per run folder (``manifest.run_lock``)."""
+        return run_lock(self.run)

@@ -124,7 +124,8 @@ def test_pipeline_reranks_fuses_and_decodes(e2e, tmp_path):
     pipe = Pipeline(cfg, e2e["data"], run)
     metrics = pipe.run_all()
     assert {n: t["reused"] for n, t in pipe.timings.items()} == {
-        "ingest": True, "verbalize": True, "embed": True, "retrieve": True, "rerank": False, "decode": False, "export": False,
+        "ingest": True, "verbalize": True, "embed": True, "retrieve": True, "rerank": False, "decode": False, "calibrate": False,
+        "export": False,
         "evaluate": False,
     }
     stats = manifest(run, "rerank")["stats"]
