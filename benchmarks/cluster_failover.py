@@ -114,6 +114,19 @@ def run_job(client, entrypoint: list[str], kill_when, kill, timeout: float) -> d
             "logs_tail": client.get_job_logs(job)[-1500:]}
 
 
+def registered_checkpoint(storage: Path) -> str | None:
+    """The latest checkpoint Ray Train's checkpoint manager has registered under ``storage`` (read
+    from its ``checkpoint_manager_snapshot.json``), or None."""
+    for snap in storage.rglob("checkpoint_manager_snapshot.json") if storage.is_dir() else ():
+        try:
+            latest = json.loads(snap.read_text()).get("latest_checkpoint_result")
+        except (OSError, ValueError):
+            continue  # being written
+        if latest:
+            return latest.get("checkpoint_dir_name") or str(latest)
+    return None
+
+
 def free_port() -> int:
     import socket
 
@@ -332,20 +345,22 @@ def main(argv=None) -> int:
             workers.append(replacement)
             cluster.wait_for_nodes()
             tout = tmp / "train"
+            at_kill: dict = {"ckpt": None}
             tjob = run_job(client, [sys.executable, str(ROOT / "jobs" / "train.py"), "retriever", "--data", str(data),
                                     "--out", str(tout), "-q",
                                     *sets([f"embed.model={model}", *TINY, "train.epochs_per_round=12", "train.rounds=1",
                                            "train.eval_every=4", "train.scaling.max_failures=2", "train.hard_negatives=0",
                                            "train.scaling.cpus_per_worker=1", "train.scaling.torch_threads=1"])],
-                           # two checkpoints on disk: the first is surely registered (num_to_keep 2)
-                           kill_when=lambda: len(list((tout / ".train.tmp").rglob("checkpoint_*"))) >= 2
-                           if (tout / ".train.tmp").is_dir() else False,
+                           # a checkpoint registered by Ray Train's controller (its snapshot names a
+                           # latest checkpoint), not merely written: a file on disk is not yet restorable
+                           kill_when=lambda: at_kill.update(ckpt=registered_checkpoint(tout / ".train.tmp")) or at_kill["ckpt"],
                            kill=kill_holder("RayTrainWorker"), timeout=1800)
             hist = tout / "train" / "history.json"
             if hist.is_file():
                 last = json.loads(hist.read_text())["rounds"][-1]
                 tjob.update({"resumed_at_steps": last["last"]["resumed"], "steps": last["last"]["step"],
                              "best_valid_mrr": last["best"]["valid_mrr"]})
+            tjob["registered_checkpoint_at_kill"] = at_kill["ckpt"]
             doc["cluster_train"] = tjob
         doc["actors_at_kills"] = SEEN
     finally:
@@ -358,6 +373,8 @@ def main(argv=None) -> int:
     if args.serve:
         sv = doc.get("cluster_serve", {})
         ok = ok and sv.get("load", {}).get("lost") == 0 and sv.get("recovery_s") is not None
+    if args.train:
+        ok = ok and bool(doc.get("cluster_train", {}).get("resumed_at_steps"))
     return 0 if ok else 1
 
 
