@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hiea_ray.core.export import Calibration, links_table, ntriples, precision_threshold
+from hiea_ray.core.export import Calibration, expected_precision_threshold, links_table, ntriples, precision_threshold
 from hiea_ray.core.metrics import matching_metrics
 from hiea_ray.core.router import primary_decoder
 from hiea_ray.errors import UserError
@@ -90,6 +90,11 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
         lab = lab.filter(pc.greater_equal(lab[f"answer.{decoder}"], 0))  # the labelled sources it links
         lab_conf, lab_right = lab[f"conf.{decoder}"].to_numpy(), lab[f"right.{decoder}"].to_numpy(zero_copy_only=False)
         kind = "calibrated decoder score"
+        pm = matchable(ctx, protocol, q)
+        if pm is not None:  # P(has a counterpart) x P(right | has one); precision on the output's own links
+            conf_all, conf = conf_all * pm, conf * pm[rows]
+            own = ~np.isin(ms, ctx.pair().links["src"].to_numpy())  # the seed sources' links are known
+            lab_conf, lab_right, kind = conf[own], None, "calibrated decoder score x P(has a counterpart)"
     else:
         conf_all, conf, lab_conf, lab_right = np.asarray(score[:, 0], np.float32), pair_score, None, None
         kind = "decoder score"
@@ -98,10 +103,11 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
         if lab_conf is None:
             raise UserError(f"output.target_precision needs labelled seed sources to choose its threshold on ({why}); "
                             "use output.min_confidence")
-        threshold, estimated = precision_threshold(lab_conf, lab_right, target_precision)
+        threshold, estimated = (expected_precision_threshold(lab_conf, target_precision) if lab_right is None
+                                else precision_threshold(lab_conf, lab_right, target_precision))
     elif lab_conf is not None:
         kept = lab_conf >= threshold  # every labelled source when no threshold
-        estimated = float(lab_right[kept].mean()) if kept.any() else None
+        estimated = (float((lab_conf if lab_right is None else lab_right)[kept].mean()) if kept.any() else None)
     keep = (np.nan_to_num(conf, nan=-np.inf) >= threshold) | (threshold == -np.inf)
     tier = np.array(["llm" if int(s) in routed else "small" for s in ms], object)
     ents = ctx.pair().entities.select(["id", "uri", "name"])
@@ -126,6 +132,15 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     else:
         summary["measured"] = None  # no gold test links: label-free
     return links, un, summary
+
+
+def matchable(ctx: RunContext, protocol: str, q: np.ndarray) -> np.ndarray | None:
+    """P(each source of q has a counterpart) from the calibrate stage (``output.dangling_share``), or None."""
+    path = ctx.run / "calibrate" / protocol / "matchable.parquet"
+    if not ctx.cfg.output.dangling_share or not path.is_file():
+        return None
+    t = pq.read_table(path)
+    return t["p_matchable"].to_numpy()[rows_of(t["src"].to_numpy(), q)].astype(np.float32)
 
 
 def calibration_of(ctx: RunContext, protocol: str, decoder: str) -> tuple[Calibration | None, str | None]:

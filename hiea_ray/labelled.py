@@ -121,6 +121,7 @@ class Labelled:
     score: np.ndarray
     answer: dict[str, np.ndarray]  # decoder -> (n,) its one-to-one match (global id, -1: none)
     answer_score: dict[str, np.ndarray]  # decoder -> (n,) that pair's score (NaN: none)
+    dangling: np.ndarray  # (n,) decoded with its gold target hidden: a source without a counterpart
 
     def right(self, decoder: str) -> np.ndarray:
         """Whether the decoder's one-to-one match of each source is its gold target."""
@@ -131,14 +132,18 @@ class Labelled:
         return self.cand[:, 0] == self.tgt
 
 
-def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, vectors) -> Labelled:
-    """The seed links of every fold, each fold decoded without its own links as anchors."""
+def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, vectors, hide: float = 0.0,
+                    seed: int = 0) -> Labelled:
+    """The seed links of every fold, each fold decoded without its own links as anchors. ``hide``:
+    the share of each fold's sources whose gold target is left out of that fold's targets (seeded):
+    simulated dangling sources, whose answers show what the output holds for an entity without a
+    counterpart."""
     cfg = ctx.cfg
     ids, kg, vecs = vectors
     test = ctx.pair().links_of("test")
     t_src, t_tgt = test["src"].to_numpy(), test["tgt"].to_numpy()
     s_src, s_tgt = seeds.links["src"].to_numpy(), seeds.links["tgt"].to_numpy()
-    parts: dict[str, list] = {k: [] for k in ("src", "tgt", "X", "cand", "score")}
+    parts: dict[str, list] = {k: [] for k in ("src", "tgt", "X", "cand", "score", "dangling")}
     answer: dict[str, list] = {d: [] for d in cfg.decode.decoders}
     answer_score: dict[str, list] = {d: [] for d in cfg.decode.decoders}
     names: list[str] = []
@@ -146,6 +151,11 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
         f_src, f_tgt = s_src[seeds.fold == j], s_tgt[seeds.fold == j]
         # the protocol's pool with fold j's links in it (all-targets: the pool already holds them)
         q, b = protocol_sets(protocol, np.concatenate([t_src, f_src]), np.concatenate([t_tgt, f_tgt]), ids, kg)
+        dangling = np.zeros(len(f_src), bool)
+        if hide > 0:
+            rng = np.random.default_rng([seed, j])
+            dangling[rng.permutation(len(f_src))[:int(round(hide * len(f_src)))]] = True
+            b = np.setdiff1d(b, f_tgt[dangling])  # their counterparts are not in this fold's KG2
         Q, B = vecs[rows_of(ids, q)], vecs[rows_of(ids, b)]
         s2t_score, s2t = knn(Q, B, cfg.retrieve.k, cfg.retrieve)
         t2s_score, t2s = knn(B, Q, cfg.retrieve.k, cfg.retrieve)
@@ -157,6 +167,7 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
         parts["X"].append(X[rows])
         parts["src"].append(f_src)
         parts["tgt"].append(f_tgt)
+        parts["dangling"].append(dangling)
         for d in decoded:  # the fold's sources' one-to-one answers, made with the pool's as a test source's are
             tgt, w = np.full(len(q), -1, np.int64), np.full(len(q), np.nan, np.float32)
             tgt[d.match_rows], w[d.match_rows] = b[d.match_cols], d.match_score
@@ -171,4 +182,4 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     return Labelled(src=cat["src"], tgt=cat["tgt"], X=cat["X"], names=list(names), cand=cat["cand"],
                     score=cat["score"], answer={d: np.concatenate(v) for d, v in answer.items()},
-                    answer_score={d: np.concatenate(v) for d, v in answer_score.items()})
+                    answer_score={d: np.concatenate(v) for d, v in answer_score.items()}, dangling=cat["dangling"])

@@ -72,3 +72,29 @@ def test_a_calibrated_score_is_the_rate_of_right_answers_at_that_score():
     # one class only, or one score only: a constant map, never an error
     assert np.all(Calibration.fit(s, np.ones(len(s), bool))(grid) == 1.0)
     assert np.all(Calibration.fit(np.full(10, 0.3), np.arange(10) < 4)(grid) == np.float32(0.4))
+
+
+def test_the_share_of_sources_with_a_counterpart_is_recovered_by_em_and_the_expected_precision_cut_meets_it():
+    """core.export.matchable_prior: a classifier trained at a 50 / 50 share, applied where the true
+    share is 0.9 ... 0.02, gives back that share (Saerens et al.'s EM); expected_precision_threshold
+    keeps the most links whose mean confidence reaches the target."""
+    from hiea_ray.core.export import expected_precision_threshold, matchable_prior
+
+    rng = np.random.default_rng(0)
+    for true in (0.9, 0.5, 0.1, 0.02):
+        n = 40000
+        y = rng.random(n) < true
+        z = np.where(y, rng.normal(1.5, 1, n), rng.normal(-1.5, 1, n))
+        p = 1 / (1 + np.exp(-3 * z))  # the exact posterior at a 0.5 prior for these two classes
+        post, share, _ = matchable_prior(p, 0.5)
+        assert abs(share - true) < 0.01, (true, share)
+        assert abs(post.mean() - share) < 1e-4
+        naive = p.mean()
+        if true < 0.2:
+            assert naive > share + 0.02  # without the EM the share is overestimated
+    conf = rng.random(5000)
+    t, est = expected_precision_threshold(conf, 0.9)
+    kept = conf[conf >= t]
+    assert est >= 0.9 and abs(kept.mean() - est) < 1e-9
+    assert conf[conf >= np.sort(conf)[::-1][len(kept)]].mean() < 0.9  # one more link would miss it
+    assert expected_precision_threshold(np.full(10, 0.5), 0.9) == (float("inf"), None)

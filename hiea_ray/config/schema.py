@@ -577,6 +577,14 @@ class OutputConfig:
     # (route.folds decodes of the pool) and map each decoder's score to P(right). false: confidence
     # is the raw decoder score and target_precision needs the router.
     calibrate: bool = True
+    # Graphs with entities that have no counterpart (all-targets: every KG1 entity is a source).
+    # The calibrate stage decodes this share of the labelled seed sources with their gold target
+    # hidden (simulated dangling sources), learns P(a source has a counterpart) from the confidence
+    # features, estimates the share of such sources among the run's own (EM over their
+    # probabilities), and export's confidence becomes P(has one) x the calibrated score;
+    # target_precision is then met on the output's own links (expected precision). 0 = off: every
+    # source is taken to have a counterpart. The all-targets protocol only.
+    dangling_share: float = bounded(0.0, ge=0, lt=1)
 
 
 @dataclass

@@ -131,3 +131,35 @@ def calibrate_out_of_fold(score: np.ndarray, right: np.ndarray, folds: int, seed
         for tr, te in KFold(k, shuffle=True, random_state=seed).split(score):
             oof[te] = Calibration.fit(score[tr], right[tr])(score[te])
     return Calibration.fit(score, right), oof
+
+
+def matchable_prior(prob: np.ndarray, trained_prior: float, iters: int = 200, tol: float = 1e-6) -> tuple[np.ndarray, float, int]:
+    """(posteriors, estimated share, iterations): the share of matchable sources among unlabelled
+    ones, by the EM of Saerens, Latinne & Decaestecker (2002): ``prob`` is P(matchable | x) of a
+    classifier trained where the matchable share was ``trained_prior``; each round re-weighs the
+    posteriors to the current share and re-estimates it as their mean."""
+    p = np.clip(np.asarray(prob, np.float64), 1e-6, 1 - 1e-6)
+    t = float(np.clip(trained_prior, 1e-6, 1 - 1e-6))
+    pi, post = t, p
+    for i in range(1, iters + 1):
+        a, b = (pi / t) * p, ((1 - pi) / (1 - t)) * (1 - p)
+        post = a / (a + b)
+        new = float(post.mean()) if len(post) else t
+        if abs(new - pi) < tol:
+            return post, new, i
+        pi = new
+    return post, pi, iters
+
+
+def expected_precision_threshold(conf: np.ndarray, target: float) -> tuple[float, float | None]:
+    """(threshold, estimated precision) on the output's own links when ``conf`` is a calibrated
+    probability of each link being right: the lowest confidence t whose links (conf >= t) have a
+    mean confidence (the expected share right) >= target; (inf, None) when none does."""
+    c = np.sort(np.nan_to_num(np.asarray(conf, np.float64), nan=0.0))[::-1]
+    mean = np.cumsum(c) / np.arange(1, len(c) + 1)
+    boundary = np.append(c[:-1] > c[1:], True) if len(c) else np.zeros(0, bool)
+    ok = np.flatnonzero((mean >= target) & boundary)
+    if not len(ok):
+        return float("inf"), None
+    i = int(ok.max())
+    return float(c[i]), float(mean[i])

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hiea_ray.core.router import (Router, certain_set_report, choose_threshold, coverage_curve, primary_decoder)
@@ -64,6 +65,8 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         X, names, best = features(lists, t2s, t2s_score, q, b, graphs, primary)
         # the labelled seed sources, decoded out of fold by the calibrate stage
         lab = pq.read_table(ctx.run / "calibrate" / protocol / "labelled.parquet")
+        if "dangling" in lab.column_names:  # sources decoded without their counterpart: not the router's
+            lab = lab.filter(pc.invert(lab["dangling"]))
         X_lab, right = column_to_numpy(lab["features"]), lab["right_list"].to_numpy(zero_copy_only=False)
         lab_src, lab_tgt = lab["src"].to_numpy(), lab["tgt"].to_numpy()
         router = Router(seed=rc.seed)
