@@ -185,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-precision", type=float, default=0.95)
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="score the finished runs of --sizes / --variants again with the current code (no stage runs)")
     ap.add_argument("--one", nargs=3, metavar=("DATA", "OUT", "RESULT"), help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -209,10 +211,12 @@ def main(argv=None) -> int:
                         return 2
                 run.mkdir(parents=True, exist_ok=True)
                 one = run / "bench.json"
+                if args.summarize_only and not (run / "metrics.json").is_file():
+                    continue
                 cmd = [PY, __file__, "--one", str(data), str(run), str(one)] + [x for s in sets for x in ("--set", s)]
                 print(" ".join(cmd), flush=True)
                 with open(run / "bench.log", "a") as log:
-                    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+                    rc = 0 if args.summarize_only else subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
                 if rc:
                     print(f"run failed (rc {rc}): see {run / 'bench.log'}", file=sys.stderr)
                     return rc

@@ -93,7 +93,9 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
         pm = matchable(ctx, protocol, q)
         if pm is not None:  # P(has a counterpart) x P(right | has one); precision on the output's own links
             conf_all, conf = conf_all * pm, conf * pm[rows]
-            own = ~np.isin(ms, ctx.pair().links["src"].to_numpy())  # the seed sources' links are known
+            links = ctx.pair().links
+            seeds = links.filter(pc.is_in(links["split"], pa.array(["train", "valid"])))["src"].to_numpy()
+            own = ~np.isin(ms, seeds)  # the seed sources' links are known: the rest are the output's own
             lab_conf, lab_right, kind = conf[own], None, "calibrated decoder score x P(has a counterpart)"
     else:
         conf_all, conf, lab_conf, lab_right = np.asarray(score[:, 0], np.float32), pair_score, None, None

@@ -93,5 +93,12 @@ def align(data: str | Path, out: str | Path, config: str | Path | list | None = 
 
     sets = [f"{k.replace('__', '.')}={json.dumps(v)}" for k, v in overrides.items()]
     cfg = load_config(config, sets)
-    Pipeline(cfg, Path(data), Path(out)).run_all(until=until)
+    if cfg.collab.rounds > 1:
+        from hiea_ray.collab import run_rounds
+
+        run_rounds(cfg, Path(data), Path(out), until=until)
+        if until == "evaluate":  # the last round's run folder is the answer
+            return Run(json.loads((Path(out) / "collab.json").read_text())["rounds"][-1]["folder"])
+    else:
+        Pipeline(cfg, Path(data), Path(out)).run_all(until=until)
     return Run(out)

@@ -136,7 +136,14 @@ def _align(data: Path, out: Path, args) -> int:
                         f"hiea_ray/stages/{REGISTRY[args.until].body.__module__.rsplit('.', 1)[-1]}.py)")
     t0 = time.time()
     pipe = Pipeline(cfg, data, out)
-    result = pipe.run_all(until=args.until)
+    if cfg.collab.rounds > 1:  # collaboration rounds: the last round's run is the answer
+        from hiea_ray.collab import round_config, round_dir, run_rounds
+
+        result = run_rounds(cfg, data, out, until=args.until)
+        last = len(json.loads((out / "collab.json").read_text())["rounds"]) if args.until == "evaluate" else 1
+        pipe = Pipeline(round_config(cfg, out, last), data, round_dir(out, last))
+    else:
+        result = pipe.run_all(until=args.until)
     if args.until == "evaluate":
         print(format_summary(pipe, result))
         print(f"\nmetrics: {out / 'metrics.json'}  plot: {out / 'evaluate' / 'metrics.png'}  total {time.time() - t0:.1f}s")

@@ -83,7 +83,8 @@ def decoded_lists(ctx: RunContext, protocol: str):
 @dataclass
 class Seeds:
     """The seed links the labelled decode uses: anchors, and the fold of each (-1: an anchor of
-    every fold's decode, never labelled)."""
+    every fold's decode, never labelled). ``graphs.anchors`` are the seed links in that order, then
+    a collaboration round's pseudo-seeds (anchors of every fold)."""
 
     graphs: SeedGraphs
     links: pa.Table
@@ -105,7 +106,8 @@ def seeds_of(ctx: RunContext) -> Seeds:
                         f"{rc.folds} folds of labelled sources (route.folds)")
     fold = np.full(seeds.num_rows, -1, np.int64)
     fold[is_lab] = anchor_folds(n_lab, rc.folds, rc.seed)
-    return Seeds(SeedGraphs.of(pair, anchors), seeds, fold, splits)
+    # a collaboration round's pseudo-seeds (the last links) anchor every fold's decode, labelled never
+    return Seeds(SeedGraphs.of(pair, [*anchors, "pseudo"]), seeds, fold, splits)
 
 
 @dataclass
@@ -147,6 +149,8 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
     answer: dict[str, list] = {d: [] for d in cfg.decode.decoders}
     answer_score: dict[str, list] = {d: [] for d in cfg.decode.decoders}
     names: list[str] = []
+    # the anchors' folds: the seed links', then -1 for a collaboration round's pseudo-seeds (the last anchors)
+    anchor_fold = np.concatenate([seeds.fold, np.full(len(seeds.graphs.anchors) - len(seeds.fold), -1, np.int64)])
     for j in range(int(seeds.fold.max()) + 1 if len(seeds.fold) else 0):
         f_src, f_tgt = s_src[seeds.fold == j], s_tgt[seeds.fold == j]
         # the protocol's pool with fold j's links in it (all-targets: the pool already holds them)
@@ -159,7 +163,7 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
         Q, B = vecs[rows_of(ids, q)], vecs[rows_of(ids, b)]
         s2t_score, s2t = knn(Q, B, cfg.retrieve.k, cfg.retrieve)
         t2s_score, t2s = knn(B, Q, cfg.retrieve.k, cfg.retrieve)
-        g = dataclasses.replace(seeds.graphs, anchors=seeds.graphs.anchors[seeds.fold != j])
+        g = dataclasses.replace(seeds.graphs, anchors=seeds.graphs.anchors[anchor_fold != j])
         decoded = list(run_decoders(cfg.decode.decoders, s2t, s2t_score, t2s, t2s_score, q, b, cfg.decode, lambda: g))
         lists = {d.name: (d.idx, d.score) for d in decoded}
         X, names, _ = features(lists, t2s, t2s_score, q, b, g, primary)

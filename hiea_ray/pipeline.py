@@ -58,6 +58,8 @@ def stage_key(sd: StageDef, ctx: RunContext) -> tuple[str, dict[str, str]]:
     for up in sd.reads:
         if REGISTRY[up].enabled(cfg):
             inputs[up] = ctx.fingerprint(up)
+    if sd.reads and sd.name != "verbalize" and (pseudo := ctx.pseudo_seeds()) is not None:
+        inputs["pseudo_seeds"] = ctx.content_fingerprint(pseudo)  # a collaboration round's links
     return section_hash(cfg, *sd.config, extra=extra), inputs
 
 

@@ -55,7 +55,19 @@ class RunContext:
         return self.content_fingerprint(path) if path.exists() else f"hub:{model}"
 
     def pair(self) -> KGPair:
-        return KGPair.read(self.run / "ingest")
+        """The ingested pair; in a collaboration round (``hiea_ray.collab``) its links also hold the
+        round's pseudo-seeds (split "pseudo": trained on and anchored like seeds, never labelled)."""
+        pair = KGPair.read(self.run / "ingest")
+        if (pseudo := self.pseudo_seeds()) is not None:
+            extra = pq.read_table(pseudo, columns=["src", "tgt"])
+            extra = extra.append_column("split", pa.array(["pseudo"] * extra.num_rows, pa.string()))
+            pair.links = pa.concat_tables([pair.links, extra.cast(pair.links.schema)])
+        return pair
+
+    def pseudo_seeds(self) -> Path | None:
+        """``pseudo_seeds.parquet`` of a collaboration round's run folder (None in a plain run)."""
+        p = self.run / "pseudo_seeds.parquet"
+        return p if p.is_file() else None
 
     def texts(self):
         """The verbalize stage's (id, kg, name, text) table."""

@@ -470,3 +470,53 @@ def test_a_dump_pair_exports_wikidata_and_rdf_identifiers(e2e, tmp_path):
     right = sum((a, b) in gold for a, b in zip(links["kg1_id"].to_pylist(), links["kg2_id"].to_pylist()))
     test_links = s["measured"]["gold_test_links"]
     assert right >= round(s["measured"]["recall"] * test_links) > 0
+
+
+@pytest.mark.ray
+def test_collaboration_rounds_train_and_anchor_on_pseudo_seeds_and_leave_round_one_as_it_was(e2e, tmp_path):
+    """collab.rounds=2: round 1 is the run folder as the pipeline makes it (the e2e run's stages are
+    reused, only the router and the retriever training are new); round 2 (RUN/round2) trains the
+    retriever from round 1's model on seed + pseudo-seed links and decodes with the pseudo-seeds as
+    extra anchors; the last round's alignment and metrics go to the run root; a re-run is a no-op."""
+    from hiea_ray.collab import run_rounds
+    from hiea_ray.labelled import seeds_of
+    from hiea_ray.run import RunContext
+
+    shared = ["ingest", "verbalize"]
+    run = copy_stages(e2e["run"], tmp_path / "run", shared)
+    train = ["train.enabled=true", "train.rounds=1", "train.hard_negatives=0", "train.epochs_per_round=1", "train.batch_size=16",
+             "train.eval_every=100", "train.scaling.cpus_per_worker=0.5", "train.scaling.torch_threads=1"]
+    cfg = load_config(overrides=tiny_overrides(e2e["model"], "route.enabled=true", "collab.rounds=2",
+                                               "collab.pseudo_seeds=mutual", *train))
+    before = snapshot(run / "ingest")
+    metrics = run_rounds(cfg, e2e["data"], run)
+    assert snapshot(run / "ingest") == before  # round 1's shared stages reused, round 2 links them
+    r2 = run / "round2"
+    pseudo = pq.read_table(r2 / "pseudo_seeds.parquet")
+    s, t = pseudo["src"].to_numpy(), pseudo["tgt"].to_numpy()
+    from hiea_ray.kg.model import KGPair
+
+    links = KGPair.read(run / "ingest").links
+    is_seed = np.isin(np.array(links["split"].to_pylist()), ["train", "valid"])
+    seed_src, seed_tgt = links["src"].to_numpy()[is_seed], links["tgt"].to_numpy()[is_seed]
+    assert len(s) > 0 and len(set(s.tolist())) == len(s) and len(set(t.tolist())) == len(t)
+    assert not np.isin(s, seed_src).any() and not np.isin(t, seed_tgt).any()
+    summary = json.loads((run / "collab.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][1]["pseudo_seeds"]["pseudo_seeds"] == len(s)
+    # round 2: trained from round 1's model, on the pseudo-seeds too; decoded with them as anchors
+    m2 = manifest(r2, "train")
+    assert m2["inputs"]["base_model"] == RunContext(cfg, e2e["data"], run).content_fingerprint(run / "train" / "model")
+    assert "pseudo_seeds" in m2["inputs"] and "pseudo_seeds" in manifest(r2, "decode")["inputs"]
+    assert "pseudo_seeds" not in manifest(run, "decode")["inputs"]
+    ctx2 = RunContext(load_config(overrides=tiny_overrides(e2e["model"], "route.enabled=true")), e2e["data"], r2)
+    sd = seeds_of(ctx2)
+    assert len(sd.graphs.anchors) == is_seed.sum() + len(s) and len(sd.fold) == is_seed.sum()
+    assert set(sd.links["split"].to_pylist()) <= {"train", "valid"}  # pseudo-seeds are never labelled
+    # the run root hands over the last round
+    assert (run / "alignment" / "links.tsv").read_bytes() == (r2 / "alignment" / "links.tsv").read_bytes()
+    assert json.loads((run / "metrics.json").read_text())["collab"] == summary == metrics["collab"]
+    snap = snapshot(r2)
+    run_rounds(cfg, e2e["data"], run)
+    assert snapshot(r2) == snap
+

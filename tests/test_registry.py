@@ -162,7 +162,7 @@ LAYERS = [
               "hiea_ray.progress", "hiea_ray.plots", "hiea_ray.core", "hiea_ray.kg")),
     ("ops", ("hiea_ray.data", "hiea_ray.ops", "hiea_ray.run", "hiea_ray.labelled", "hiea_ray.alignment", "hiea_ray.config_doc")),
     ("work", ("hiea_ray.train", "hiea_ray.stages", "hiea_ray.serve")),
-    ("pipeline", ("hiea_ray.pipeline",)),
+    ("pipeline", ("hiea_ray.pipeline", "hiea_ray.collab")),
     ("cli", ("hiea_ray.cli", "hiea_ray.api", "hiea_ray")),
 ]
 

@@ -19,6 +19,7 @@ from hiea_ray.config.loading import (
 from hiea_ray.config.schema import (
     EMBED_BACKENDS,
     ActorPool,
+    CollabConfig,
     Config,
     DataConfig,
     DecodeConfig,
@@ -43,6 +44,7 @@ __all__ = [
     "EMBED_BACKENDS",
     "MOVED",
     "ActorPool",
+    "CollabConfig",
     "Config",
     "DataConfig",
     "DecodeConfig",

@@ -588,6 +588,23 @@ class OutputConfig:
 
 
 @dataclass
+class CollabConfig:
+    """Collaboration rounds (``hiea_ray.collab``): the small models' certain answers of round r
+    become pseudo-seeds of round r+1, run in ``RUN/round<r+1>/`` (a full run folder): the retriever
+    fine-tunes on seed + pseudo-seed links from round r's model (train.enabled), and embed,
+    retrieve, decode (pseudo-seeds as extra structure anchors), calibrate and route run again; the
+    router's labelled sources stay the seed links. The LLM tier runs in the last round only."""
+    # Rounds in all; 1 = no collaboration (the run is exactly the pipeline's).
+    rounds: int = bounded(1, ge=1)
+    # Which answers become pseudo-seeds: "certain" (the router's certain sources' answers), "mutual"
+    # (the primary decoder's mutual best pairs), "both" (certain and mutual best). At most one per
+    # KG1 and KG2 entity; never a seed source or target.
+    pseudo_seeds: Literal["both", "certain", "mutual"] = "both"
+    # At most this many pseudo-seeds per train seed link (the most confident first); null = all.
+    max_per_seed: float | None = bounded(None, gt=0)
+
+
+@dataclass
 class RayConfig:
     # Ray address; null starts (or joins, inside `ray job submit`) a local instance.
     address: str | None = None
@@ -655,6 +672,7 @@ class Config:
     route: RouteConfig = field(default_factory=RouteConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    collab: CollabConfig = field(default_factory=CollabConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
@@ -718,6 +736,9 @@ class Config:
             raise UserError("config fields serve.k / serve.max_k: need 1 <= k <= max_k")
         if sv.retriever_max_replicas < sv.retriever_replicas or sv.llm_max_replicas < sv.llm_replicas:
             raise UserError("config fields serve.*_max_replicas: must be >= the matching *_replicas")
+        if self.collab.rounds > 1 and self.collab.pseudo_seeds != "mutual" and not (self.route.enabled or self.llm.enabled):
+            raise UserError(f"config field collab.pseudo_seeds: {self.collab.pseudo_seeds!r} needs the router's certain "
+                            "answers: set route.enabled (or pseudo_seeds: mutual)")
         r = self.rerank
         if r.enabled and r.k > self.retrieve.k:
             raise UserError("config field rerank.k: must be in [1, retrieve.k]")

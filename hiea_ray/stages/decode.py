@@ -35,7 +35,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     def seed_graphs() -> SeedGraphs:
         nonlocal graphs
         if graphs is None:
-            graphs = SeedGraphs.of(ctx.pair(), c.structure_anchors)
+            graphs = SeedGraphs.of(ctx.pair(), [*c.structure_anchors, "pseudo"])
         return graphs
 
     for protocol in ctx.cfg.evaluate.protocols:

@@ -43,4 +43,6 @@ def publish(ctx: RunContext) -> None:
 STAGE = StageDef(name="export", body=run, reads=("ingest", "decode", "calibrate", "route", "llm"),
                  config=("output", "decode.decoders", "evaluate.protocols", "llm.enabled", "llm.fusion", "route.enabled",
                          "route.primary"),
-                 publish=publish)
+                 # 2: with output.dangling_share, the expected-precision cut is taken over every non-seed
+                 # source's link (version 1 left out the test links' sources too)
+                 version=2, publish=publish)

@@ -52,7 +52,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     primary = primary_decoder(rc.primary, cfg.decode.decoders)
     pair = ctx.pair()
     anchors = cfg.decode.structure_anchors or ["train", "valid"]
-    graphs = SeedGraphs.of(pair, anchors)
+    graphs = SeedGraphs.of(pair, [*anchors, "pseudo"])  # pseudo: a collaboration round's
     test = pair.links_of("test")
     gold = dict(zip(test["src"].to_pylist(), test["tgt"].to_pylist()))
     t0 = time.time()

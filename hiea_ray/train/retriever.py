@@ -98,7 +98,8 @@ def train_retriever(cfg: Config, texts: pa.Table, links: pa.Table, out: Path) ->
     from hiea_ray.train.loop import fit
 
     tc = cfg.train
-    train = link_texts(texts, links.filter(pc.equal(links["split"], "train")))
+    # "pseudo": a collaboration round's pseudo-seeds (hiea_ray.collab), trained on like seed links
+    train = link_texts(texts, links.filter(pc.is_in(links["split"], pa.array(["train", "pseudo"]))))
     valid = link_texts(texts, links.filter(pc.equal(links["split"], "valid")))
     model = resolve_model(cfg.embed.model)
     task = retriever_task(cfg)
