@@ -135,6 +135,32 @@ def thresholded(run: Path, target: float) -> dict:
     return out
 
 
+def retrieve_metrics(run: Path) -> dict:
+    """Hits@1/10, MRR and recall@k of the real test links in the retrieve stage's own lists (the
+    top1 decoder before decoding): what a run whose decode has not finished already shows."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from hiea_ray.kg.model import KGPair
+
+    test = KGPair.read(run / "ingest").links_of("test")
+    gold = dict(zip(test["src"].to_pylist(), test["tgt"].to_pylist()))
+    out = {}
+    for protocol in ("standard", "all-targets"):
+        n = h1 = h10 = hit = 0
+        rr = 0.0
+        for b in pq.ParquetFile(run / "retrieve" / protocol / "s2t.parquet").iter_batches(50_000, columns=["src", "cand"]):
+            src, cand = b.column("src").to_numpy(), b.column("cand")
+            for i in np.nonzero(np.isin(src, list(gold)))[0]:
+                c, g = cand[int(i)].as_py(), gold[int(src[i])]
+                n, h1, h10 = n + 1, h1 + (c[:1] == [g]), h10 + (g in c[:10])
+                if g in c:
+                    hit, rr = hit + 1, rr + 1.0 / (c.index(g) + 1)
+        out[protocol] = {"n": n, "hits@1": round(h1 / n, 4), "hits@10": round(h10 / n, 4), "mrr": round(rr / n, 4),
+                         "recall@k": round(hit / n, 4)}
+    return out
+
+
 def summarize(run: Path, result: Path, target: float) -> dict:
     res = json.loads(result.read_text())
     metrics = json.loads((run / "metrics.json").read_text())["all_protocols"]["metrics"]
@@ -187,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--summarize-only", action="store_true",
                     help="score the finished runs of --sizes / --variants again with the current code (no stage runs)")
+    ap.add_argument("--score-retrieve", metavar="RUN",
+                    help="score a run's retrieve stage alone (its decode unfinished) into the results' 'retrieve_only'")
     ap.add_argument("--one", nargs=3, metavar=("DATA", "OUT", "RESULT"), help=argparse.SUPPRESS)
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -194,6 +222,14 @@ def main(argv=None) -> int:
         return run_one(Path(args.one[0]), Path(args.one[1]), Path(args.one[2]), args.set)
     path = ROOT / "benchmarks" / "results" / f"haystack_{args.pair}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
+    if args.score_retrieve:
+        run = Path(args.score_retrieve).resolve()
+        r = {"run": str(run.relative_to(ROOT)), "metrics": retrieve_metrics(run),
+             "stages": json.loads((run / "bench.json").read_text())["stages"]}
+        results.setdefault("retrieve_only", {})[run.name] = r
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(r["metrics"]))
+        return 0
     results.update(pair=args.pair, config=str(CONFIG.relative_to(ROOT)), target_precision=args.target_precision)
     results.setdefault("runs", {})
     if not args.plot_only:
