@@ -146,6 +146,10 @@ def _align(data: Path, out: Path, args) -> int:
         result = pipe.run_all(until=args.until)
     if args.until == "evaluate":
         print(format_summary(pipe, result))
+        for r in (result.get("collab") or {}).get("rounds", []):
+            ps, m = r["pseudo_seeds"] or {}, r["metrics"][pipe.cfg.evaluate.protocols[0]]
+            print(f"round {r['round']}: {ps.get('pseudo_seeds', 0)} pseudo-seeds, {r['stage_wall_s']:.0f}s; Hits@1 "
+                  + ", ".join(f"{d} {v['hits@1']:.4f}" for d, v in m.items()))
         print(f"\nmetrics: {out / 'metrics.json'}  plot: {out / 'evaluate' / 'metrics.png'}  total {time.time() - t0:.1f}s")
     else:
         print(f"stopped after {args.until}: {out / args.until}  total {time.time() - t0:.1f}s")
