@@ -4,7 +4,7 @@ pseudo-seeds (``collab.rounds``; issue 31).
     .venv/bin/python benchmarks/collab_rounds.py --pairs zh_en fr_en [--rounds 3] [--set collab.pseudo_seeds=mutual]
 
 Per pair: ``hiea-ray align --config benchmarks/configs/dbp15k-collab.yaml`` into runs/collab/<pair>
-(``--tag`` names a variant: runs/collab/<pair>-<tag>). Round 1 is the run of dbp15k-retriever.yaml
+(``--tag`` names a variant: runs/collab/<pair>-<tag>; round 1 does not depend on it). Round 1 is the run of dbp15k-retriever.yaml
 + route.enabled=true: when runs/precision/<pair> (benchmarks/export_precision.py) has it, its
 finished stages are linked in and reused (same keys), so only rounds 2.. run. Every round is
 resumable: a killed benchmark continues where it stopped. Reads RUN/collab.json: per round the
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     for pair in [] if args.plot_only else args.pairs:
         key = f"{pair}-{args.tag}" if args.tag else pair
         run = ROOT / "runs" / "collab" / key
-        linked = seed_round_one(run, ROOT / "runs" / "precision" / pair) if not args.tag else []
+        linked = seed_round_one(run, ROOT / "runs" / "precision" / pair)
         sets = [f"collab.rounds={args.rounds}", *args.set]
         cmd = [str(exe), "align", "--data", f"{args.data}/{pair}", "--out", str(run), "--config", str(CONFIG)]
         cmd += [x for s in sets for x in ("--set", s)]

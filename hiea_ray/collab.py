@@ -147,9 +147,9 @@ def run_rounds(cfg: Config, data: Path, run: Path, until: str = "evaluate"):
                      r, report["pseudo_seeds"], report["mode"], report["precision_on_test"])
         last = r == rounds
         out = Pipeline(round_config(cfg, run, r), data, d).run_all(until=until if last else "evaluate")
-        if (d / "metrics.json").is_file():
-            summary["rounds"].append({"round": r, "pseudo_seeds": report,
-                                      **_round_summary(d, json.loads((d / "metrics.json").read_text()))})
+        m = d / "evaluate" / "metrics.json"  # the round's own (the root's holds the last round's)
+        if m.is_file():
+            summary["rounds"].append({"round": r, "pseudo_seeds": report, **_round_summary(d, json.loads(m.read_text()))})
     if rounds > 1 and until == "evaluate" and summary["rounds"]:
         last_dir = Path(summary["rounds"][-1]["folder"])
         (run / "collab.json").write_text(json.dumps(summary, indent=2))

@@ -286,6 +286,34 @@ def test_routed_validation_holds_its_sources_out_of_training_and_shows_test_like
         training_tables(links, ranked_of, nb, Fmt(), everything_held, ids, vecs, routed_split(only, everything_held))
 
 
+def test_llm_examples_include_a_collaboration_rounds_pseudo_seed_links():
+    """collab rounds: the last round's LLM tier trains on seed + pseudo-seed links (split "pseudo"),
+    validates on the valid links only."""
+    import pyarrow as pa
+
+    from hiea_ray.config import LLMConfig
+    from hiea_ray.core.prompt import Neighbourhoods
+    from hiea_ray.train.llm import training_tables
+
+    n = 30
+    ids = np.concatenate([np.arange(n), 100 + np.arange(n)])
+    nb = Neighbourhoods(ids, [f"e{i}" for i in ids], np.array([0, 1]), ["r", "r"], np.array([1, 2]), max_facts=2)
+    vecs = np.random.default_rng(0).normal(size=(len(ids), 4)).astype(np.float32)
+
+    class Fmt:
+        slot = SLOT
+        wrap = staticmethod(lambda t: t)
+        count = staticmethod(lambda t: len(t.split()))
+
+    src = np.arange(n)
+    links = pa.table({"src": src, "tgt": 100 + src, "split": ["train"] * 10 + ["valid"] * 5 + ["test"] * 10 + ["pseudo"] * 5})
+    lc = LLMConfig(candidates=3, prompt_tokens=200, none_fraction=0.0)
+    train, valid = training_tables(links, lambda s, d: np.stack([100 + (np.asarray(s) + j) % n for j in range(d)], axis=1),
+                                   nb, Fmt(), lc, ids, vecs)
+    assert sorted(train["src"].to_pylist()) == [*range(10), *range(25, 30)]
+    assert valid["src"].to_pylist() == list(range(10, 15))
+
+
 def test_llm_examples_from_labelled_sources_need_a_routed_labelled_source(tmp_path, caplog):
     """llm.train_on labelled / both with a router that routes none of the labelled sources: nothing to
     hold out, and the valid links (the labelled sources) would validate on training prompts -> one

@@ -1,6 +1,6 @@
 """llm_train (Ray Train; ``llm.enabled`` and ``llm.train``): LoRA + knowledge adapter on the causal LM.
 
-Examples from the train links with the retriever's candidates over all KG2 entities
+Examples from the train links (and, in a collaboration round, the pseudo-seed links) with the retriever's candidates over all KG2 entities
 (``hiea_ray.train.llm``), bridges from the seed links and the router's certain answers; the
 shared training contract (``llm.scaling``: workers, DDP / ZeRO, FailureConfig, checkpoints,
 resume); the best checkpoint by validation accuracy becomes ``model/`` (LoRA weights, adapter,

@@ -118,7 +118,8 @@ def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, i
     """(train rows, validation rows). ranked_of(src ids, depth) -> (n, depth) target ids ranked by
     the retriever over all KG2 entities.
 
-    Without ``routed`` (``llm.validation: links``): train rows from the train links, validation
+    Without ``routed`` (``llm.validation: links``): train rows from the train links (and a
+    collaboration round's pseudo-seed links, split "pseudo"), validation
     rows from the valid links, both with the retriever's candidates (gold inserted when missed).
     With ``routed`` (``routed_split``; ``llm.validation: routed``): the train links minus the
     held-out sources (unless ``llm.train_on: labelled``), plus the labelled training part with
@@ -140,7 +141,9 @@ def training_tables(links: pa.Table, ranked_of, nb: Neighbourhoods, fmt, opts, i
                             small_first=ranked[:, 0] if len(ranked) else None)
 
     def link_rows(split: str, cap: int, held: np.ndarray) -> pa.Table:
-        t = links.filter(pc.equal(links["split"], split))
+        # a collaboration round's pseudo-seeds (split "pseudo") train like the train links
+        splits = ["train", "pseudo"] if split == "train" else [split]
+        t = links.filter(pc.is_in(links["split"], pa.array(splits)))
         t = t.filter(pc.invert(pc.is_in(t["src"], pa.array(held, pa.int64()))))
         if split == "valid" and t.num_rows == 0:
             log.warning("llm_train: no validation links; validating on train links")
