@@ -151,6 +151,46 @@ def test_decode_change_reruns_only_decode_and_what_reads_it(e2e, tmp_path):
 
 
 @pytest.mark.ray
+def test_decode_resumes_with_the_decoders_a_killed_attempt_finished(e2e, tmp_path, monkeypatch, caplog):
+    """A decode stage killed in its structure decoder keeps top1 / csls / sinkhorn: the re-run
+    decodes only structure (from the kept Sinkhorn lists) and writes what an uninterrupted run writes."""
+    import hiea_ray.core.decode as dec_mod
+    import hiea_ray.core.decoders as decoders_mod
+
+    cfg = load_config(overrides=tiny_overrides(e2e["model"], "decode.decoders=[top1,csls,sinkhorn,structure]"))
+    clean = copy_stages(e2e["run"], tmp_path / "clean", STAGES[:4])
+    Pipeline(cfg, e2e["data"], clean).run_all(until="decode")
+    run = copy_stages(e2e["run"], tmp_path / "run", STAGES[:4])
+
+    class Killed(BaseException):  # like a SIGTERM / KeyboardInterrupt: not an Exception
+        pass
+
+    def killed(*a, **k):
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(decoders_mod, "structure_sinkhorn", killed)
+        with pytest.raises(Killed):
+            Pipeline(cfg, e2e["data"], run).run_all(until="decode")
+    kept = run / ".decode.tmp" / "standard"
+    assert sorted(p.name for p in kept.glob("*.done.json")) == ["csls.done.json", "sinkhorn.done.json", "top1.done.json"]
+    assert not (run / "decode").exists()
+    solved, sinkhorn = [], dec_mod.sinkhorn
+    with monkeypatch.context() as m:  # resumed: standard's Sinkhorn is not solved again, all-targets' is
+        m.setattr(dec_mod, "sinkhorn", lambda *a, **k: solved.append(len(a[0])) or sinkhorn(*a, **k))
+        caplog.set_level("INFO")
+        Pipeline(cfg, e2e["data"], run).run_all(until="decode")
+    assert solved == [len(read_lists(clean / "retrieve" / "all-targets" / "s2t.parquet")[0])]
+    assert any("sinkhorn reused from the interrupted attempt" in r.getMessage() for r in caplog.records)
+    for protocol in ("standard", "all-targets"):
+        for name in ("top1", "csls", "sinkhorn", "structure"):
+            a, b = read_lists(clean / "decode" / protocol / f"{name}.parquet"), read_lists(run / "decode" / protocol / f"{name}.parquet")
+            assert all(np.array_equal(x, y) for x, y in zip(a, b)), (protocol, name)
+            assert pq.read_table(clean / "decode" / protocol / f"{name}.match.parquet").equals(
+                pq.read_table(run / "decode" / protocol / f"{name}.match.parquet"))
+
+
+@pytest.mark.ray
 def test_embed_resumes_after_kill(e2e, tmp_path, caplog):
     clean_run, cfg = e2e["run"], e2e["cfg"]
     clean_parts = sorted((clean_run / "embed" / "parts").glob("*.parquet"))

@@ -67,17 +67,24 @@ def csls_rows(s2t_idx, s2t_score, r_tgt: np.ndarray, k: int = 10):
 
 
 def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int) -> sp.csr_matrix:
-    """Union of both directions' candidate edges as an (n, m) CSR matrix of cosines (no duplicates)."""
+    """Union of both directions' candidate edges as an (n, m) CSR matrix of cosines (no duplicates;
+    a pair in both directions keeps its s2t score)."""
     n = s2t_idx.shape[0]
-    rows = [np.repeat(np.arange(n, dtype=np.int64), s2t_idx.shape[1]), t2s_idx.ravel()]
-    cols = [s2t_idx.ravel(), np.repeat(np.arange(m, dtype=np.int64), t2s_idx.shape[1])]
-    vals = [s2t_score.ravel(), t2s_score.ravel()]
-    r, c, v = (np.concatenate(x) for x in (rows, cols, vals))
-    ok = (r >= 0) & (c >= 0) & np.isfinite(v)
-    r, c, v = r[ok], c[ok], v[ok]
-    key = r * m + c
-    key, first = np.unique(key, return_index=True)  # the same pair from both directions: one edge
-    return sp.csr_matrix((v[first].astype(np.float64), (key // m, key % m)), shape=(n, m))
+
+    def edges(r, c, v):
+        ok = (r >= 0) & (c >= 0) & np.isfinite(v)
+        return r[ok], c[ok], v[ok].astype(np.float64)
+
+    r1, c1, v1 = edges(np.repeat(np.arange(n, dtype=np.int64), s2t_idx.shape[1]), s2t_idx.ravel(), s2t_score.ravel())
+    r2, c2, v2 = edges(t2s_idx.ravel(), np.repeat(np.arange(m, dtype=np.int64), t2s_idx.shape[1]), t2s_score.ravel())
+    # a source list has no repeated target: its edges are unique; drop the t2s edges it already has
+    # (a lookup per edge in the s2t CSR: no sort of every edge)
+    s = sp.csr_matrix((np.ones(len(r1), np.int8), (r1, c1)), shape=(n, m))
+    new = np.asarray(s[r2, c2]).ravel() == 0 if len(r2) else np.zeros(0, bool)
+    r, c, v = np.concatenate([r1, r2[new]]), np.concatenate([c1, c2[new]]), np.concatenate([v1, v2[new]])
+    g = sp.csr_matrix((v, (r, c)), shape=(n, m))
+    g.sort_indices()
+    return g
 
 
 def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, iters: int = 50, k: int | None = None,
@@ -118,21 +125,40 @@ def transpose_lists(idx: np.ndarray, score: np.ndarray, m: int, k: int) -> tuple
     return csr_topk(mat, k)
 
 
-def csr_topk(mat: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the k largest entries of a CSR matrix as padded (n, k) index/score arrays."""
+def csr_topk(mat: sp.csr_matrix, k: int, width: int = 256, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k largest entries of a CSR matrix as padded (n, k) index/score arrays; ties
+    go to the lower column. Rows of at most ``width`` entries are sorted as dense blocks of
+    ``chunk`` rows (a row-wise stable argsort: no global sort of every entry); longer rows (hubs)
+    by one lexsort over their entries."""
     mat.sort_indices()
     n = mat.shape[0]
     counts = np.diff(mat.indptr)
-    rows = np.repeat(np.arange(n), counts)
-    order = np.lexsort((mat.indices, -mat.data, rows))
-    rank = np.arange(len(order)) - mat.indptr[rows[order]]
-    keep = order[rank < k]
-    r = rows[keep]
-    pos = np.arange(len(keep)) - np.repeat(np.minimum(counts, k).cumsum() - np.minimum(counts, k), np.minimum(counts, k))
     idx = np.full((n, k), -1, dtype=np.int64)
     score = np.full((n, k), -np.inf, dtype=np.float32)
-    idx[r, pos] = mat.indices[keep]
-    score[r, pos] = mat.data[keep]
+    short = np.flatnonzero((counts > 0) & (counts <= width))
+    for part in np.array_split(short, -(-len(short) // chunk)) if len(short) else []:
+        c = counts[part]
+        pos = np.arange(int(c.max()))
+        valid = pos[None, :] < c[:, None]
+        flat = mat.indptr[part][:, None] + np.minimum(pos[None, :], c[:, None] - 1)
+        d = np.where(valid, mat.data[flat], -np.inf)
+        o = np.argsort(-d, axis=1, kind="stable")[:, :k]  # stable: ties keep the column order
+        ok = np.take_along_axis(valid, o, 1)
+        idx[part, : o.shape[1]] = np.where(ok, mat.indices[np.take_along_axis(flat, o, 1)], -1)
+        score[part, : o.shape[1]] = np.where(ok, np.take_along_axis(d, o, 1), -np.inf)
+    long = np.flatnonzero(counts > width)
+    if len(long):
+        sub = mat[long]
+        sub_counts = np.diff(sub.indptr)
+        rows = np.repeat(np.arange(len(long)), sub_counts)
+        order = np.lexsort((sub.indices, -sub.data, rows))
+        rank = np.arange(len(order)) - sub.indptr[rows[order]]
+        keep = order[rank < k]
+        r = rows[keep]
+        kept = np.minimum(sub_counts, k)
+        pos = np.arange(len(keep)) - np.repeat(kept.cumsum() - kept, kept)
+        idx[long[r], pos] = sub.indices[keep]
+        score[long[r], pos] = sub.data[keep]
     return idx, score
 
 

@@ -47,13 +47,15 @@ def match(idx: np.ndarray, score: np.ndarray, c) -> tuple[np.ndarray, np.ndarray
 def run_decoders(
     names: list[str], s2t, s2t_score, t2s, t2s_score, q: np.ndarray, b: np.ndarray, c,
     graphs: Callable[[], SeedGraphs] | None = None, state: dict | None = None,
+    sink: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Iterator[Decoded]:
     """Runs each named decoder (``DecodeConfig`` c) on the lists of sources q and targets b.
 
     ``graphs`` gives the whole KGs' adjacency and seed anchors, built on first use (structure only).
     ``state``: receives each Sinkhorn-type decoder's final state (``state[name]``, see
-    ``decode.sinkhorn`` / ``structure_sinkhorn``): what the online decoder (Serve) reads."""
-    sink = None  # the sinkhorn lists, shared by the sinkhorn and structure decoders
+    ``decode.sinkhorn`` / ``structure_sinkhorn``): what the online decoder (Serve) reads.
+    ``sink``: the sinkhorn lists (local indices) when already computed (a resumed decode stage),
+    the structure decoder's start; otherwise computed here and shared by both."""
     for name in names:
         t0 = time.time()
         if name == "top1":

@@ -97,13 +97,16 @@ def best_sources(idx: np.ndarray, score: np.ndarray, m: int) -> np.ndarray:
     r = np.repeat(np.arange(n, dtype=np.int64), k)
     c, w = idx.ravel(), score.ravel()
     ok = (c >= 0) & np.isfinite(w)
-    r, c, w = r[ok], c[ok], w[ok]
-    order = np.lexsort((r, -w, c))
-    c, r = c[order], r[order]
-    first = np.ones(len(c), dtype=bool)
-    first[1:] = c[1:] != c[:-1]
+    r, c, w = r[ok], c[ok], w[ok].astype(np.float64)
     out = np.full(m, -1, dtype=np.int64)
-    out[c[first]] = r[first]
+    if not len(r):
+        return out
+    # targets as rows of a CSR (a counting sort, columns = source rows ascending); shifted to > 0 so
+    # the row argmax never picks an implicit zero; the first maximum = the lowest source row
+    t = sp.csr_matrix((w - w.min() + 1.0, (c, r)), shape=(m, n))
+    t.sort_indices()
+    has = np.diff(t.indptr) > 0
+    out[has] = np.asarray(t.argmax(axis=1)).ravel()[has]
     return out
 
 

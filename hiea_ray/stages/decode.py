@@ -4,10 +4,13 @@ Reads the retriever's lists (with ``rerank.enabled``, the whole candidate graph 
 scores: ``core.fusion.fused_lists``); runs ``core.decoders.run_decoders``; writes
 ``<protocol>/<decoder>.parquet`` (ranked lists) and ``<protocol>/<decoder>.match.parquet``
 (src, tgt, score). Memory O(n * k); the structure decoder also holds both KGs' adjacency.
+Resumable per decoder: a killed stage keeps each finished decoder's outputs (``<decoder>.done.json``
+marks them) and runs only the others again (at 10^6 sources a decoder takes minutes).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -18,7 +21,7 @@ import pyarrow.parquet as pq
 
 from hiea_ray.core.decoders import run_decoders
 from hiea_ray.core.structure import SeedGraphs
-from hiea_ray.io import ids_or_pad, write_lists
+from hiea_ray.io import ids_or_pad, read_lists, to_local, write_lists
 from hiea_ray.run import RunContext, candidate_lists
 from hiea_ray.stages.base import StageDef
 
@@ -42,13 +45,26 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         q, b, s2t, s2t_score, t2s, t2s_score = candidate_lists(ctx, protocol)
         out = tmp / protocol
         out.mkdir(parents=True, exist_ok=True)
-        for j, d in enumerate(run_decoders(c.decoders, s2t, s2t_score, t2s, t2s_score, q, b, c, seed_graphs)):
+        # resumable: a decoder whose outputs a killed attempt finished (same key) is not run again
+        done = {d: json.loads((out / f"{d}.done.json").read_text()) for d in c.decoders
+                if (out / f"{d}.done.json").is_file()}
+        todo = [d for d in c.decoders if d not in done]
+        sink = None
+        if "sinkhorn" in done and "structure" in todo:  # the structure decoder starts from it
+            _, ids, score = read_lists(out / "sinkhorn.parquet")
+            sink = (to_local(b, ids), score)
+        for d, rec in done.items():
+            timing[f"{protocol}/{d}"] = rec["wall_s"]
+            log.info("decode %s: %s reused from the interrupted attempt", protocol, d)
+            rows += len(q)
+        for j, d in enumerate(run_decoders(todo, s2t, s2t_score, t2s, t2s_score, q, b, c, seed_graphs, sink=sink)):
             timing[f"{protocol}/{d.name}"] = d.wall_s
             log.info("decode %s: %s done in %.1f s (%d of %d decoders, %s sources)", protocol, d.name, d.wall_s,
-                     j + 1, len(c.decoders), f"{len(q):,}")
+                     len(done) + j + 1, len(c.decoders), f"{len(q):,}")
             write_lists(out / f"{d.name}.parquet", q, ids_or_pad(b, d.idx), d.score)
             pq.write_table(pa.table({"src": q[d.match_rows], "tgt": b[d.match_cols], "score": d.match_score.astype(np.float32)}),
                            out / f"{d.name}.match.parquet")
+            (out / f"{d.name}.done.json").write_text(json.dumps({"wall_s": d.wall_s}))
             rows += len(q)
     wall = time.time() - t0
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "decoder_wall_s": timing}
@@ -56,4 +72,4 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 
 # version 2: the structure decoder folds consistency into Sinkhorn; reranked decoding keeps the
 # whole candidate graph. A new version re-decodes finished runs (seconds) instead of reusing them.
-STAGE = StageDef(name="decode", body=run, reads=("retrieve", "rerank"), config=("decode",), version=2)
+STAGE = StageDef(name="decode", body=run, reads=("retrieve", "rerank"), config=("decode",), version=2, resumable=True)
