@@ -35,6 +35,13 @@ from hiea_ray.core.retrieval import build_index, factory_string  # noqa: E402
 from hiea_ray.io import column_to_numpy, read_dir  # noqa: E402
 
 
+def probes_table(n: int, d: int) -> list[dict]:
+    """``--table probes``: exact and the auto IVF index probed ever wider (what recall@k costs on
+    real vectors, whose neighbours spread over more lists than a random encoder's)."""
+    nlist = int(factory_string(RetrieveConfig(index="auto", exact_max_targets=0), n)[3:].split(",")[0])
+    return [{"index": "Flat"}] + [{"index": f"IVF{nlist},Flat", "ivf_nprobe": p} for p in (64, 128, 256, 512)]
+
+
 def table(n: int, d: int) -> list[dict]:
     """The indexes measured for a base of n d-dim vectors (nlist ~ 4 sqrt(n)): exact; IVF with
     full vectors, with 8-bit scalar-quantized vectors (4x smaller) and with product-quantized
@@ -75,7 +82,7 @@ def measure_run(run: Path, args, out: list, write) -> None:
     exact = None
     done = {(r["n"], r["factory"], r.get("ivf_nprobe"), r.get("hnsw_ef_search")) for r in out}
     groups: dict[str, list[dict]] = {}
-    for spec in table(n, d):
+    for spec in (probes_table if args.table == "probes" else table)(n, d):
         groups.setdefault(spec["index"], []).append(spec)
     for name, specs in groups.items():  # one build per index, its search settings varied
         todo = [sp for sp in specs if (n, factory_string(RetrieveConfig(index=name), n), sp.get("ivf_nprobe"),
@@ -176,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recall-queries", type=int, default=2000)
     ap.add_argument("--time-queries", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--table", choices=["all", "probes"], default="all",
+                    help="all: every index family; probes: exact and the auto IVF index at nprobe 64..512")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "ann.json"))
     args = ap.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
