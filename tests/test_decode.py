@@ -103,6 +103,28 @@ def test_candidate_graph_union_without_duplicates():
     np.testing.assert_allclose(g.toarray(), [[0.9, 0.5, 0.1], [0.2, 0.8, 0.0]], rtol=1e-6)
 
 
+@pytest.mark.parametrize("repeats", [False, True])
+def test_candidate_graph_keeps_the_first_score_of_a_pair(repeats):
+    """Each pair once with its first score in the order s2t then t2s — also when a list repeats a
+    target (random lists; a retriever's never do), against a sort-based reference."""
+    rng = np.random.default_rng(3)
+    n, m, k = 60, 50, 8
+    s2t = rng.integers(0, m, (n, k)) if repeats else np.stack([rng.permutation(m)[:k] for _ in range(n)])
+    t2s = rng.integers(0, n, (m, k)) if repeats else np.stack([rng.permutation(n)[:k] for _ in range(m)])
+    s2t_s, t2s_s = rng.random((n, k)).astype(np.float32), rng.random((m, k)).astype(np.float32)
+    s2t[0, -1], s2t_s[1, -1] = -1, -np.inf  # padding
+    r = np.concatenate([np.repeat(np.arange(n), k), t2s.ravel()])
+    c = np.concatenate([s2t.ravel(), np.repeat(np.arange(m), k)])
+    v = np.concatenate([s2t_s.ravel(), t2s_s.ravel()])
+    ok = (r >= 0) & (c >= 0) & np.isfinite(v)
+    key, first = np.unique((r * m + c)[ok], return_index=True)
+    want = np.zeros((n, m))
+    want[key // m, key % m] = v[ok][first]
+    g = candidate_graph(s2t, s2t_s, t2s, t2s_s, m)
+    assert g.nnz == len(key) and g.has_sorted_indices
+    np.testing.assert_array_equal(g.toarray(), want)
+
+
 @pytest.mark.parametrize("n, m, csls_k", [(50, 50, 10), (40, 65, 5), (30, 20, 1)])
 def test_csls_matches_dense(n, m, csls_k):
     rng = np.random.default_rng(n * m)

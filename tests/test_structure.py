@@ -158,6 +158,11 @@ def test_best_targets_and_sources():
     score = np.array([[0.5, 0.4], [-np.inf, -np.inf], [0.7, 0.1]], dtype=np.float32)
     assert best_targets(idx, score).tolist() == [2, -1, 2]
     assert best_sources(idx, score, 4).tolist() == [0, 2, 2, -1]
+    # a list repeating a target (random lists): that pair's best score counts, not the scores' sum
+    rep = np.array([[1, 1], [1, -1]])
+    assert best_sources(rep, np.array([[0.6, 0.5], [0.9, -np.inf]], dtype=np.float32), 2).tolist() == [-1, 1]
+    assert best_sources(rep, np.array([[0.6, 0.5], [0.7, -np.inf]], dtype=np.float32), 2).tolist() == [-1, 1]
+    assert best_sources(rep, np.array([[0.6, 0.5], [0.6, -np.inf]], dtype=np.float32), 2).tolist() == [-1, 0]  # tie: lower row
 
 
 def test_config_fields_validated():

@@ -77,12 +77,15 @@ def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int) -> sp.csr_ma
 
     r1, c1, v1 = edges(np.repeat(np.arange(n, dtype=np.int64), s2t_idx.shape[1]), s2t_idx.ravel(), s2t_score.ravel())
     r2, c2, v2 = edges(t2s_idx.ravel(), np.repeat(np.arange(m, dtype=np.int64), t2s_idx.shape[1]), t2s_score.ravel())
-    # a source list has no repeated target: its edges are unique; drop the t2s edges it already has
-    # (a lookup per edge in the s2t CSR: no sort of every edge)
-    s = sp.csr_matrix((np.ones(len(r1), np.int8), (r1, c1)), shape=(n, m))
+    # drop the t2s edges the s2t lists already have by a lookup per edge in the s2t CSR (no sort of
+    # every edge); a list that repeats a target (not a retriever's) keeps its first occurrence
+    s = sp.csr_matrix((np.ones(len(r1), np.int32), (r1, c1)), shape=(n, m))
     new = np.asarray(s[r2, c2]).ravel() == 0 if len(r2) else np.zeros(0, bool)
     r, c, v = np.concatenate([r1, r2[new]]), np.concatenate([c1, c2[new]]), np.concatenate([v1, v2[new]])
     g = sp.csr_matrix((v, (r, c)), shape=(n, m))
+    if g.nnz < len(r):  # the csr summed a pair repeated inside one direction's lists: keep its first
+        key, first = np.unique(r * m + c, return_index=True)
+        g = sp.csr_matrix((v[first], (key // m, key % m)), shape=(n, m))
     g.sort_indices()
     return g
 

@@ -104,6 +104,11 @@ def best_sources(idx: np.ndarray, score: np.ndarray, m: int) -> np.ndarray:
     # targets as rows of a CSR (a counting sort, columns = source rows ascending); shifted to > 0 so
     # the row argmax never picks an implicit zero; the first maximum = the lowest source row
     t = sp.csr_matrix((w - w.min() + 1.0, (c, r)), shape=(m, n))
+    if t.nnz < len(r):  # a list repeats a target (not a retriever's): its best score counts, not their sum
+        order = np.lexsort((-w, r, c))  # per (target, source) pair its best score first
+        keep = np.r_[True, (c[order][1:] != c[order][:-1]) | (r[order][1:] != r[order][:-1])]
+        r, c, w = r[order][keep], c[order][keep], w[order][keep]
+        t = sp.csr_matrix((w - w.min() + 1.0, (c, r)), shape=(m, n))
     t.sort_indices()
     has = np.diff(t.indptr) > 0
     out[has] = np.asarray(t.argmax(axis=1)).ravel()[has]
