@@ -32,7 +32,7 @@ import psutil  # noqa: E402
 
 from hiea_ray.config import RetrieveConfig  # noqa: E402
 from hiea_ray.core.retrieval import build_index, factory_string  # noqa: E402
-from hiea_ray.io import column_to_numpy, read_dir  # noqa: E402
+from hiea_ray.io import column_to_numpy  # noqa: E402
 
 
 def probes_table(n: int, d: int) -> list[dict]:
@@ -40,6 +40,11 @@ def probes_table(n: int, d: int) -> list[dict]:
     real vectors, whose neighbours spread over more lists than a random encoder's)."""
     nlist = int(factory_string(RetrieveConfig(index="auto", exact_max_targets=0), n)[3:].split(",")[0])
     return [{"index": "Flat"}] + [{"index": f"IVF{nlist},Flat", "ivf_nprobe": p} for p in (64, 128, 256, 512)]
+
+
+def hnsw_table(n: int, d: int) -> list[dict]:
+    """``--table hnsw``: exact and HNSW32 searched ever wider (efSearch >= k)."""
+    return [{"index": "Flat"}] + [{"index": "HNSW32", "hnsw_ef_search": e} for e in (128, 256, 512)]
 
 
 def table(n: int, d: int) -> list[dict]:
@@ -64,12 +69,34 @@ def recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return hit / (len(exact) * k)
 
 
+def load_vectors(parts: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(KG1 vectors, KG2 vectors) of an embed stage, id order, one part file at a time (peak
+    memory ~ the vectors themselves, not the whole table twice)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(parts.glob("*.parquet"))
+    meta = [pq.read_table(f, columns=["id", "kg"]) for f in files]
+    ids = np.concatenate([m["id"].to_numpy() for m in meta])
+    kg = np.concatenate([m["kg"].to_numpy() for m in meta])
+    d = pq.ParquetFile(files[0]).schema_arrow.field("embedding").type.list_size
+    order = np.argsort(ids, kind="stable")
+    pos = np.empty(len(ids), np.int64)
+    pos[order] = np.arange(len(ids))  # row of each stored vector in id order
+    out = {g: np.empty((int((kg == g).sum()), d), np.float32) for g in (1, 2)}
+    rank = {g: np.cumsum(kg[order] == g) - 1 for g in (1, 2)}  # id-order rank within its KG
+    at = 0
+    for f, m in zip(files, meta):
+        v = column_to_numpy(pq.read_table(f, columns=["embedding"])["embedding"]).astype(np.float32, copy=False)
+        rows = pos[at : at + len(v)]
+        for g in (1, 2):
+            sel = kg[at : at + len(v)] == g
+            out[g][rank[g][rows[sel]]] = v[sel]
+        at += len(v)
+    return out[1], out[2]
+
+
 def measure_run(run: Path, args, out: list, write) -> None:
-    t = read_dir(run / "embed" / "parts").sort_by("id")
-    kg = t["kg"].to_numpy()
-    vecs = column_to_numpy(t["embedding"]).astype(np.float32, copy=False)
-    q_all, base = vecs[kg == 1], np.ascontiguousarray(vecs[kg == 2])
-    del vecs, t
+    q_all, base = load_vectors(run / "embed" / "parts")
     gc.collect()
     n, d = base.shape
     rng = np.random.default_rng(0)
@@ -82,7 +109,7 @@ def measure_run(run: Path, args, out: list, write) -> None:
     exact = None
     done = {(r["n"], r["factory"], r.get("ivf_nprobe"), r.get("hnsw_ef_search")) for r in out}
     groups: dict[str, list[dict]] = {}
-    for spec in (probes_table if args.table == "probes" else table)(n, d):
+    for spec in {"probes": probes_table, "hnsw": hnsw_table}.get(args.table, table)(n, d):
         groups.setdefault(spec["index"], []).append(spec)
     for name, specs in groups.items():  # one build per index, its search settings varied
         todo = [sp for sp in specs if (n, factory_string(RetrieveConfig(index=name), n), sp.get("ivf_nprobe"),
@@ -183,8 +210,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recall-queries", type=int, default=2000)
     ap.add_argument("--time-queries", type=int, default=20000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--table", choices=["all", "probes"], default="all",
-                    help="all: every index family; probes: exact and the auto IVF index at nprobe 64..512")
+    ap.add_argument("--table", choices=["all", "probes", "hnsw"], default="all",
+                    help="all: every index family; probes: exact and the auto IVF index at nprobe 64..512; "
+                         "hnsw: exact and HNSW32 at efSearch 128..512")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "ann.json"))
     args = ap.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
