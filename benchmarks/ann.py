@@ -38,7 +38,7 @@ from hiea_ray.io import column_to_numpy  # noqa: E402
 def probes_table(n: int, d: int) -> list[dict]:
     """``--table probes``: exact and the auto IVF index probed ever wider (what recall@k costs on
     real vectors, whose neighbours spread over more lists than a random encoder's)."""
-    nlist = int(factory_string(RetrieveConfig(index="auto", exact_max_targets=0), n)[3:].split(",")[0])
+    nlist = int(factory_string(RetrieveConfig(index="auto", exact_max_targets=0, gpu="no"), n)[3:].split(",")[0])
     return [{"index": "Flat"}] + [{"index": f"IVF{nlist},Flat", "ivf_nprobe": p} for p in (64, 128, 256, 512)]
 
 
@@ -51,7 +51,7 @@ def table(n: int, d: int) -> list[dict]:
     """The indexes measured for a base of n d-dim vectors (nlist ~ 4 sqrt(n)): exact; IVF with
     full vectors, with 8-bit scalar-quantized vectors (4x smaller) and with product-quantized
     ones (d/2 bytes); HNSW. One build per index; the search settings vary on it."""
-    nlist = int(factory_string(RetrieveConfig(index="auto", exact_max_targets=0), n)[3:].split(",")[0])
+    nlist = int(factory_string(RetrieveConfig(index="auto", exact_max_targets=0, gpu="no"), n)[3:].split(",")[0])
     rows = [{"index": "Flat"}]
     rows += [{"index": f"IVF{nlist},Flat", "ivf_nprobe": p} for p in (8, 16, 32, 64)]
     rows += [{"index": "HNSW32", "hnsw_ef_search": e} for e in (64, 128, 256)]

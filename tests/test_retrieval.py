@@ -122,15 +122,21 @@ def test_bad_index_string_is_a_user_error():
         build_index(b, RetrieveConfig(index="IVF16,PQ8", gpu="no"))
 
 
-def test_auto_index_is_exact_up_to_the_threshold_then_ivf_sized_by_n():
+def test_auto_index_is_exact_up_to_the_threshold_then_ivf_sized_by_n(monkeypatch):
     from hiea_ray.config import RetrieveConfig
     from hiea_ray.core.retrieval import factory_string
 
-    c = RetrieveConfig()
+    c = RetrieveConfig(gpu="no")
     assert c.index == "auto"
-    assert factory_string(c, 10_000) == "Flat" and factory_string(c, 250_000) == "Flat"
-    assert factory_string(c, 1_000_000) == "IVF4096,Flat"
+    assert factory_string(c, 10_000) == "Flat" and factory_string(c, 1_000_000) == "Flat"
+    assert factory_string(c, 2_000_000) == "Flat" and factory_string(c, 3_000_000) == "IVF8192,Flat"
     assert factory_string(c, 10_000_000) == "IVF16384,Flat"
-    small = RetrieveConfig(exact_max_targets=0)
+    small = RetrieveConfig(exact_max_targets=0, gpu="no")
     assert factory_string(small, 100_000) == "IVF1024,Flat" and factory_string(small, 1500) == "Flat"
     assert factory_string(small, 20_000) == f"IVF{20_000 // 39},Flat"  # >= 39 training points per list
+    # with a GPU (faiss-gpu), auto searches exactly at any size
+    import hiea_ray.core.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "use_gpu", lambda setting: setting != "no")
+    assert factory_string(RetrieveConfig(), 10_000_000) == "Flat"
+    assert factory_string(RetrieveConfig(gpu="no"), 10_000_000) == "IVF16384,Flat"

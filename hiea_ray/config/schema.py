@@ -311,13 +311,15 @@ class RetrieveConfig:
     # Candidates kept per source entity.
     k: int = bounded(50, ge=1)
     # FAISS index, as a faiss.index_factory string over inner product: "Flat" (exact),
-    # "IVF4096,Flat", "HNSW32", "IVF4096,SQ8", "IVF65536,PQ32" ... Aliases: auto = exact up to
-    # exact_max_targets target rows, above it IVF<~4 sqrt(n)>,Flat probed ivf_nprobe lists (why:
-    # docs/results/approximate-retrieval-at-10-5-and-10-6.md); flat =
+    # "IVF4096,Flat", "HNSW32", "IVF4096,SQ8", "IVF65536,PQ32" ... Aliases: auto = exact on a GPU
+    # at any size, on CPU up to exact_max_targets target rows, above it IVF<~4 sqrt(n)>,Flat probed
+    # ivf_nprobe lists (why: docs/results/approximate-retrieval-at-10-5-and-10-6.md); flat =
     # "Flat", ivf = "IVF<ivf_nlist>,Flat" (nlist clamped to n/39), hnsw = "HNSW<hnsw_m>". Below
     # 2000 target rows the exact flat index is always used. Trained indexes train on the targets.
     index: str = "auto"
-    exact_max_targets: int = hashed_if_set(default=250_000, ge=0)
+    # auto: exact search on CPU up to this many target rows (2 cores: ~1-2 h per direction at 10^6
+    # x 10^6 with 384-dim vectors; minutes on a many-core head), approximate above it.
+    exact_max_targets: int = hashed_if_set(default=2_000_000, ge=0)
     # IVF indexes: lists probed per query (clamped to nlist); ivf_nlist is the ivf alias's list count.
     ivf_nlist: int = bounded(1024, ge=1)
     ivf_nprobe: int = bounded(64, ge=1)

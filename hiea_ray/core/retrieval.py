@@ -30,9 +30,13 @@ def use_gpu(setting: str) -> bool:
 
 def factory_string(cfg: RetrieveConfig, n: int) -> str:
     """The index_factory string of ``retrieve.index`` for n base rows (aliases expanded; exact
-    search below 2000 rows, where training a quantizer is pointless)."""
+    search below 2000 rows, where training a quantizer is pointless). ``auto`` is exact on a GPU
+    at any size and on CPU up to ``exact_max_targets`` rows: on real sentence vectors at 10^6 the
+    approximate indexes lose candidates exact search keeps (docs/results/approximate-retrieval-at-10-5-and-10-6.md)."""
     name = cfg.index
-    if name.lower() == "flat" or n < 2000 or (name.lower() == "auto" and n <= cfg.exact_max_targets):
+    if name.lower() == "flat" or n < 2000:
+        return "Flat"
+    if name.lower() == "auto" and (n <= cfg.exact_max_targets or use_gpu(cfg.gpu)):
         return "Flat"
     if name.lower() == "auto":  # nlist ~ 4 sqrt(n), a power of two (benchmarks/ann.py)
         return f"IVF{min(1 << int(round(np.log2(4 * np.sqrt(n)))), n // 39)},Flat"
@@ -53,6 +57,10 @@ def build_index(base: np.ndarray, cfg: RetrieveConfig) -> faiss.Index:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
         raise UserError(f"config field retrieve.index: {cfg.index!r} is not a faiss index_factory string for "
                         f"{d}-dim vectors ({msg})") from None
+    if spec != "Flat" and cfg.index.lower() == "auto":
+        log.warning("retrieve: %s targets > retrieve.exact_max_targets (%d) on CPU: approximate search (%s) loses "
+                    "candidates exact search keeps (on real 384-dim vectors at 10^6, 54 %% of the exact top-100 "
+                    "found); set retrieve.index=flat to search exactly", f"{n:,}", cfg.exact_max_targets, spec)
     if not index.is_trained:
         if n < 39 * _nlist(index):
             log.warning("retrieve.index %s: %d training vectors for %d lists (faiss wants >= 39 per list)", spec, n,
