@@ -49,20 +49,25 @@ def plot(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pairs = list(doc["pairs"])
-    fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(6 * max(1, len(pairs)), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(pairs)), figsize=(8 * max(1, len(pairs)), 4.2), squeeze=False)
     for ax, pair in zip(axes[0], pairs):
         rounds = doc["pairs"][pair]["rounds"]
         xs = [r["round"] for r in rounds]
-        protocol = next(iter(rounds[0]["metrics"]))
-        for dec in rounds[0]["metrics"][protocol]:
-            ax.plot(xs, [r["metrics"][protocol][dec]["hits@1"] for r in rounds], marker="o", label=dec)
-        for r in rounds[1:]:
-            ps = r["pseudo_seeds"]
-            ax.annotate(f"{ps['pseudo_seeds']:,} pseudo\nP {ps['precision_on_test']}", (r["round"], ax.get_ylim()[0]),
-                        fontsize=7, ha="center", va="bottom")
-        ax.set(title=f"DBP15K {pair} ({protocol})", xlabel="round", ylabel="Hits@1 (test links)", xticks=xs)
+        protocols = [p for p in ("standard", "all-targets") if p in rounds[0]["metrics"]] or list(rounds[0]["metrics"])
+        colors = {}
+        for protocol, style in zip(protocols, ("-", "--", ":")):
+            for dec in rounds[0]["metrics"][protocol]:
+                line, = ax.plot(xs, [r["metrics"][protocol][dec]["hits@1"] for r in rounds], style, marker="o",
+                                color=colors.get(dec), label=f"{dec} ({protocol})")
+                colors[dec] = line.get_color()
+        labels = [f"{r['round']}" + ("" if not r["pseudo_seeds"] else
+                  f"\n{r['pseudo_seeds']['pseudo_seeds']:,} pseudo-seeds\nP {r['pseudo_seeds']['precision_on_test']} on test")
+                  for r in rounds]
+        ax.set(title=f"DBP15K {pair}", xlabel="round", ylabel="Hits@1 (test links)", xticks=xs)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xlim(xs[0] - 0.3, xs[-1] + 0.3)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
