@@ -104,15 +104,18 @@ def test_candidate_graph_union_without_duplicates():
 
 
 @pytest.mark.parametrize("repeats", [False, True])
-def test_candidate_graph_keeps_the_first_score_of_a_pair(repeats):
+@pytest.mark.parametrize("block", [1 << 16, 7])
+def test_candidate_graph_keeps_the_first_score_of_a_pair(repeats, block):
     """Each pair once with its first score in the order s2t then t2s — also when a list repeats a
-    target (random lists; a retriever's never do), against a sort-based reference."""
+    target (random lists; a retriever's never do), against a sort-based reference; built in one
+    block of source rows or in several."""
     rng = np.random.default_rng(3)
     n, m, k = 60, 50, 8
     s2t = rng.integers(0, m, (n, k)) if repeats else np.stack([rng.permutation(m)[:k] for _ in range(n)])
     t2s = rng.integers(0, n, (m, k)) if repeats else np.stack([rng.permutation(n)[:k] for _ in range(m)])
     s2t_s, t2s_s = rng.random((n, k)).astype(np.float32), rng.random((m, k)).astype(np.float32)
     s2t[0, -1], s2t_s[1, -1] = -1, -np.inf  # padding
+    t2s[2, 0], t2s_s[3, 1] = -1, -np.inf
     r = np.concatenate([np.repeat(np.arange(n), k), t2s.ravel()])
     c = np.concatenate([s2t.ravel(), np.repeat(np.arange(m), k)])
     v = np.concatenate([s2t_s.ravel(), t2s_s.ravel()])
@@ -120,8 +123,9 @@ def test_candidate_graph_keeps_the_first_score_of_a_pair(repeats):
     key, first = np.unique((r * m + c)[ok], return_index=True)
     want = np.zeros((n, m))
     want[key // m, key % m] = v[ok][first]
-    g = candidate_graph(s2t, s2t_s, t2s, t2s_s, m)
+    g = candidate_graph(s2t, s2t_s, t2s, t2s_s, m, block=block)
     assert g.nnz == len(key) and g.has_sorted_indices
+    assert all(np.all(np.diff(g.indices[a:b]) > 0) for a, b in zip(g.indptr[:-1], g.indptr[1:]))
     np.testing.assert_array_equal(g.toarray(), want)
 
 

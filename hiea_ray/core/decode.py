@@ -66,27 +66,45 @@ def csls_rows(s2t_idx, s2t_score, r_tgt: np.ndarray, k: int = 10):
     return sort_rows(s2t_idx, new)
 
 
-def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int) -> sp.csr_matrix:
-    """Union of both directions' candidate edges as an (n, m) CSR matrix of cosines (no duplicates;
-    a pair in both directions keeps its s2t score)."""
-    n = s2t_idx.shape[0]
-
-    def edges(r, c, v):
-        ok = (r >= 0) & (c >= 0) & np.isfinite(v)
-        return r[ok], c[ok], v[ok].astype(np.float64)
-
-    r1, c1, v1 = edges(np.repeat(np.arange(n, dtype=np.int64), s2t_idx.shape[1]), s2t_idx.ravel(), s2t_score.ravel())
-    r2, c2, v2 = edges(t2s_idx.ravel(), np.repeat(np.arange(m, dtype=np.int64), t2s_idx.shape[1]), t2s_score.ravel())
-    # drop the t2s edges the s2t lists already have by a lookup per edge in the s2t CSR (no sort of
-    # every edge); a list that repeats a target (not a retriever's) keeps its first occurrence
-    s = sp.csr_matrix((np.ones(len(r1), np.int32), (r1, c1)), shape=(n, m))
-    new = np.asarray(s[r2, c2]).ravel() == 0 if len(r2) else np.zeros(0, bool)
-    r, c, v = np.concatenate([r1, r2[new]]), np.concatenate([c1, c2[new]]), np.concatenate([v1, v2[new]])
-    g = sp.csr_matrix((v, (r, c)), shape=(n, m))
-    if g.nnz < len(r):  # the csr summed a pair repeated inside one direction's lists: keep its first
-        key, first = np.unique(r * m + c, return_index=True)
-        g = sp.csr_matrix((v[first], (key // m, key % m)), shape=(n, m))
-    g.sort_indices()
+def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, block: int = 1 << 16) -> sp.csr_matrix:
+    """Union of both directions' candidate edges as an (n, m) CSR matrix of cosines, column-sorted:
+    each pair once, with its first score in the order s2t lists then t2s lists (a pair in both
+    directions keeps its s2t score). Built per block of ``block`` source rows (no sort of every
+    edge at once: the peak beyond the result is the t2s edges' positions and one block)."""
+    n, k1 = s2t_idx.shape
+    k2 = t2s_idx.shape[1]
+    # the t2s edges grouped by their source row; the stable order keeps each target list's order
+    src2 = t2s_idx.ravel()
+    pos2 = np.flatnonzero((src2 >= 0) & np.isfinite(t2s_score.ravel()))
+    pos2 = pos2[np.argsort(src2[pos2], kind="stable")]
+    ptr2 = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src2[pos2], minlength=n), out=ptr2[1:])
+    cap = int(np.count_nonzero(s2t_idx >= 0)) + len(pos2)
+    itype = np.int32 if max(cap, m, n) < 2**31 else np.int64
+    indptr = np.zeros(n + 1, dtype=itype)
+    indices = np.empty(cap, dtype=itype)
+    data = np.empty(cap, dtype=np.float64)
+    fill = 0
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        ac, av = s2t_idx[lo:hi].ravel(), s2t_score[lo:hi].ravel()
+        ok = (ac >= 0) & np.isfinite(av)
+        p = pos2[ptr2[lo]:ptr2[hi]]
+        br = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ptr2[lo:hi + 1]))
+        rows = np.concatenate([np.repeat(np.arange(hi - lo, dtype=np.int64), k1)[ok], br])
+        key = rows * m + np.concatenate([ac[ok], p // k2])
+        key, first = np.unique(key, return_index=True)  # stable: each pair's first occurrence
+        val = np.concatenate([av[ok], t2s_score.ravel()[p]])[first]
+        indices[fill:fill + len(key)] = key % m
+        data[fill:fill + len(key)] = val
+        np.cumsum(np.bincount(key // m, minlength=hi - lo), out=indptr[lo + 1:hi + 1])
+        indptr[lo + 1:hi + 1] += fill
+        fill += len(key)
+    del pos2, ptr2
+    data.resize(fill, refcheck=False)  # shrinks in place (the pairs both directions share)
+    indices.resize(fill, refcheck=False)
+    g = sp.csr_matrix((data, indices, indptr), shape=(n, m))
+    g.has_sorted_indices = True
     return g
 
 
