@@ -59,3 +59,49 @@ def load_result(path, *sections: str):
     for s in sections:
         res.setdefault(s, {})
     return path, res
+
+
+def provenance(argv: list[str] | None = None) -> dict:
+    """What every results JSON records: the command as run (all flags), the commit (with a
+    ``+dirty`` mark when the tree has uncommitted changes), the date and the machine (CPU model,
+    cores, native bf16, memory, GPU name when torch sees one)."""
+    import datetime
+    import os
+    import platform
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    argv = sys.argv if argv is None else argv
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    gpu = None
+    if "torch" in sys.modules:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    cmd = [Path(argv[0]).resolve().relative_to(root).as_posix() if Path(argv[0]).resolve().is_relative_to(root) else argv[0],
+           *argv[1:]]
+    return {"command": " ".join([".venv/bin/python", *cmd]), "commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "native_bf16": ("avx512_bf16" in flags or "amx_bf16" in flags),
+                        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "gpu": gpu,
+                        "python": platform.python_version()}}

@@ -37,6 +37,10 @@ PY = sys.executable
 DATASETS = ROOT.parent / "shared" / "datasets"
 CONFIG = ROOT / "benchmarks" / "configs" / "haystack.yaml"
 DECODERS = ("top1", "csls", "sinkhorn", "structure")
+# zero-shot: the packaged encoder; fine-tuned: trained once at N = 0 and transferred to every N;
+# trained-on-pair: trained at each N on that haystack's train links, hard negatives mined from its
+# whole KG2 pool (distractors included), as a user fine-tunes on the pair they align
+VARIANTS = ("zero-shot", "fine-tuned", "trained-on-pair")
 
 
 def haystack_data(pair: str, n: int, seed: int) -> Path:
@@ -54,8 +58,9 @@ def haystack_data(pair: str, n: int, seed: int) -> Path:
     return out
 
 
-def run_one(data: Path, out: Path, result: Path, sets: list[str]) -> int:
-    """The pipeline stage by stage in this process, peak RSS per stage (driver + Ray workers)."""
+def run_one(data: Path, out: Path, result: Path, sets: list[str], until: str | None = None) -> int:
+    """The pipeline stage by stage in this process, peak RSS per stage (driver + Ray workers);
+    ``until``: the last stage to run (a later call resumes from there)."""
     import logging
 
     from benchmarks.common import PeakRSS
@@ -89,6 +94,8 @@ def run_one(data: Path, out: Path, result: Path, sets: list[str]) -> int:
                                    "rows": m["stats"].get("rows"), "rows_per_s": m["stats"].get("rows_per_s")}
         print(name, res["stages"][name], flush=True)
         result.write_text(json.dumps(res, indent=2))
+        if name == until:
+            break
     return 0
 
 
@@ -202,6 +209,9 @@ def exact_check(run: Path, sample: int, seed: int = 0) -> dict:
             "index_recall_of_exact_topk": round(float(overlap), 4), "wall_s": round(time.time() - t0, 1)}
 
 
+from benchmarks.common import provenance  # noqa: E402
+
+
 def summarize(run: Path, result: Path, target: float) -> dict:
     res = json.loads(result.read_text())
     metrics = json.loads((run / "metrics.json").read_text())["all_protocols"]["metrics"]
@@ -221,7 +231,7 @@ def plot(results: dict, path: Path, pair: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
-    for variant, style in (("zero-shot", "--"), ("fine-tuned", "-")):
+    for variant, style in (("zero-shot", "--"), ("fine-tuned", "-"), ("trained-on-pair", ":")):
         runs = sorted(((int(k.split("/")[0]), v) for k, v in results["runs"].items()
                        if k.endswith("/" + variant) and "output" in v), key=lambda x: x[0])
         if not runs:
@@ -248,7 +258,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pair", default="zh_en")
     ap.add_argument("--sizes", nargs="+", type=int, default=[0, 100_000, 1_000_000])
-    ap.add_argument("--variants", nargs="+", default=["zero-shot", "fine-tuned"], choices=["zero-shot", "fine-tuned"])
+    ap.add_argument("--variants", nargs="+", default=["zero-shot", "fine-tuned"], choices=VARIANTS)
+    ap.add_argument("--until", metavar="STAGE", help="run each pipeline up to this stage only (a later call resumes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target-precision", type=float, default=0.95)
     ap.add_argument("--plot-only", action="store_true")
@@ -262,7 +273,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        return run_one(Path(args.one[0]), Path(args.one[1]), Path(args.one[2]), args.set)
+        return run_one(Path(args.one[0]), Path(args.one[1]), Path(args.one[2]), args.set, args.until)
     path = ROOT / "benchmarks" / "results" / f"haystack_{args.pair}.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     if args.score_retrieve:
@@ -284,7 +295,9 @@ def main(argv=None) -> int:
             for variant in args.variants:
                 run = ROOT / "runs" / "haystack" / f"{args.pair}-{n}-{variant}"
                 sets = []
-                if variant == "fine-tuned":
+                if variant == "trained-on-pair":  # trained at this N: negatives mined among the distractors
+                    sets = ["train.enabled=true"]
+                elif variant == "fine-tuned":
                     base = ROOT / "runs" / "haystack" / f"{args.pair}-0-fine-tuned"
                     sets = ["train.enabled=true"] if n == 0 else [f"embed.model={base / 'train' / 'model'}"]
                     if n and not (base / "train" / "model" / "config.json").is_file():
@@ -295,13 +308,17 @@ def main(argv=None) -> int:
                 if args.summarize_only and not (run / "metrics.json").is_file():
                     continue
                 cmd = [PY, __file__, "--one", str(data), str(run), str(one)] + [x for s in sets for x in ("--set", s)]
+                cmd += ["--until", args.until] if args.until else []
                 print(" ".join(cmd), flush=True)
                 with open(run / "bench.log", "a") as log:
                     rc = 0 if args.summarize_only else subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
                 if rc:
                     print(f"run failed (rc {rc}): see {run / 'bench.log'}", file=sys.stderr)
                     return rc
+                if args.until:
+                    continue
                 r = summarize(run, one, args.target_precision)
+                r["provenance"] = provenance()
                 r["entities_per_side"] = results["haystacks"][str(n)]["sides"]["kg1"]["real_entities"] + n
                 results["runs"][f"{n}/{variant}"] = r
                 path.write_text(json.dumps(results, indent=2) + "\n")
