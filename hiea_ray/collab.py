@@ -59,9 +59,15 @@ def round_config(cfg: Config, run: Path, r: int) -> Config:
     return c
 
 
+# Where pseudo-seeds come from: the all-targets decode (every KG1 entity against every KG2 entity),
+# the one a label-free run has. The standard protocol ranks the test sources against the gold test
+# targets only: answers chosen there carry knowledge of the test set and never train a next round.
+PSEUDO_SEED_PROTOCOL = "all-targets"
+
+
 def pseudo_seeds(cfg: Config, prev: Path) -> tuple[pa.Table, dict]:
-    """Round ``prev``'s pseudo-seeds for the next round, and their report."""
-    cc, protocol = cfg.collab, cfg.evaluate.protocols[0]
+    """Round ``prev``'s pseudo-seeds for the next round (from its all-targets decode), and their report."""
+    cc, protocol = cfg.collab, PSEUDO_SEED_PROTOCOL
     primary = primary_decoder(cfg.route.primary, cfg.decode.decoders)
     q, cand, score = read_lists(prev / "decode" / protocol / f"{primary}.parquet")
     mutual = mutual_best(q, cand, score)

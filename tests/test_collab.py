@@ -27,3 +27,42 @@ def test_pseudo_seeds_are_one_to_one_most_confident_first_never_a_seed_and_cappe
                      np.array([], np.int64), cap=3)
     assert s.tolist() == [2, 4, 6] and t.tolist() == [20, 40, 60]  # the 3 most confident, sorted by source
     assert len(set(s.tolist())) == len(s) and len(set(t.tolist())) == len(t)
+
+
+def test_pseudo_seeds_come_from_the_all_targets_decode_never_from_the_standard_protocol(tmp_path):
+    """The standard protocol ranks test sources against the gold test targets only: its answers
+    carry test knowledge. With standard listed first, the pseudo-seeds are still all-targets'."""
+    import pyarrow as pa
+
+    from hiea_ray.collab import pseudo_seeds
+    from hiea_ray.config import load_config
+    from hiea_ray.io import write_lists
+    from hiea_ray.kg.model import ATTR_TRIPLES, ENTITIES, LINKS, REL_TRIPLES, KGPair
+
+    ents = pa.table({"id": [1, 2, 3, 11, 12, 13], "kg": [1, 1, 1, 2, 2, 2], "uri": list("abcdef"), "name": list("abcdef")},
+                    schema=ENTITIES)
+    links = pa.table({"src": [1, 2, 3], "tgt": [11, 12, 13], "split": ["train", "test", "test"]}, schema=LINKS)
+    KGPair(entities=ents, rel_triples=REL_TRIPLES.empty_table(), attr_triples=ATTR_TRIPLES.empty_table(),
+           links=links, report={}).write(tmp_path / "ingest")
+    for protocol, (a, b) in {"standard": ([12, 13], [13, 12]), "all-targets": ([11, 13, 12], [11, 12, 13])}.items():
+        d = tmp_path / "decode" / protocol
+        d.mkdir(parents=True)
+        q = np.array([2, 3]) if protocol == "standard" else np.array([1, 2, 3])
+        cand = np.array([[x, y] for x, y in zip(a, b)]) if protocol == "standard" else np.array([[11, 12], [13, 12], [12, 13]])
+        write_lists(d / "structure.parquet", q, cand, np.tile([0.9, 0.1], (len(q), 1)))
+    cfg = load_config(overrides=["decode.decoders=[top1,structure]", "collab.rounds=2", "collab.pseudo_seeds=mutual",
+                                 "evaluate.protocols=[standard,all-targets]"])
+    table, report = pseudo_seeds(cfg, tmp_path)
+    # all-targets: 2 -> 13 and 3 -> 12 are mutual best (1 is a seed); standard would have said 2 -> 12, 3 -> 13
+    assert report["protocol"] == "all-targets"
+    assert dict(zip(table["src"].to_pylist(), table["tgt"].to_pylist())) == {2: 13, 3: 12}
+
+
+def test_collaboration_rounds_refuse_a_run_without_the_all_targets_protocol():
+    import pytest
+
+    from hiea_ray.config import load_config
+    from hiea_ray.errors import UserError
+
+    with pytest.raises(UserError, match="all-targets"):
+        load_config(overrides=["collab.rounds=2", "collab.pseudo_seeds=mutual", "evaluate.protocols=[standard]"])

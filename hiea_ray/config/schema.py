@@ -738,6 +738,9 @@ class Config:
             raise UserError("config fields serve.k / serve.max_k: need 1 <= k <= max_k")
         if sv.retriever_max_replicas < sv.retriever_replicas or sv.llm_max_replicas < sv.llm_replicas:
             raise UserError("config fields serve.*_max_replicas: must be >= the matching *_replicas")
+        if self.collab.rounds > 1 and "all-targets" not in self.evaluate.protocols:
+            raise UserError("config field collab.rounds: pseudo-seeds come from the all-targets decode (the standard "
+                            "protocol ranks against the gold test targets): add all-targets to evaluate.protocols")
         if self.collab.rounds > 1 and self.collab.pseudo_seeds != "mutual" and not (self.route.enabled or self.llm.enabled):
             raise UserError(f"config field collab.pseudo_seeds: {self.collab.pseudo_seeds!r} needs the router's certain "
                             "answers: set route.enabled (or pseudo_seeds: mutual)")
