@@ -23,7 +23,7 @@ from hiea_ray.core.metrics import matching_metrics
 from hiea_ray.core.router import primary_decoder
 from hiea_ray.errors import UserError
 from hiea_ray.io import read_lists, rows_of
-from hiea_ray.run import RunContext, hiea_merged
+from hiea_ray.run import RunContext, hiea_merged, seed_links
 
 
 FILES = ("links.parquet", "links.tsv", "links.nt", "unmatched.tsv", "summary.json")
@@ -71,6 +71,16 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
         match = pq.read_table(d / f"{decoder}.match.parquet")
         ms, mt, routed, prim_cand = match["src"].to_numpy(), match["tgt"].to_numpy(), set(), cand
     rows = rows_of(q, ms)
+    # the user's seed links are facts: handed back as given (tier "seed"); a prediction for a seed
+    # source, or of a seed's target for another source, is not the output's to make
+    seeds = seed_links(ctx.pair())
+    seed_src, seed_tgt = seeds["src"].to_numpy(), seeds["tgt"].to_numpy()
+    order = np.argsort(seed_src, kind="stable")
+    pos = np.minimum(np.searchsorted(seed_src[order], ms), max(len(order) - 1, 0))
+    known = np.isin(ms, seed_src)
+    as_given = known & (seed_tgt[order][pos] == mt) if len(order) else known
+    contradicts = (known & ~as_given) | (~known & np.isin(mt, seed_tgt))
+    own = ~known & ~contradicts
     hit = prim_cand[rows] == mt[:, None]
     pair_score = np.where(hit.any(1), score[rows, np.argmax(hit, 1)], np.nan).astype(np.float32)
     second = score[:, 1] if score.shape[1] > 1 else np.full(len(score), np.nan)
@@ -93,9 +103,6 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
         pm = matchable(ctx, protocol, q)
         if pm is not None:  # P(has a counterpart) x P(right | has one); precision on the output's own links
             conf_all, conf = conf_all * pm, conf * pm[rows]
-            links = ctx.pair().links
-            seeds = links.filter(pc.is_in(links["split"], pa.array(["train", "valid"])))["src"].to_numpy()
-            own = ~np.isin(ms, seeds)  # the seed sources' links are known: the rest are the output's own
             lab_conf, lab_right, kind = conf[own], None, "calibrated decoder score x P(has a counterpart)"
     else:
         conf_all, conf, lab_conf, lab_right = np.asarray(score[:, 0], np.float32), pair_score, None, None
@@ -110,10 +117,14 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
     elif lab_conf is not None:
         kept = lab_conf >= threshold  # every labelled source when no threshold
         estimated = (float((lab_conf if lab_right is None else lab_right)[kept].mean()) if kept.any() else None)
-    keep = (np.nan_to_num(conf, nan=-np.inf) >= threshold) | (threshold == -np.inf)
+    keep = ((np.nan_to_num(conf, nan=-np.inf) >= threshold) | (threshold == -np.inf)) & own
     tier = np.array(["llm" if int(s) in routed else "small" for s in ms], object)
     ents = ctx.pair().entities.select(["id", "uri", "name"])
-    links = links_table(ms[keep], mt[keep], pair_score[keep], conf[keep], tier[keep], margin[rows][keep], decoder, ents)
+    given = np.ones(len(seed_src), np.float32)
+    links = pa.concat_tables([
+        links_table(seed_src, seed_tgt, given, given, np.array(["seed"] * len(seed_src), object),
+                    np.full(len(seed_src), np.nan, np.float32), "seed", ents),
+        links_table(ms[keep], mt[keep], pair_score[keep], conf[keep], tier[keep], margin[rows][keep], decoder, ents)])
     linked = set(links["src"].to_pylist())
     left = np.array([s for s in q.tolist() if s not in linked], np.int64)
     lr = rows_of(q, left)
@@ -125,7 +136,8 @@ def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: floa
                "unmatched": int(len(left)), "confidence": kind,
                "threshold": threshold if np.isfinite(threshold) else None, "target_precision": target_precision,
                "estimated_precision": estimated, "tiers": {t: int((links["tier"].to_numpy(zero_copy_only=False) == t).sum())
-                                                         for t in ("small", "llm")}}
+                                                         for t in ("seed", "small", "llm")},
+               "seed_links": int(len(seed_src)), "predictions_contradicting_a_seed_dropped": int(contradicts.sum())}
     test = ctx.pair().links_of("test")
     if test.num_rows:
         # as metrics.json counts a decoder's output: its links of test sources against the gold links

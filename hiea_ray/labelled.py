@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from hiea_ray.core.candidates import known_out_of_pool, with_structural
 from hiea_ray.core.decoders import run_decoders
 from hiea_ray.core.metrics import protocol_sets
 from hiea_ray.core.retrieval import knn
@@ -25,7 +26,7 @@ from hiea_ray.core.router import anchor_folds, confidence_features, neighbour_co
 from hiea_ray.core.structure import SeedGraphs
 from hiea_ray.errors import UserError
 from hiea_ray.io import read_lists, rows_of, to_local
-from hiea_ray.run import RunContext
+from hiea_ray.run import RunContext, seed_links
 
 # how much of each labelled source's primary list is kept (the LLM tier shows <= 25)
 LABELLED_LIST = 32
@@ -145,6 +146,8 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
     test = ctx.pair().links_of("test")
     t_src, t_tgt = test["src"].to_numpy(), test["tgt"].to_numpy()
     s_src, s_tgt = seeds.links["src"].to_numpy(), seeds.links["tgt"].to_numpy()
+    known_links = seed_links(ctx.pair())
+    k_src, k_tgt = known_links["src"].to_numpy(), known_links["tgt"].to_numpy()
     parts: dict[str, list] = {k: [] for k in ("src", "tgt", "X", "cand", "score", "dangling")}
     answer: dict[str, list] = {d: [] for d in cfg.decode.decoders}
     answer_score: dict[str, list] = {d: [] for d in cfg.decode.decoders}
@@ -164,6 +167,15 @@ def labelled_decode(ctx: RunContext, protocol: str, seeds: Seeds, primary: str, 
         s2t_score, s2t = knn(Q, B, cfg.retrieve.k, cfg.retrieve)
         t2s_score, t2s = knn(B, Q, cfg.retrieve.k, cfg.retrieve)
         g = dataclasses.replace(seeds.graphs, anchors=seeds.graphs.anchors[anchor_fold != j])
+        # the lists as the retrieve and decode stages make a test source's: structural candidates
+        # from the other folds' anchors, and the other folds' seed links as facts (fold j's are not)
+        if cfg.retrieve.structural_k:
+            s2t, s2t_score, t2s, t2s_score, _ = with_structural(g, q, b, Q, B, s2t, s2t_score, t2s, t2s_score,
+                                                                cfg.retrieve.structural_k, cfg.retrieve.structural_hub_degree)
+        if cfg.decode.seeds_as_facts:
+            known = ~np.isin(k_src, f_src)
+            s2t, s2t_score, t2s, t2s_score = known_out_of_pool(s2t, s2t_score, t2s, t2s_score, q, b,
+                                                               k_src[known], k_tgt[known])
         decoded = list(run_decoders(cfg.decode.decoders, s2t, s2t_score, t2s, t2s_score, q, b, cfg.decode, lambda: g))
         lists = {d.name: (d.idx, d.score) for d in decoded}
         X, names, _ = features(lists, t2s, t2s_score, q, b, g, primary)

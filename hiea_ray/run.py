@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hiea_ray.config import Config
@@ -89,20 +90,35 @@ class RunContext:
 
 def candidate_lists(ctx: RunContext, protocol: str):
     """(q, b, s2t, s2t_score, t2s, t2s_score) in local indices: the retriever's lists, or with
-    reranking the whole candidate graph with fused scores."""
+    reranking the whole candidate graph with fused scores; with ``decode.seeds_as_facts`` the seed
+    links as facts (``core.candidates.known_out_of_pool``)."""
     d = ctx.run / "retrieve" / protocol
     q, s2t_ids, s2t_score = read_lists(d / "s2t.parquet")
     b, t2s_ids, t2s_score = read_lists(d / "t2s.parquet")
     s2t, t2s = to_local(b, s2t_ids), to_local(q, t2s_ids)
-    if not ctx.cfg.rerank.enabled:
-        return q, b, s2t, s2t_score, t2s, t2s_score
-    t = read_dir(ctx.run / "rerank" / protocol / "parts").sort_by("src")
-    if not np.array_equal(t["src"].to_numpy(), q):
-        raise RuntimeError(f"rerank {protocol}: reranked sources differ from the retrieved ones")
-    c = ctx.cfg.decode
-    cand = to_local(b, column_to_numpy(t["cand"]))
-    return (q, b, *fused_lists(s2t, s2t_score, t2s, t2s_score, cand, column_to_numpy(t["retr"]),
-                               column_to_numpy(t["rerank"]), c.fusion_weight, c.score_scale))
+    if ctx.cfg.rerank.enabled:
+        t = read_dir(ctx.run / "rerank" / protocol / "parts").sort_by("src")
+        if not np.array_equal(t["src"].to_numpy(), q):
+            raise RuntimeError(f"rerank {protocol}: reranked sources differ from the retrieved ones")
+        c = ctx.cfg.decode
+        cand = to_local(b, column_to_numpy(t["cand"]))
+        s2t, s2t_score, t2s, t2s_score = fused_lists(s2t, s2t_score, t2s, t2s_score, cand, column_to_numpy(t["retr"]),
+                                                     column_to_numpy(t["rerank"]), c.fusion_weight, c.score_scale)
+    if ctx.cfg.decode.seeds_as_facts:
+        from hiea_ray.core.candidates import known_out_of_pool
+
+        seeds = seed_links(ctx.pair())
+        s2t, s2t_score, t2s, t2s_score = known_out_of_pool(s2t, s2t_score, t2s, t2s_score, q, b,
+                                                           seeds["src"].to_numpy(), seeds["tgt"].to_numpy())
+    return q, b, s2t, s2t_score, t2s, t2s_score
+
+
+SEED_SPLITS = ("train", "valid")  # the user's own links (test links are the evaluation's; pseudo the run's)
+
+
+def seed_links(pair) -> pa.Table:
+    """The user's seed links (splits train and valid): facts the output hands back as given."""
+    return pair.links.filter(pc.is_in(pair.links["split"], pa.array(SEED_SPLITS, pa.string())))
 
 
 def seed_and_certain(ctx: RunContext, protocol: str) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -14,6 +14,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from ray_conftest_helpers import (
@@ -345,6 +346,52 @@ def test_export_hands_over_the_alignment_in_the_inputs_identifiers(e2e):
     with open(d / "unmatched.tsv", encoding="utf-8") as fh:
         assert len(list(csv.reader(fh, delimiter="\t"))) - 1 <= summary["unmatched"]
     assert summary["links"] + summary["unmatched"] == summary["sources"]
+
+
+@pytest.mark.ray
+def test_the_users_seed_links_come_back_as_given_and_nothing_contradicts_them(e2e):
+    """decode.seeds_as_facts (default): every seed link is in the output as given (tier seed,
+    confidence 1), no link gives a seed source another target or a seed target another source,
+    unmatched.tsv lists no seed source; the decoders never offer a seed target to another source;
+    the calibrate stage's labelled sources still had their own target in their pool (they are not
+    all trivially right)."""
+    run = e2e["run"]
+    links = pq.read_table(run / "alignment" / "links.parquet")
+    seeds = pq.read_table(run / "ingest" / "links.parquet").to_pandas()
+    seeds = seeds[seeds["split"].isin(["train", "valid"])]
+    given = dict(zip(seeds["src"], seeds["tgt"]))
+    out = links.to_pandas()
+    seed_rows = out[out["tier"] == "seed"]
+    assert dict(zip(seed_rows["src"], seed_rows["tgt"])) == given and (seed_rows["confidence"] == 1.0).all()
+    rest = out[out["tier"] != "seed"]
+    assert not rest["src"].isin(list(given)).any() and not rest["tgt"].isin(list(given.values())).any()
+    un = pd.read_csv(run / "alignment" / "unmatched.tsv", sep="\t")
+    ents = pq.read_table(run / "ingest" / "entities.parquet").to_pandas().set_index("id")
+    assert not un["kg1_id"].isin(ents.loc[list(given), "uri"]).any()
+    summary = json.loads((run / "alignment" / "summary.json").read_text())
+    assert summary["tiers"]["seed"] == summary["seed_links"] == len(given)
+    from hiea_ray.io import read_lists
+
+    taken = np.array(list(given.values()))
+    for decoder in ("top1", "csls", "sinkhorn"):
+        q, cand, _ = read_lists(run / "decode" / "all-targets" / f"{decoder}.parquet")
+        other = ~np.isin(q, list(given))
+        assert not np.isin(cand[other], taken).any()
+        assert (cand[~other, 0] == np.array([given[s] for s in q[~other]])).all()
+    from hiea_ray.config import load_config
+    from hiea_ray.labelled import seeds_of
+    from hiea_ray.run import RunContext
+
+    sd = seeds_of(RunContext(load_config(overrides=tiny_overrides(e2e["model"])), e2e["data"], run))
+    fold_of = dict(zip(sd.links["src"].to_pylist(), sd.fold.tolist()))
+    lab = pq.read_table(run / "calibrate" / "all-targets" / "labelled.parquet").to_pandas()
+    for decoder in ("top1", "sinkhorn"):
+        a, t = lab[f"answer.{decoder}"].to_numpy(), lab["tgt"].to_numpy()
+        fold = np.array([fold_of[s] for s in lab["src"]])
+        for j in np.unique(fold):  # decoded out of fold: never the target of a seed link outside fold j
+            outside = [g for s, g in given.items() if fold_of.get(s, -1) != j]
+            assert not np.isin(a[fold == j], outside).any()
+        assert 0 < (a == t)[~lab["dangling"].to_numpy()].mean() < 1  # its own target was in its pool
 
 
 @pytest.mark.ray

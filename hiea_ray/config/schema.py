@@ -330,6 +330,14 @@ class RetrieveConfig:
     gpu: Literal["auto", "yes", "no"] = "auto"
     # Queries per FAISS search call (bounds memory: batch x k).
     query_batch: int = runtime(16384, ge=1)
+    # Structural candidates (``core.candidates.structural``): per source, up to this many KG2
+    # neighbours of the counterparts of its anchored neighbours (decode.structure_anchors, and a
+    # collaboration round's pseudo-seeds), by support then cosine, added to the k dense ones (and
+    # the same for the reverse lists); found by facts, not by name, so they do not thin out as the
+    # pool grows. 0 = off.
+    structural_k: int = hashed_if_set(default=0, ge=0)
+    # An anchor whose counterpart has more neighbours than this vouches for none of them (a hub).
+    structural_hub_degree: int = hashed_if_set(default=200, ge=1)
 
 
 @dataclass
@@ -363,6 +371,11 @@ class DecodeConfig:
     # held fixed as the best match of their entities, so a test entity's seed neighbours vouch
     # for its candidates); [] = none. Never "test".
     structure_anchors: list[str] = field(default_factory=lambda: ["train", "valid"])
+    # The user's seed links (train and valid) are facts: a seed source's list is its seed target
+    # alone, and no other source is offered a seed target (nor a target a seed source), so the
+    # one-to-one decoders never give a seed's target to anyone else. false: seeds compete as any
+    # entity does. (The standard protocol's pool holds no seed: it changes nothing there.)
+    seeds_as_facts: bool = True
     # With reranking (rerank.enabled): the decoders' score of a candidate edge, in cosine units,
     #   score = (1 - fusion_weight) * retriever_cosine + fusion_weight * score_scale * reranker_logit
     fusion_weight: float = bounded(0.5, ge=0, le=1)

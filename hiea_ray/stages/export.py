@@ -43,6 +43,5 @@ def publish(ctx: RunContext) -> None:
 STAGE = StageDef(name="export", body=run, reads=("ingest", "decode", "calibrate", "route", "llm"),
                  config=("output", "decode.decoders", "evaluate.protocols", "llm.enabled", "llm.fusion", "route.enabled",
                          "route.primary"),
-                 # 2: with output.dangling_share, the expected-precision cut is taken over every non-seed
-                 # source's link (version 1 left out the test links' sources too)
-                 version=2, publish=publish)
+                 # 3: the seed links are handed back as given (tier "seed") and no prediction contradicts one
+                 version=3, publish=publish)

@@ -2,7 +2,10 @@
 
 For each evaluation protocol (``core.metrics.protocol_sets``): ``<protocol>/s2t.parquet`` (each
 source's ranked targets) and ``t2s.parquet`` (each target's ranked sources), in the ranked-list
-contract of ``hiea_ray.io``. Memory: the vectors plus O(query_batch * k).
+contract of ``hiea_ray.io``. With ``retrieve.structural_k`` the lists also hold the structural
+candidates (``core.candidates``: neighbours of the anchored neighbours' counterparts, ranked by
+cosine with the dense ones), and ``structural.parquet`` the sources' structural channel alone.
+Memory: the vectors plus O(query_batch * k), and the lists O(n * (k + structural_k)).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import time
 from pathlib import Path
 
+from hiea_ray.core.candidates import with_structural
 from hiea_ray.core.metrics import protocol_sets
 from hiea_ray.core.retrieval import factory_string, knn
 from hiea_ray.io import ids_or_pad, rows_of, write_lists
@@ -27,15 +31,25 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     k = ctx.cfg.retrieve.k
     rows = 0
     index = {}  # the FAISS index each direction searched (the auto alias resolved)
+    rc = ctx.cfg.retrieve
+    graphs = None
+    if rc.structural_k:
+        from hiea_ray.core.structure import SeedGraphs
+
+        graphs = SeedGraphs.of(ctx.pair(), [*ctx.cfg.decode.structure_anchors, "pseudo"])
     t0 = time.time()
     for protocol in ctx.cfg.evaluate.protocols:
         q, b = protocol_sets(protocol, test["src"].to_numpy(), test["tgt"].to_numpy(), ids, kg)
         Q, B = vecs[rows_of(ids, q)], vecs[rows_of(ids, b)]
         d = tmp / protocol
         d.mkdir(parents=True, exist_ok=True)
-        bar = Progress(f"retrieve {protocol}", len(q) + len(b), unit="queries")
-        s, i = knn(Q, B, k, ctx.cfg.retrieve, progress=bar.update)
-        s2, i2 = knn(B, Q, k, ctx.cfg.retrieve, progress=bar.update)
+        bar = Progress(f"retrieve {protocol}", (len(q) + len(b)) * (2 if graphs else 1), unit="queries")
+        s, i = knn(Q, B, k, rc, progress=bar.update)
+        s2, i2 = knn(B, Q, k, rc, progress=bar.update)
+        if graphs is not None:
+            i, s, i2, s2, (si, sc) = with_structural(graphs, q, b, Q, B, i, s, i2, s2, rc.structural_k,
+                                                     rc.structural_hub_degree, progress=bar.update)
+            write_lists(d / "structural.parquet", q, ids_or_pad(b, si), sc)
         bar.close()
         write_lists(d / "s2t.parquet", q, ids_or_pad(b, i), s)
         write_lists(d / "t2s.parquet", b, ids_or_pad(q, i2), s2)
@@ -48,5 +62,5 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 # version 2: retrieve.index auto is exact up to 2,000,000 targets on CPU (was 250,000) and on GPUs at
 # any size; early cutoff: lists byte-identical to the previous version's keep their fingerprint, so
 # only runs whose index changed re-run what reads them.
-STAGE = StageDef(name="retrieve", body=run, reads=("embed",), config=("retrieve", "evaluate.protocols"), version=2,
-                 early_cutoff=True)
+STAGE = StageDef(name="retrieve", body=run, reads=("embed",),
+                 config=("retrieve", "evaluate.protocols", "decode.structure_anchors"), version=2, early_cutoff=True)
