@@ -143,8 +143,11 @@ def thresholded(run: Path, target: float) -> dict:
 
 
 def retrieve_metrics(run: Path) -> dict:
-    """Hits@1/10, MRR and recall@k of the real test links in the retrieve stage's own lists (the
-    top1 decoder before decoding): what a run whose decode has not finished already shows."""
+    """Hits@1/10, MRR and recall of the real test links in the retrieve stage's own lists (the
+    top1 decoder before decoding): what a run whose decode has not finished already shows. Recall
+    per candidate channel: ``dense`` (the first retrieve.k entries: with exact search the lists are
+    ranked by cosine, so these are the dense top-k), ``structural`` (structural.parquet, when the
+    run has the channel) and ``merged`` (the whole list)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -152,19 +155,34 @@ def retrieve_metrics(run: Path) -> dict:
 
     test = KGPair.read(run / "ingest").links_of("test")
     gold = dict(zip(test["src"].to_pylist(), test["tgt"].to_pylist()))
-    out = {}
-    for protocol in ("standard", "all-targets"):
-        n = h1 = h10 = hit = 0
-        rr = 0.0
-        for b in pq.ParquetFile(run / "retrieve" / protocol / "s2t.parquet").iter_batches(50_000, columns=["src", "cand"]):
+    k = json.loads((run / "config.resolved.json").read_text())["retrieve"]["k"]
+
+    def found(path: Path) -> dict:
+        hit = {}
+        for b in pq.ParquetFile(path).iter_batches(50_000, columns=["src", "cand"]):
             src, cand = b.column("src").to_numpy(), b.column("cand")
             for i in np.nonzero(np.isin(src, list(gold)))[0]:
                 c, g = cand[int(i)].as_py(), gold[int(src[i])]
-                n, h1, h10 = n + 1, h1 + (c[:1] == [g]), h10 + (g in c[:10])
-                if g in c:
-                    hit, rr = hit + 1, rr + 1.0 / (c.index(g) + 1)
-        out[protocol] = {"n": n, "hits@1": round(h1 / n, 4), "hits@10": round(h10 / n, 4), "mrr": round(rr / n, 4),
-                         "recall@k": round(hit / n, 4)}
+                hit[int(src[i])] = c.index(g) if g in c else None
+        return hit
+
+    out = {}
+    for protocol in ("standard", "all-targets"):
+        d = run / "retrieve" / protocol
+        if not (d / "s2t.parquet").is_file():
+            continue
+        pos = found(d / "s2t.parquet")
+        n = len(pos)
+        ranks = [p for p in pos.values() if p is not None]
+        out[protocol] = {"n": n, "hits@1": round(sum(p == 0 for p in ranks) / n, 4),
+                         "hits@10": round(sum(p < 10 for p in ranks) / n, 4),
+                         "mrr": round(sum(1.0 / (p + 1) for p in ranks) / n, 4), "recall@k": round(len(ranks) / n, 4),
+                         "channels": {"dense": round(sum(p < k for p in ranks) / n, 4), "merged": round(len(ranks) / n, 4)}}
+        if (d / "structural.parquet").is_file():
+            st = found(d / "structural.parquet")
+            out[protocol]["channels"]["structural"] = round(sum(p is not None for p in st.values()) / n, 4)
+            out[protocol]["channels"]["structural_only"] = round(
+                sum(st.get(s) is not None and (p is None or p >= k) for s, p in pos.items()) / n, 4)
     return out
 
 
@@ -217,6 +235,7 @@ def summarize(run: Path, result: Path, target: float) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())["all_protocols"]["metrics"]
     res["metrics"] = metrics
     res["output"] = thresholded(run, target)
+    res["retrieve"] = retrieve_metrics(run)
     res["target_precision"] = target
     res["total_wall_s"] = round(sum(v["wall_s"] for v in res["stages"].values()), 1)
     res["peak_rss_gib"] = max(v["peak_rss_gib"] for v in res["stages"].values())

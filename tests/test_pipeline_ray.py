@@ -152,6 +152,33 @@ def test_decode_change_reruns_only_decode_and_what_reads_it(e2e, tmp_path):
 
 
 @pytest.mark.ray
+def test_structural_candidates_join_the_dense_lists_and_reach_a_gold_target_the_dense_ones_missed(e2e, tmp_path):
+    """retrieve.structural_k: the retrieve stage re-runs (embed reused), each list holds its k dense
+    candidates first-ranked by cosine plus the structural channel (written alone beside them); on
+    this pair some test sources' gold target is found by the structural channel only."""
+    from hiea_ray.kg.model import KGPair
+
+    run = copy_stages(e2e["run"], tmp_path / "run", ["ingest", "verbalize", "embed"])
+    cfg = load_config(overrides=tiny_overrides(e2e["model"], "retrieve.k=5", "decode.csls_k=5", "retrieve.structural_k=10",
+                                               "evaluate.protocols=[all-targets]"))
+    pipe = Pipeline(cfg, e2e["data"], run)
+    pipe.run_stage("retrieve")
+    q, cand, score = read_lists(run / "retrieve" / "all-targets" / "s2t.parquet")
+    sq, scand, _ = read_lists(run / "retrieve" / "all-targets" / "structural.parquet")
+    assert cand.shape[1] == 15 and np.array_equal(q, sq) and (scand >= 0).any()
+    ok = np.isfinite(score)
+    assert (np.diff(np.where(ok, score, -9), axis=1) <= 1e-6).all()  # one ranking by cosine
+    for row in range(0, len(q), 37):  # every structural candidate is in the merged list
+        assert set(scand[row][scand[row] >= 0]) <= set(cand[row][cand[row] >= 0])
+    test = KGPair.read(run / "ingest").links_of("test")
+    rows = np.searchsorted(q, test["src"].to_numpy())
+    gold = test["tgt"].to_numpy()
+    dense = (cand[rows, :5] == gold[:, None]).any(1)
+    merged = (cand[rows] == gold[:, None]).any(1)
+    assert merged.sum() > dense.sum()
+
+
+@pytest.mark.ray
 def test_decode_resumes_with_the_decoders_a_killed_attempt_finished(e2e, tmp_path, monkeypatch, caplog):
     """A decode stage killed in its structure decoder keeps top1 / csls / sinkhorn: the re-run
     decodes only structure (from the kept Sinkhorn lists) and writes what an uninterrupted run writes."""
