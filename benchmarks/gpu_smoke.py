@@ -471,7 +471,7 @@ def main(argv=None) -> int:
             commit = f"{commit}+uncommitted changes" if commit and dirty else commit
         except OSError:
             commit = None
-    meta = {"command": "python benchmarks/gpu_smoke.py" + (" --dry-run" if args.dry_run else ""),
+    meta = {"command": " ".join(["python benchmarks/gpu_smoke.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": time.strftime("%Y-%m-%d"), "commit": commit,
             "device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
             "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
