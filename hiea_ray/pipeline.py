@@ -82,7 +82,12 @@ class Pipeline(RunContext):
                 sd.check(self)
             tmp = st.begin(keep=sd.resumable)
             try:
-                stats = sd.body(self, tmp)
+                if name in self.cfg.ray.offload:
+                    from hiea_ray.data import offloaded
+
+                    stats = offloaded(name, self, tmp)
+                else:
+                    stats = sd.body(self, tmp)
             except BaseException as e:
                 # nothing half-written is kept: a mistake in the input keeps nothing; other failures
                 # keep only what a resumable stage continues from

@@ -179,6 +179,34 @@ def test_structural_candidates_join_the_dense_lists_and_reach_a_gold_target_the_
 
 
 @pytest.mark.ray
+def test_offloaded_stages_run_as_ray_tasks_and_give_the_drivers_lists_and_metrics(e2e, tmp_path):
+    """ray.offload: retrieve, decode, calibrate, export and evaluate run as Ray tasks in worker
+    processes (the driver loads no vector and no list): every list, the alignment and the metrics
+    are the single-process run's."""
+    import os
+
+    import ray
+
+    run = copy_stages(e2e["run"], tmp_path / "run", ["ingest", "verbalize", "embed"])
+    cfg = load_config(overrides=tiny_overrides(e2e["model"], "ray.offload=[retrieve,decode,calibrate,export,evaluate]"))
+    pipe = Pipeline(cfg, e2e["data"], run)
+    pipe.run_all()
+    assert all(not pipe.timings[s]["reused"] for s in ("retrieve", "decode", "calibrate", "export", "evaluate"))
+    for protocol in ("standard", "all-targets"):
+        for f in ("retrieve/{p}/s2t.parquet", "retrieve/{p}/t2s.parquet", "decode/{p}/sinkhorn.parquet",
+                  "decode/{p}/csls.parquet", "decode/{p}/sinkhorn.match.parquet"):
+            a, b = (pq.read_table(r / f.format(p=protocol)) for r in (e2e["run"], run))
+            assert a.equals(b), f.format(p=protocol)
+    a, b = (pq.read_table(r / "alignment" / "links.parquet").to_pandas() for r in (run, e2e["run"]))
+    assert a.equals(b)  # NaN (a seed link's margin) equal to NaN
+    m1, m2 = (json.loads((r / "metrics.json").read_text())["all_protocols"]["metrics"] for r in (e2e["run"], run))
+    assert m1 == m2
+    for stage in ("retrieve", "decode", "calibrate", "export", "evaluate"):  # each in a Ray worker, not here
+        where = manifest(run, stage)["stats"]["offloaded"]
+        assert where["pid"] != os.getpid() and where["worker_peak_rss_gib"] > 0 and ray.is_initialized()
+
+
+@pytest.mark.ray
 def test_decode_resumes_with_the_decoders_a_killed_attempt_finished(e2e, tmp_path, monkeypatch, caplog):
     """A decode stage killed in its structure decoder keeps top1 / csls / sinkhorn: the re-run
     decodes only structure (from the kept Sinkhorn lists) and writes what an uninterrupted run writes."""
