@@ -15,11 +15,13 @@ class PeakRSS:
     def __init__(self, interval: float = 0.2):
         self.interval = interval
         self.peak = 0
+        self.driver_peak = 0  # this process alone (the driver)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
         me = psutil.Process()
+        self.driver_peak = max(self.driver_peak, me.memory_info().rss)
         total = 0
         for p in [me, *me.children(recursive=True)]:
             try:
@@ -46,6 +48,10 @@ class PeakRSS:
     @property
     def peak_gib(self) -> float:
         return round(self.peak / 2**30, 3)
+
+    @property
+    def driver_peak_gib(self) -> float:
+        return round(self.driver_peak / 2**30, 3)
 
 
 def load_result(path, *sections: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import PeakRSS  # noqa: E402
+from benchmarks.common import PeakRSS, provenance  # noqa: E402
 from hiea_ray.config import load_config  # noqa: E402
 from hiea_ray.kg.synthetic import generate  # noqa: E402
 
@@ -96,6 +96,9 @@ def main(argv=None) -> int:
             stages[name] = {
                 "wall_s": round(time.time() - t1, 2),
                 "peak_rss_gib": mem.peak_gib,
+                "driver_peak_rss_gib": mem.driver_peak_gib,
+                # an offloaded stage (ray.offload): the Ray worker process that ran it
+                "worker_peak_rss_gib": (m["stats"].get("offloaded") or {}).get("worker_peak_rss_gib"),
                 "rows": m["stats"].get("rows"),
                 "rows_per_s": m["stats"].get("rows_per_s"),
                 "reused": reused,
@@ -103,9 +106,11 @@ def main(argv=None) -> int:
         print(name, stages[name], flush=True)
         if name == "ingest":
             report = pipe.pair().report
-            res.update(entities=report["entities"], rel_triples=report["rel_triples"], links=report["links"])
+            res.update(entities=report["entities"], rel_triples=report["rel_triples"], links=report["links"],
+                       entities_per_side=max(report["entities"].values()), provenance=provenance())
         res["total_wall_s"] = round(sum(v["wall_s"] for v in stages.values()), 1)
         res["peak_rss_gib"] = max(v["peak_rss_gib"] for v in stages.values())
+        res["driver_peak_rss_gib"] = max(v.get("driver_peak_rss_gib") or 0 for v in stages.values())
         result.write_text(json.dumps(res, indent=2))  # after every stage: a killed run leaves its numbers
         if name == args.until:
             return 0

@@ -217,17 +217,16 @@ def _write(ds, out: Path, progress: tuple[str, int] | None, done: int = 0) -> No
         ds.write_parquet(str(out))
 
 
-def _stage_on_worker(name: str, cfg, data: str, run: str, tmp: str) -> dict:
+def _stage_on_worker(body, cfg, data: str, run: str, tmp: str) -> dict:
     """A stage body in a Ray worker: a fresh RunContext over the same folders (nothing of the
     driver's process crosses but the config and the paths)."""
-    from hiea_ray.run import RunContext
-    from hiea_ray.stages import REGISTRY
-
     import ray
     import psutil
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    stats = REGISTRY[name].body(RunContext(cfg, data, run), Path(tmp))
+    from hiea_ray.run import RunContext
+
+    stats = body(RunContext(cfg, data, run), Path(tmp))
     # where it ran, and the worker's peak memory (ru_maxrss: the process's whole life, this task's at least)
     import resource
 
@@ -236,7 +235,7 @@ def _stage_on_worker(name: str, cfg, data: str, run: str, tmp: str) -> dict:
                                    "worker_rss_gib": round(psutil.Process().memory_info().rss / 2**30, 3)}}
 
 
-def offloaded(name: str, ctx, tmp: Path) -> dict:
+def offloaded(name: str, body, ctx, tmp: Path) -> dict:
     """Runs stage ``name``'s body as a Ray task (``ray.offload``): the driver holds none of its
     vectors or lists, only waits. The task writes the stage's outputs into ``tmp`` on the run's
     storage (every node mounts it) and returns its stats; a user error inside it reaches the CLI
@@ -252,7 +251,7 @@ def offloaded(name: str, ctx, tmp: Path) -> dict:
     if rc.offload_memory_gib:
         opts["memory"] = int(rc.offload_memory_gib * 2**30)
     task = ray.remote(_stage_on_worker).options(**opts)
-    ref = task.remote(name, ctx.cfg, str(Path(ctx.data).resolve()), str(Path(ctx.run).resolve()), str(Path(tmp).resolve()))
+    ref = task.remote(body, ctx.cfg, str(Path(ctx.data).resolve()), str(Path(ctx.run).resolve()), str(Path(tmp).resolve()))
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:

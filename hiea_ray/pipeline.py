@@ -85,7 +85,7 @@ class Pipeline(RunContext):
                 if name in self.cfg.ray.offload:
                     from hiea_ray.data import offloaded
 
-                    stats = offloaded(name, self, tmp)
+                    stats = offloaded(name, sd.body, self, tmp)
                 else:
                     stats = sd.body(self, tmp)
             except BaseException as e:
@@ -137,3 +137,4 @@ class Pipeline(RunContext):
     def lock(self):
         """One pipeline at a time per run folder (``manifest.run_lock``)."""
         return run_lock(self.run)
+

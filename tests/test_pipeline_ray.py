@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -204,6 +205,50 @@ def test_offloaded_stages_run_as_ray_tasks_and_give_the_drivers_lists_and_metric
     for stage in ("retrieve", "decode", "calibrate", "export", "evaluate"):  # each in a Ray worker, not here
         where = manifest(run, stage)["stats"]["offloaded"]
         assert where["pid"] != os.getpid() and where["worker_peak_rss_gib"] > 0 and ray.is_initialized()
+
+
+@pytest.mark.ray
+def test_distributed_retrieval_gives_the_drivers_lists_and_resumes_from_its_parts(e2e, tmp_path):
+    """retrieve.engine=ray: indexes built by Ray tasks, queries searched in blocks by 2 actors,
+    the lists assembled by a task: s2t, t2s and the structural channel equal the driver path's; a
+    direction killed half-way searches only the queries without a part when it resumes."""
+    from hiea_ray.core.metrics import protocol_sets
+    from hiea_ray.io import read_dir
+    from hiea_ray.ops.retrieve import build_index_file, finish_lists, search_direction
+
+    sets = ["retrieve.structural_k=5", "evaluate.protocols=[standard,all-targets]"]
+    runs = {}
+    for engine in ("driver", "ray"):
+        runs[engine] = copy_stages(e2e["run"], tmp_path / engine, ["ingest", "verbalize", "embed"])
+        cfg = load_config(overrides=tiny_overrides(e2e["model"], *sets, f"retrieve.engine={engine}", "retrieve.search_actors=2",
+                                                   "retrieve.search_cpus=0.5", "retrieve.rows_per_block=150"))
+        Pipeline(cfg, e2e["data"], runs[engine]).run_stage("retrieve")
+    for protocol in ("standard", "all-targets"):
+        for f in ("s2t", "t2s", "structural"):
+            a, b = (pq.read_table(runs[e] / "retrieve" / protocol / f"{f}.parquet") for e in ("driver", "ray"))
+            assert a.equals(b), (protocol, f)
+        assert sorted(p.name for p in (runs["ray"] / "retrieve" / protocol).iterdir()) == \
+            ["s2t.parquet", "structural.parquet", "t2s.parquet"]  # no index or part left behind
+    m = manifest(runs["ray"], "retrieve")["stats"]
+    assert m["engine"] == "ray" and m["queries_searched_now"] > 0
+    # resume: half the queries searched, then all: only the other half is searched again
+    rc = cfg.retrieve
+    parts = runs["ray"] / "embed" / "parts"
+    emb = read_dir(parts).sort_by("id")
+    ids, kg = emb["id"].to_numpy(), emb["kg"].to_numpy()
+    q, b = protocol_sets("all-targets", np.zeros(0, np.int64), np.zeros(0, np.int64), ids, kg)
+    index = tmp_path / "s2t.index"
+    import ray
+
+    ray.get(ray.remote(build_index_file).remote(str(parts), b, dataclasses.asdict(rc), str(index)))
+    out = tmp_path / "s2t.parts"
+    first = search_direction(parts, q[: len(q) // 2], ids, index, out, rc, "half")
+    again = search_direction(parts, q, ids, index, out, rc, "all")
+    assert first == len(q) // 2 and again == len(q) - len(q) // 2
+    finish_lists(str(out), str(tmp_path / "s2t.parquet"), q)
+    _, dense, _ = read_lists(tmp_path / "s2t.parquet")
+    _, merged, _ = read_lists(runs["driver"] / "retrieve" / "all-targets" / "s2t.parquet")
+    assert np.array_equal(dense, merged[:, : dense.shape[1]])  # the dense top-k head the merged lists
 
 
 @pytest.mark.ray

@@ -330,6 +330,18 @@ class RetrieveConfig:
     gpu: Literal["auto", "yes", "no"] = "auto"
     # Queries per FAISS search call (bounds memory: batch x k).
     query_batch: int = runtime(16384, ge=1)
+    # Where the search runs: "driver" (this process loads the vectors and searches both
+    # directions) or "ray" (``hiea_ray.ops.retrieve``: each direction's index built once by a Ray
+    # task into the run folder, the queries searched in blocks by an actor pool over the
+    # cluster's nodes, resumable part by part; the driver holds no vector and no list). Exact
+    # search gives both the same lists.
+    engine: Literal["driver", "ray"] = runtime("driver")
+    # engine ray: searcher actors, CPUs (FAISS threads) of each, query rows per block, and the
+    # memory reserved for the tasks that build an index and assemble the lists (GiB; null: none).
+    search_actors: int = runtime(1, ge=1)
+    search_cpus: float = runtime(1.0, gt=0)
+    rows_per_block: int = runtime(8192, ge=1)
+    task_memory_gib: float | None = runtime(None, gt=0)
     # Structural candidates (``core.candidates.structural``): per source, up to this many KG2
     # neighbours of the counterparts of its anchored neighbours (decode.structure_anchors, and a
     # collaboration round's pseudo-seeds), by support then cosine, added to the k dense ones (and

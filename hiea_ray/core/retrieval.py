@@ -92,16 +92,23 @@ def _nlist(index: faiss.Index) -> int:
 
 def knn(queries: np.ndarray, base: np.ndarray, k: int, cfg: RetrieveConfig, progress=None):
     """Top-k of each query row among base rows by inner product."""
+    if queries.shape[0] == 0 or base.shape[0] == 0:
+        return np.full((queries.shape[0], k), -np.inf, np.float32), np.full((queries.shape[0], k), -1, np.int64)
+    return search(build_index(base, cfg), queries, base.shape[0], k, cfg.query_batch, progress)
+
+
+def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_batch: int, progress=None):
+    """(scores (n, k), indices (n, k)) of the query rows in an index of ``n_base`` rows, searched in
+    batches of ``query_batch`` (a query's result does not depend on its batch); -1 / -inf padded."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = queries.shape[0]
     scores = np.full((n, k), -np.inf, dtype=np.float32)
     idx = np.full((n, k), -1, dtype=np.int64)
-    if n == 0 or base.shape[0] == 0:
+    kk = min(k, n_base)
+    if n == 0 or kk == 0:
         return scores, idx
-    index = build_index(base, cfg)
-    kk = min(k, base.shape[0])
-    for start in range(0, n, cfg.query_batch):
-        d, i = index.search(queries[start : start + cfg.query_batch], kk)
+    for start in range(0, n, query_batch):
+        d, i = index.search(queries[start : start + query_batch], kk)
         scores[start : start + len(d), :kk] = d
         idx[start : start + len(d), :kk] = i
         if progress is not None:

@@ -1,4 +1,4 @@
-"""retrieve (FAISS on the driver): top ``retrieve.k`` candidates per source and per target.
+"""retrieve (FAISS on the driver, or ``retrieve.engine: ray``: ``ops.retrieve``): top ``retrieve.k`` candidates per source and per target.
 
 For each evaluation protocol (``core.metrics.protocol_sets``): ``<protocol>/s2t.parquet`` (each
 source's ranked targets) and ``t2s.parquet`` (each target's ranked sources), in the ranked-list
@@ -11,6 +11,7 @@ Memory: the vectors plus O(query_batch * k), and the lists O(n * (k + structural
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
+    if ctx.cfg.retrieve.engine == "ray":  # distributed: hiea_ray.ops.retrieve
+        from hiea_ray.ops.retrieve import retrieve_distributed
+
+        return retrieve_distributed(ctx, tmp)
+    for leftover in [*tmp.glob("*/*.parts"), *tmp.glob("*/*.index*")]:  # a killed attempt of the ray engine
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     test = ctx.pair().links_of("test")
     ids, kg, vecs = ctx.embeddings()
     k = ctx.cfg.retrieve.k
@@ -63,4 +70,5 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 # any size; early cutoff: lists byte-identical to the previous version's keep their fingerprint, so
 # only runs whose index changed re-run what reads them.
 STAGE = StageDef(name="retrieve", body=run, reads=("embed",),
-                 config=("retrieve", "evaluate.protocols", "decode.structure_anchors"), version=2, early_cutoff=True)
+                 config=("retrieve", "evaluate.protocols", "decode.structure_anchors"), version=2, early_cutoff=True,
+                 resumable=True)

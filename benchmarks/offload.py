@@ -1,0 +1,79 @@
+"""The driver's memory with the O(n k) stages offloaded to Ray workers (``ray.offload``), against
+the single-process path, on a synthetic pair (tiny 64-dim encoder: time and memory, not accuracy).
+
+    .venv/bin/python benchmarks/offload.py --entities 110000
+
+Runs ``benchmarks/scale_synthetic.py`` twice on the same pair: ``driver`` (every stage body in the
+driver process) and ``offload`` (retrieve, decode, calibrate, route, export and evaluate as Ray
+tasks with ``ray.offload_cpus`` CPUs; its ingest, verbalize and embed are the driver run's,
+hard-linked). Per stage: wall time, the driver's own peak RSS, the peak of the driver and all its
+Ray processes, the offloaded task's worker peak; and whether every list and the metrics are equal.
+Writes benchmarks/results/offload.json (command, commit, date, machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import provenance  # noqa: E402
+
+OFFLOAD = "ray.offload=[retrieve,decode,calibrate,route,export,evaluate]"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--entities", type=int, default=110_000)
+    ap.add_argument("--cpus", type=float, default=2.0, help="ray.offload_cpus (the whole node here)")
+    ap.add_argument("--runs", default=str(ROOT / "runs" / "offload"))
+    args = ap.parse_args(argv)
+    runs = Path(args.runs)
+    data = runs / f"data-{args.entities}"
+    out = {m: runs / f"{args.entities}-{m}" for m in ("driver", "offload")}
+    enc = out["driver"] / "tiny-encoder"
+    rows = {}
+    for mode in ("driver", "offload"):
+        sets = [f"embed.model={enc}"]
+        if mode == "offload":
+            out[mode].mkdir(parents=True, exist_ok=True)
+            for stage in ("ingest", "verbalize", "embed"):
+                if not (out[mode] / stage).exists():
+                    shutil.copytree(out["driver"] / stage, out[mode] / stage, copy_function=os.link)
+            sets += [OFFLOAD, f"ray.offload_cpus={args.cpus}"]
+        result = runs / f"{args.entities}-{mode}.json"
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_synthetic.py"), "--entities", str(args.entities),
+               "--data", str(data), "--out", str(out[mode]), "--result", str(result)] + [x for s in sets for x in ("--set", s)]
+        print(" ".join(cmd), flush=True)
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode:
+            return 1
+        r = json.loads(result.read_text())
+        rows[mode] = {"entities_per_side": r["entities_per_side"], "driver_peak_rss_gib": r["driver_peak_rss_gib"],
+                      "peak_rss_gib_driver_and_ray": r["peak_rss_gib"], "stages": r["stages"], "overrides": sets}
+    import pyarrow.parquet as pq
+
+    same = {}
+    for f in ["retrieve/all-targets/s2t.parquet", "retrieve/all-targets/t2s.parquet",
+              *(f"decode/all-targets/{d}.parquet" for d in ("top1", "csls", "sinkhorn", "structure")),
+              *(f"decode/all-targets/{d}.match.parquet" for d in ("top1", "csls", "sinkhorn", "structure"))]:
+        same[f] = pq.read_table(out["driver"] / f).equals(pq.read_table(out["offload"] / f))
+    m = [json.loads((out[x] / "metrics.json").read_text())["all_protocols"]["metrics"] for x in ("driver", "offload")]
+    same["metrics.json"] = m[0] == m[1]
+    doc = {"provenance": provenance(), "entities_per_side": rows["driver"]["entities_per_side"], "rows": rows, "equal": same,
+           "offloaded_stages": ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]}
+    path = ROOT / "benchmarks" / "results" / "offload.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps({m: {k: v for k, v in r.items() if k != "stages"} for m, r in rows.items()}, indent=2))
+    print("equal:", all(same.values()), same)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
