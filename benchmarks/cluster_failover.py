@@ -47,6 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import provenance  # noqa: E402
+
 TINY = ["embed.torch_threads=1", "embed.batch_size=32", "embed.max_length=64", "embed.rows_per_batch=64",
         "verbalize.batch_size=128", "retrieve.k=20", "decode.csls_k=5"]
 
@@ -246,11 +248,101 @@ def serve_phase(cluster, add_worker, run: Path, tmp: Path, requests_n: int = 400
     return rec
 
 
+DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.search_cpus=1", "retrieve.rows_per_block=256",
+               "ray.offload=[decode,calibrate,export,evaluate]", "ray.offload_cpus=1",
+               "decode.decoders=[top1,csls,sinkhorn,structure]"]
+
+
+def node_of_task(name: str) -> str | None:
+    from ray.util.state import list_tasks
+
+    for t in list_tasks(filters=[("name", "=", name), ("state", "=", "RUNNING")], limit=100, raise_on_missing_output=False):
+        return t.node_id
+    return None
+
+
+def retrieve_decode_phase(cluster, by_id, client, add_worker, tmp: Path, entities: int, repeat: int) -> dict:
+    """retrieve.engine=ray and the decode stages offloaded (``DISTRIBUTED``) on a larger pair: the
+    reference on one node, then per repeat two jobs on the cluster, one losing the node of a
+    Searcher actor once the first part of the retrieve stage is written, one losing the node
+    running the offloaded decode task; each must SUCCEED with the reference's lists and metrics."""
+    import pyarrow.parquet as pq
+
+    from hiea_ray.config import VerbalizeConfig
+    from hiea_ray.core.tiny import build_tiny_encoder
+    from hiea_ray.core.verbalize import build_contexts, verbalize_table
+    from hiea_ray.kg.readers import read_pair
+    from hiea_ray.kg.synthetic import generate
+
+    data, model = tmp / "pair-rd", tmp / "tiny-rd"
+    generate(data, n_entities=entities, seed=1)
+    texts = verbalize_table(build_contexts(read_pair(data)), VerbalizeConfig())
+    build_tiny_encoder(model, texts["name"].to_pylist()[:20000] + texts["text"].to_pylist()[:20000], seed=0)
+    extra = [*DISTRIBUTED, "embed.cpus_per_actor=1", "verbalize.num_actors=2"]
+    t0 = time.time()
+    ref = subprocess.run(align_cmd(data, tmp / "ref-rd", model, ["ray.num_cpus=2", *DISTRIBUTED]), capture_output=True,
+                         text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rec: dict = {"entities": entities, "overrides": DISTRIBUTED, "one_node": {"rc": ref.returncode, "wall_s": round(time.time() - t0, 1)},
+                 "runs": []}
+    if ref.returncode != 0:
+        rec["one_node"]["stderr"] = ref.stderr[-2000:]
+        return rec
+    ref_metrics = json.loads((tmp / "ref-rd" / "metrics.json").read_text())
+
+    def kill_node(nid):
+        node = by_id.get(nid)
+        if node is None:
+            return f"no node {nid}"
+        cluster.remove_node(node, allow_graceful=False)
+        add_worker()  # a replacement joins, as the autoscaler / KubeRay would bring one
+        return nid[:12]
+
+    def same_as_ref(out: Path) -> dict:
+        eq = {}
+        for f in ("retrieve/all-targets/s2t.parquet", "retrieve/all-targets/t2s.parquet", "decode/all-targets/structure.parquet",
+                  "decode/all-targets/sinkhorn.match.parquet", "decode/standard/csls.parquet"):
+            eq[f] = pq.read_table(out / f).equals(pq.read_table(tmp / "ref-rd" / f))
+        eq["metrics.json"] = json.loads((out / "metrics.json").read_text()) == ref_metrics
+        return eq
+
+    for r in range(repeat):
+        for phase in ("retrieve", "decode"):
+            out = tmp / f"rd-{phase}-{r}"
+            parts_seen: dict = {}
+
+            def when(phase=phase, out=out):
+                d = out / f".{phase}.tmp"
+                if phase == "retrieve":
+                    parts = list(d.glob("*/s2t.parts/*.parquet")) if d.is_dir() else []
+                    parts_seen["at_kill"] = len(parts)
+                    return bool(parts)
+                return d.is_dir() and node_of_task("hiea-ray:decode") is not None
+
+            def kill(phase=phase):
+                nid = node_of_actor("Searcher") if phase == "retrieve" else node_of_task("hiea-ray:decode")
+                return kill_node(nid) if nid else f"no running {phase} worker found"
+
+            job = run_job(client, align_cmd(data, out, model, extra), kill_when=when, kill=kill, timeout=1800)
+            job.pop("logs_tail", None) if job["status"].endswith("SUCCEEDED") else None
+            job.update(phase=phase, repeat=r, parts_written_at_kill=parts_seen.get("at_kill"))
+            if job["status"].endswith("SUCCEEDED"):
+                job["equal_to_one_node"] = same_as_ref(out)
+                st = json.loads((out / phase / "manifest.json").read_text())["stats"]
+                job["stage_stats"] = {k: st[k] for k in ("queries_searched_now", "offloaded", "rows") if k in st}
+            rec["runs"].append(job)
+            print(phase, r, job["status"], job.get("killed_node"), job.get("equal_to_one_node"), flush=True)
+    return rec
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entities", type=int, default=600)
     ap.add_argument("--serve", action="store_true", help="also serve the run on the cluster and lose a node under load")
     ap.add_argument("--train", action="store_true", help="also lose a node during retriever training")
+    ap.add_argument("--retrieve-decode", type=int, default=0, metavar="N",
+                    help="also N repeats of losing a node mid-retrieve (retrieve.engine ray) and mid-decode (offloaded)")
+    ap.add_argument("--rd-entities", type=int, default=30000, help="the synthetic pair of the --retrieve-decode phase")
+    ap.add_argument("--skip-embed-phase", action="store_true", help="skip the embed / serve / train phases' align job")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "cluster_failover.json"))
     args = ap.parse_args(argv)
 
@@ -274,15 +366,17 @@ def main(argv=None) -> int:
     doc: dict = {"command": "python benchmarks/cluster_failover.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                  "date": time.strftime("%Y-%m-%d"), "entities": args.entities}
 
+    doc["provenance"] = provenance()
     # 2. one node: the same entrypoint on a local Ray of its own
-    t0 = time.time()
-    ref = subprocess.run(align_cmd(data, tmp / "ref", model, ["ray.num_cpus=2"]), capture_output=True, text=True,
-                         timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    doc["one_node"] = {"rc": ref.returncode, "wall_s": round(time.time() - t0, 1)}
-    if ref.returncode != 0:
-        print(ref.stderr[-3000:])
-        return 1
-    ref_metrics = json.loads((tmp / "ref" / "metrics.json").read_text())
+    if not args.skip_embed_phase:
+        t0 = time.time()
+        ref = subprocess.run(align_cmd(data, tmp / "ref", model, ["ray.num_cpus=2"]), capture_output=True, text=True,
+                             timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        doc["one_node"] = {"rc": ref.returncode, "wall_s": round(time.time() - t0, 1)}
+        if ref.returncode != 0:
+            print(ref.stderr[-3000:])
+            return 1
+        ref_metrics = json.loads((tmp / "ref" / "metrics.json").read_text())
 
     # 3. head (no CPUs: the driver only) + two worker nodes
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -304,10 +398,20 @@ def main(argv=None) -> int:
                 return node.node_id[:12]
             return kill
 
+        if args.retrieve_decode:
+            def add_rd_worker():
+                node = cluster.add_node(num_cpus=2, object_store_memory=150 * 2**20)
+                by_id[node.node_id] = node
+                workers.append(node)
+                cluster.wait_for_nodes()
+
+            doc["cluster_retrieve_decode"] = retrieve_decode_phase(cluster, by_id, client, add_rd_worker, tmp,
+                                                                   args.rd_entities, args.retrieve_decode)
         out = tmp / "cluster"
-        job = run_job(client, align_cmd(data, out, model, ["embed.cpus_per_actor=1", "verbalize.num_actors=2"]),
-                      kill_when=lambda: any((out / ".embed.tmp" / "parts").glob("*.parquet")) if (out / ".embed.tmp").is_dir() else False,
-                      kill=kill_holder("Embedder"), timeout=1200)
+        job = {"status": "skipped"} if args.skip_embed_phase else run_job(
+            client, align_cmd(data, out, model, ["embed.cpus_per_actor=1", "verbalize.num_actors=2"]),
+            kill_when=lambda: any((out / ".embed.tmp" / "parts").glob("*.parquet")) if (out / ".embed.tmp").is_dir() else False,
+            kill=kill_holder("Embedder"), timeout=1200)
         doc["cluster_align"] = job
         if job["status"].endswith("SUCCEEDED"):
             m = json.loads((out / "metrics.json").read_text())
@@ -369,7 +473,13 @@ def main(argv=None) -> int:
     Path(args.result).write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(json.dumps({k: v for k, v in doc.items()}, indent=1, default=str)[:4000])
     shutil.rmtree(tmp, ignore_errors=True)
-    ok = doc["cluster_align"]["status"].endswith("SUCCEEDED") and doc["cluster_align"].get("metrics_equal_one_node")
+    ok = args.skip_embed_phase or (doc["cluster_align"]["status"].endswith("SUCCEEDED")
+                                   and doc["cluster_align"].get("metrics_equal_one_node"))
+    if args.retrieve_decode:
+        runs = doc.get("cluster_retrieve_decode", {}).get("runs", [])
+        ok = ok and len(runs) == 2 * args.retrieve_decode and all(
+            r["status"].endswith("SUCCEEDED") and all(r.get("equal_to_one_node", {}).values()) and r.get("equal_to_one_node")
+            for r in runs)
     if args.serve:
         sv = doc.get("cluster_serve", {})
         ok = ok and sv.get("load", {}).get("lost") == 0 and sv.get("recovery_s") is not None

@@ -237,8 +237,18 @@ def _serve(args) -> int:
     from hiea_ray.serve.app import build_app
 
     init_ray(ctx.cfg)
-    serve.start(http_options={"host": sv.host, "port": sv.port, "request_timeout_s": sv.request_timeout_s})
-    serve.run(build_app(args.run, sets), name="hiea", route_prefix="/", blocking=False)
+    try:
+        serve.start(http_options={"host": sv.host, "port": sv.port, "request_timeout_s": sv.request_timeout_s})
+        serve.run(build_app(args.run, sets), name="hiea", route_prefix="/", blocking=False)
+    except BaseException as e:  # a replica that cannot start: what this command started goes, one line says why
+        serve.shutdown()
+        _shutdown_ray()
+        if isinstance(e, (UserError, KeyboardInterrupt, SystemExit)):
+            raise
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+        print(f"hiea-ray: error: the service did not start ({type(e).__name__}: {why}); nothing is left running",
+              file=sys.stderr)
+        return 1
     url = f"http://{sv.host}:{sv.port}"
     _warm_up(url, ctx, token)
     print(f"hiea-ray serving {args.run} ({ctx.protocol}; tiers: small"

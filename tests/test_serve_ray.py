@@ -258,7 +258,16 @@ def test_http_answers_equal_the_offline_run(app_url, served_run):
     ({"id": 0, "k": -3}, None, 422, "k"),
     ({"id": 0, "tier": "gpt"}, None, 422, "tier"),
     ({"id": 0, "colour": "red"}, None, 422, "colour"),
-    (None, "{not json", 422, "*: JSON"),
+    (None, "{not json", 400, "body: JSON"),
+    (None, b"\xff\xfe{", 400, "body"),  # invalid UTF-8
+    (None, "[" * 10000 + "]" * 10000, 400, "body"),  # nesting deeper than the parser takes
+    ({"id": 1.5}, None, 422, "id"),
+    (None, "{\"id\": 1e-400}", 422, "id"),  # a float the parser rounds to 0 is not the id 0
+    ({"id": 0, "k": 1e308}, None, 422, "k"),  # refused, not silently capped
+    ({"entity": {"name": "x", "relations": [{"relation": "r", "neighbour": 1.5}]}}, None, 422,
+     "entity.relations.0.neighbour"),  # a readable path, not pydantic's validator steps
+    ({"entity": {"name": "x", "relations": [{"relation": "r", "neighbour": "n" * 501}]}}, None, 422,
+     "entity.relations.0.neighbour"),
     ({"entity": {"name": "x" * 30000}}, None, 413, "body"),
 ])
 def test_bad_requests_are_4xx_naming_the_field(app_url, served_run, body, raw, status, field):
@@ -273,6 +282,21 @@ def test_bad_requests_are_4xx_naming_the_field(app_url, served_run, body, raw, s
     assert want == "*" or err["field"] == want, err
     assert err["message"] and text.lower() in err["message"].lower(), err
     assert "Traceback" not in r.text
+
+
+def test_every_error_a_client_can_cause_has_the_one_error_shape(app_url):
+    """Unknown routes, a method not allowed, an id that is a Unicode digit: {"error": {field,
+    message}} with the right status, never FastAPI's {"detail": ...} nor a 500."""
+    import requests
+
+    for method, path, status in (("get", "/v1/entities/1/%C2%B2", 404), ("get", "/v1/entities/1/%E2%91%A0", 404),
+                                 ("get", "/no/such/route", 404), ("get", "/v1/align", 405), ("delete", "/healthz", 405)):
+        r = getattr(requests, method)(f"{app_url}{path}", timeout=30)
+        assert r.status_code == status, (path, r.text)
+        assert set(r.json()) == {"error"} and r.json()["error"]["message"], (path, r.text)
+    assert "POST" in requests.get(f"{app_url}/v1/align", timeout=30).headers.get("allow", "")
+    h = requests.get(f"{app_url}/healthz", timeout=30).json()
+    assert "/" not in h["run"] and len(h["run_fingerprint"]) == 16  # a name and a fingerprint, no server path
 
 
 def test_batch_over_the_limit_and_unknown_entities_are_4xx(app_url):

@@ -340,6 +340,7 @@ class RetrieveConfig:
     # memory reserved for the tasks that build an index and assemble the lists (GiB; null: none).
     search_actors: int = runtime(1, ge=1)
     search_cpus: float = runtime(1.0, gt=0)
+    search_gpus: float = runtime(0.0, ge=0)
     rows_per_block: int = runtime(8192, ge=1)
     task_memory_gib: float | None = runtime(None, gt=0)
     # Structural candidates (``core.candidates.structural``): per source, up to this many KG2

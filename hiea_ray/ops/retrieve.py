@@ -100,7 +100,8 @@ def search_direction(parts: Path, queries: np.ndarray, all_ids: np.ndarray, inde
     if todo == 0:
         return 0
     spec = MapSpec(Searcher, {"index": str(index), "cfg": asdict(rc), "threads": max(1, int(rc.search_cpus))},
-                   {"batch_size": rc.rows_per_block, "batch_format": "pyarrow", "num_cpus": rc.search_cpus},
+                   {"batch_size": rc.rows_per_block, "batch_format": "pyarrow", "num_cpus": rc.search_cpus,
+                    "num_gpus": rc.search_gpus},
                    actors=rc.search_actors, fields="retrieve.search_actors x search_cpus")
     map_parquet(parts, out, spec, rc.search_actors, rc.rows_per_block, skip, progress=(label, len(queries)))
     return todo

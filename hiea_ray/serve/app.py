@@ -21,6 +21,7 @@ replaces a dead replica (its health check: ``check_health``).
 # no `from __future__ import annotations`: FastAPI reads the endpoints' annotations as types in the replica
 import asyncio
 import logging
+import re
 import time
 from typing import Annotated
 from pathlib import Path
@@ -31,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi import Path as FastAPIPath
 from fastapi.responses import JSONResponse
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hiea_ray.serve.schema import AlignRequest, BatchRequest, error_responses
 
@@ -43,6 +45,8 @@ api = FastAPI(title="hiea-ray", version="1",
 def _error(status: int, field: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"field": field, "message": message}})
 
+
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 # serve.max_body_bytes, set by the Ingress replica (the middleware runs in its process)
 _MAX_BODY = [1_000_000]
@@ -112,15 +116,35 @@ async def _run_limits_in_schema(request: Request, call_next):
     return await call_next(request)
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """FastAPI's own errors (an unknown route, a method not allowed, a body it cannot parse) in the
+    API's one shape, with their status and headers (405's Allow)."""
+    field = "body" if exc.status_code == 400 else ("path" if exc.status_code in (404, 405) else "")
+    r = _error(exc.status_code, field, str(exc.detail))
+    r.headers.update(getattr(exc, "headers", None) or {})
+    return r
+
+
+def readable_field(loc) -> str:
+    """A pydantic error location as a dotted field path a person can read: the request part
+    (body / path / query) and pydantic's validator steps (``function-before[...]``, ``int``,
+    ``str``, ``constrained-str``) left out."""
+    steps = [str(x) for x in loc if x not in ("body", "path", "query")]
+    return ".".join(x for x in steps if not re.search(r"[\[\]()]|^(int|str|float|bool|constrained-str|json-or-python)$", x))
+
+
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError):
     errs = exc.errors()
     first = errs[0] if errs else {"loc": ("body",), "msg": "invalid request"}
-    field = ".".join(str(x) for x in first.get("loc", ()) if x not in ("body", "path", "query")) or "body"
+    if first.get("type") == "json_invalid":  # an unparsable body (bad JSON, invalid UTF-8): 400, as FastAPI's own
+        return _error(400, "body", f"the body is not valid JSON ({first.get('msg', 'invalid')})")
+    field = readable_field(first.get("loc", ())) or "body"
     return JSONResponse(status_code=422, content={
         "error": {"field": field, "message": str(first.get("msg", "invalid"))},
-        "detail": [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))}
-                   for e in errs]})
+        "detail": [{"loc": [x for x in readable_field(e.get("loc", ())).split(".") if x] or ["body"],
+                    "msg": str(e.get("msg", "")), "type": str(e.get("type", "value_error"))} for e in errs]})
 
 
 def _unavailable(exc: Exception) -> bool:
@@ -300,8 +324,8 @@ class Ingress:
              responses=error_responses(401, 404, 422, 500))
     async def entity(self, kg: Annotated[int, FastAPIPath(ge=1, le=2, description="1 = KG1, 2 = KG2")], entity_id: str):
         eid = self.by_uri.get((kg, entity_id))
-        if eid is None and entity_id.lstrip("-").isdigit() and -(2**63) <= int(entity_id) < 2**63:
-            eid = int(entity_id)
+        if eid is None and _INTEGER.fullmatch(entity_id) and -(2**63) <= int(entity_id) < 2**63:
+            eid = int(entity_id)  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
         r = int(np.searchsorted(self.ids, eid)) if eid is not None else len(self.ids)
         if r >= len(self.ids) or self.ids[r] != eid or self.kg[r] != kg:
             return _error(404, "entity_id", f"{entity_id} is not a KG{kg} entity of this run (an id or an input identifier)")
@@ -334,6 +358,10 @@ def build_app(run_dir, overrides=None):
     decoder_state(ctx)
     sv = ctx.cfg.serve
     opts = deployment_options(ctx)
+    token = api_token(sv)
+    if token is not None:  # to the Ingress replicas, wherever they run: they never see this driver's environment
+        actor = opts["Ingress"]["ray_actor_options"]
+        actor["runtime_env"] = {"env_vars": {sv.api_token_env: token}}
     router = Router.options(**opts["Router"]).bind(run, overrides) if "Router" in opts else None
     llm = LLM.options(**opts["LLM"]).bind(run, overrides, sv.llm_batch_size, sv.llm_batch_wait_s) if "LLM" in opts else None
     return Ingress.options(**opts["Ingress"]).bind(Retriever.options(**opts["Retriever"]).bind(run, overrides), router,

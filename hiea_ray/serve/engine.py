@@ -85,7 +85,8 @@ class ServeRun(RunContext):
         self.has_llm = self.has_router and self.llm_model is not None and (Path(self.llm_model) / "hiea_llm.json").is_file()
 
     def describe(self) -> dict:
-        return {"run": str(self.run), "protocol": self.protocol, "router": self.has_router, "llm": self.has_llm,
+        # the run's name and its decode stage's fingerprint: what is served, not where it lies on the server's disk
+        return {"run": self.run.name, "run_fingerprint": self.fingerprint("decode")[:16], "protocol": self.protocol, "router": self.has_router, "llm": self.has_llm,
                 "decoders": self.cfg.decode.decoders, "k": self.k, "max_k": self.max_k}
 
 

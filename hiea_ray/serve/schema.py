@@ -11,20 +11,23 @@ from pydantic import (
 
 def _integral(v):
     """JSON has one number type: 5.0 is the integer 5 (as JSON Schema's "integer" says); 5.5 stays
-    a float and is refused; strings and booleans are refused."""
-    return int(v) if isinstance(v, float) and v.is_integer() else v
+    a float and is refused; strings and booleans are refused. A float that reads as 0 (0.0, or
+    1e-400, which the JSON parser rounds to 0) is refused too: write 0 as 0."""
+    return int(v) if isinstance(v, float) and v.is_integer() and abs(v) >= 1 else v
 
 
 Int = Annotated[StrictInt, BeforeValidator(_integral), WithJsonSchema({"type": "integer"})]
-PositiveInt = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=1),
-                        WithJsonSchema({"type": "integer", "minimum": 1})]
+MAX_K = 100_000  # a k above the run's serve.max_k answers max_k; above this it is refused as a mistake
+PositiveInt = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=1, le=MAX_K),
+                        WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_K})]
 
 
 class RelationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     relation: str = Field(min_length=1, max_length=500, description="relation name or URI")
-    neighbour: Int | Annotated[str, Field(pattern=r"\S")] = Field(description="a KG1 entity id, or a name (not blank)")
+    neighbour: Int | Annotated[str, Field(pattern=r"\S", max_length=500)] = Field(
+        description="a KG1 entity id, or a name (not blank, at most 500 characters)")
     direction: Literal["out", "in"] = Field("out", description="out: entity -relation-> neighbour")
 
     @field_validator("neighbour")
