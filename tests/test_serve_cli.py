@@ -105,3 +105,67 @@ def test_serve_stops_on_a_signal_under_load(small_run, sig, rc, word):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.slow
+def test_the_api_token_reaches_the_replicas_on_a_cluster_that_never_had_it(small_run, tmp_path):
+    """A Ray head started without the token variable (as any running cluster's raylets), `hiea-ray
+    serve` joined to it (RAY_ADDRESS) with the token in its own environment only: the Ingress
+    replicas get it through their runtime_env, so a request without it is 401 and with it 200.
+    The head is this test's own (own ports, own temp dir), stopped by its own processes."""
+    import psutil
+    import requests
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.job_submit import free_ports, stop_head, worker_port_window
+
+    bin_dir = Path(sys.executable).parent
+    temp_dir = tempfile_short()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "HIEA_TEST_API_TOKEN")}
+    ports = free_ports(9)
+    gcs, dash, agent, agent_grpc, metrics, client, nm, om, renv = ports
+    wmin = worker_port_window(set(ports), 200)
+    start = [str(bin_dir / "ray"), "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}",
+             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+             f"--ray-client-server-port={client}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
+             f"--runtime-env-agent-port={renv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
+             f"--temp-dir={temp_dir}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
+    proc = None
+    try:
+        subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
+        port = _free_port()
+        serve_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}", "HIEA_TEST_API_TOKEN": "s3cret-token"}
+        proc = subprocess.Popen([str(bin_dir / "hiea-ray"), "serve", "--run", str(small_run), "--port", str(port),
+                                 "--set", "serve.api_token_env=HIEA_TEST_API_TOKEN", "--set", "serve.retriever_cpus=0.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=serve_env,
+                                start_new_session=True)
+        lines: list[str] = []
+        deadline = time.time() + 300
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("hiea-ray serving") or time.time() > deadline:
+                break
+        assert any(x.startswith("hiea-ray serving") for x in lines), "".join(lines[-30:])
+        q, _, _ = read_lists(small_run / "decode" / "all-targets" / "top1.parquet")
+        url = f"http://127.0.0.1:{port}/v1/entities/1/{int(q[0])}"
+        assert requests.get(url, timeout=30).status_code == 401
+        assert requests.get(url, headers={"Authorization": "Bearer wrong"}, timeout=30).status_code == 401
+        assert requests.get(url, headers={"Authorization": "Bearer s3cret-token"}, timeout=30).status_code == 200
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        stop_head(temp_dir)
+        assert not [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]
+
+
+def tempfile_short() -> str:
+    """A short temp dir for a Ray head (its session dir holds unix sockets: paths must stay short)."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="rt", dir="/tmp")
