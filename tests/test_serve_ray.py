@@ -345,9 +345,10 @@ def test_replicas_killed_under_load_lose_no_request(app_url, served_run):
     assert replicas("LLM") and replicas("Retriever")  # Serve replaced them
 
 
-def test_overload_is_503_not_500_and_latency_stays_bounded(app_url, served_run):
+def test_overload_is_503_not_500_and_refused_without_waiting(app_url, served_run):
     """A second app with a tight LLM queue: a burst beyond it is refused with 503 (retryable),
-    never a 500; the requests it takes are answered."""
+    never a 500, and refused at once (the 503s come back faster than the answered requests take:
+    they did not wait in a queue); the requests it takes are answered."""
     from ray import serve
 
     from hiea_ray.serve.app import build_app
@@ -365,9 +366,9 @@ def test_overload_is_503_not_500_and_latency_stays_bounded(app_url, served_run):
         counts = res["status_counts"]
         assert set(counts) <= {"200", "503"}, counts
         assert counts.get("503", 0) > 0 and counts.get("200", 0) > 0, counts
-        # every request got its answer (200 or a fast 503) instead of waiting in an unbounded queue:
-        # 24 LLM requests on a 1-slot replica would take minutes to drain one by one
-        assert res["sent"] == len(bodies) and res["p99_ms"] is not None and res["p99_ms"] < 60_000, res["p99_ms"]
+        # every request got its answer, and a refusal is faster than an answer: not queued behind them
+        by = res["p50_ms_by_status"]
+        assert res["sent"] == len(bodies) and by["503"] < by["200"], by
     finally:
         serve.delete("tight")
 

@@ -91,5 +91,7 @@ def run_load(url: str, bodies: list[dict], concurrency: int, max_seconds: float,
         "client_errors": sum(1 for r in sent if 400 <= r[0] < 500),
         "failed_tries": sum(r[3] for r in sent), "concurrency": concurrency, "wall_s": round(wall, 3),
         "rps": round(len(ok) / max(wall, 1e-9), 2), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "p50_ms_by_status": {str(c): round(float(np.median([lat[i] for i, r in enumerate(results) if r is not None and r[0] == c])), 2)
+                             for c in sorted({r[0] for r in sent})},
         "answers": [r[1] if r is not None else None for r in results],
     }
