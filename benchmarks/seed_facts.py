@@ -3,7 +3,8 @@ all-targets protocol (every KG1 entity against every KG2 entity, as a label-free
 with the switch on and off.
 
     .venv/bin/python benchmarks/seed_facts.py [--pairs zh_en fr_en] [--target 0.95]
-    .venv/bin/python benchmarks/seed_facts.py --runs runs/haystack --only zh_en-100000-trained-on-pair
+    .venv/bin/python benchmarks/seed_facts.py --runs runs/haystack --only zh_en-100000-trained-on-pair \
+        --data runs/haystack/data/zh_en-100000 --config benchmarks/configs/haystack.yaml --set train.enabled=true
 
 Per pair: ``hiea-ray align`` with benchmarks/configs/dbp15k-template.yaml (zero-shot, as the
 issue's trial) + all-targets + the four decoders into runs/seed_facts/<pair>-on; the same stages
@@ -78,7 +79,10 @@ def main(argv=None) -> int:
     ap.add_argument("--target", type=float, default=0.95)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "DBP15K"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "seed_facts"))
-    ap.add_argument("--only", help="an existing run folder under --runs (aligned with the switch on): score it and its -off copy")
+    ap.add_argument("--only", help="an existing run folder under --runs (aligned with the switch on): score it and its "
+                    "-off copy; --data is then the pair's folder and --config / --set the run's own")
+    ap.add_argument("--config", help="with --only: the run's config file")
+    ap.add_argument("--set", action="append", default=[], help="with --only: the run's --set items")
     args = ap.parse_args(argv)
     path = ROOT / "benchmarks" / "results" / "seed_facts.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
@@ -94,9 +98,8 @@ def main(argv=None) -> int:
                  "--set", f"output.target_precision={args.target}"])
         for run, switch in ((on, "true"), (off, "false")):
             if args.only:
-                cfg = json.loads((on / "config.resolved.json").read_text())
-                data = cfg.get("_data") or json.loads((on / "ingest" / "manifest.json").read_text())["inputs"].get("data")
-                cmd = [str(exe), "align", "--data", str(data), "--config", str(on / "config.resolved.json")]
+                cmd = [str(exe), "align", "--data", args.data, "--config", args.config,
+                       *[x for kv in args.set for x in ("--set", kv)]]
             else:
                 cmd = [str(exe), "align", *base]
             if switch == "false":
