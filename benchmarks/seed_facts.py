@@ -73,6 +73,26 @@ def score(run: Path, target: float) -> dict:
     return out
 
 
+def table(doc: dict) -> str:
+    """The results page's table: per run and decoder, switch off -> on."""
+    rows = ["| run | decoder | Hits@1 off → on | export P off → on | export R off → on | export F1 off → on | "
+            "seed links back as given (on) | contradicted (on) | predictions contradicting a seed (off) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    names = sorted({k.rsplit("/", 1)[0] for k in doc.get("rows", {})})
+    for name in names:
+        off, on = doc["rows"].get(f"{name}/off"), doc["rows"].get(f"{name}/on")
+        if not (off and on):
+            continue
+        for d in DECODERS:
+            a, b = off["decoders"][d], on["decoders"][d]
+            rows.append(f"| {name} | {d} | {a['hits@1']:.4f} → {b['hits@1']:.4f} | {a['export']['precision']:.3f} → "
+                        f"{b['export']['precision']:.3f} | {a['export']['recall']:.3f} → {b['export']['recall']:.3f} | "
+                        f"{a['export']['f1']:.3f} → {b['export']['f1']:.3f} | {b['seed_links_present_as_given']:,} of "
+                        f"{b['seed_links']:,} | {b['links_contradicting_a_seed']} | "
+                        f"{a['predictions_contradicting_a_seed_dropped']:,} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", nargs="+", default=["zh_en", "fr_en"])
@@ -83,9 +103,13 @@ def main(argv=None) -> int:
                     "-off copy; --data is then the pair's folder and --config / --set the run's own")
     ap.add_argument("--config", help="with --only: the run's config file")
     ap.add_argument("--set", action="append", default=[], help="with --only: the run's --set items")
+    ap.add_argument("--table", action="store_true", help="print the results page's table from the JSON and exit")
     args = ap.parse_args(argv)
     path = ROOT / "benchmarks" / "results" / "seed_facts.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
+    if args.table:
+        print(table(doc))
+        return 0
     doc.setdefault("rows", {})
     exe = Path(sys.executable).with_name("hiea-ray")
     names = [args.only] if args.only else args.pairs

@@ -209,8 +209,46 @@ def load_tokenizer(model: str):
 
 def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """texts -> token ids per text (special tokens added, truncated to ``max_length``, no padding):
-    ``Encoder.encode_ids`` pads them to exactly what the tokenizer gives with ``padding=True``."""
-    return tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+    ``Encoder.encode_ids`` pads them to exactly what the tokenizer gives with ``padding=True``.
+
+    A fast tokenizer goes through its Rust backend's ``encode_batch`` (no Python lists of every
+    field), on each text cut at a whitespace before ``CHARS_PER_TOKEN * max_length`` characters:
+    a text whose cut still fills ``max_length`` tokens has exactly the ids of the whole text (the
+    kept tokens are whole words before the cut); one that does not is tokenized whole. The same
+    ids as ``tokenizer(texts, truncation=True, max_length=...)`` (tests/test_encoder.py)."""
+    texts = list(texts)
+    backend = _truncating_backend(tokenizer, max_length)
+    if backend is None:
+        return tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
+    budget = CHARS_PER_TOKEN * max_length
+    cut = [t if len(t) <= budget else t[: max(t.rfind(" ", 0, budget), 1)] for t in texts]
+    ids = [e.ids for e in backend.encode_batch(cut, add_special_tokens=True)]
+    again = [i for i, (t, c, x) in enumerate(zip(texts, cut, ids)) if len(c) < len(t) and len(x) < max_length]
+    if again:
+        for i, e in zip(again, backend.encode_batch([texts[i] for i in again], add_special_tokens=True)):
+            ids[i] = e.ids
+    return ids
+
+
+CHARS_PER_TOKEN = 12  # characters kept per token of max_length before tokenizing (whole words; checked after)
+_BACKENDS: dict = {}
+
+
+def _truncating_backend(tokenizer, max_length: int):
+    """A copy of a fast tokenizer's Rust backend truncating to ``max_length`` (as ``__call__``
+    does), no padding; None for a slow tokenizer."""
+    import copy
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "truncation_side", "right") != "right":
+        return None
+    key = (id(tokenizer), max_length)
+    if key not in _BACKENDS:
+        b = copy.deepcopy(backend)
+        b.no_padding()
+        b.enable_truncation(max_length)
+        _BACKENDS[key] = (tokenizer, b)  # the tokenizer kept alive: its id stays its own
+    return _BACKENDS[key][1]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
