@@ -217,14 +217,14 @@ def test_distributed_retrieval_gives_the_drivers_lists_and_resumes_from_its_part
     from hiea_ray.io import read_dir
     from hiea_ray.ops.retrieve import build_index_file, finish_lists, search_direction
 
-    sets = ["retrieve.structural_k=5", "evaluate.protocols=[standard,all-targets]"]
+    sets = ["retrieve.structural_k=5", "evaluate.protocols=[all-targets]"]
     runs = {}
     for engine in ("driver", "ray"):
         runs[engine] = copy_stages(e2e["run"], tmp_path / engine, ["ingest", "verbalize", "embed"])
         cfg = load_config(overrides=tiny_overrides(e2e["model"], *sets, f"retrieve.engine={engine}", "retrieve.search_actors=2",
                                                    "retrieve.search_cpus=0.5", "retrieve.rows_per_block=150"))
         Pipeline(cfg, e2e["data"], runs[engine]).run_stage("retrieve")
-    for protocol in ("standard", "all-targets"):
+    for protocol in ("all-targets",):
         for f in ("s2t", "t2s", "structural"):
             a, b = (pq.read_table(runs[e] / "retrieve" / protocol / f"{f}.parquet") for e in ("driver", "ray"))
             assert a.equals(b), (protocol, f)
