@@ -66,6 +66,36 @@ def test_engine_answers_a_run_entity_exactly_as_the_run(served_run):
     assert np.allclose(np.exp(logp), np.exp(column_to_numpy(parts["logp"])), atol=1e-3)
 
 
+def test_served_all_targets_lists_keep_the_seed_links_as_facts_and_the_structural_channel(
+        ray_shared, synthetic_dir, tiny_encoder_dir, tmp_path_factory):
+    """A run decoded on all-targets with the seed links as facts and structural candidates: the
+    service answers a run entity with the decode stage's own list (a seed source: its seed target
+    alone), and never offers a seed target to a new entity."""
+    from hiea_ray.config import load_config
+    from hiea_ray.pipeline import Pipeline
+    from hiea_ray.serve.engine import ServeRun, SmallTier
+    from ray_conftest_helpers import copy_stages, tiny_overrides
+
+    e2e = e2e_run(tmp_path_factory, synthetic_dir, tiny_encoder_dir)
+    run = copy_stages(e2e["run"], tmp_path_factory.mktemp("facts") / "run", ["ingest", "verbalize", "embed"])
+    sets = ["retrieve.structural_k=5", "evaluate.protocols=[all-targets]"]
+    Pipeline(load_config(overrides=tiny_overrides(e2e["model"], *sets)), e2e["data"], run).run_all()
+    ctx = ServeRun(run, sets)
+    small = SmallTier(ctx)
+    q, cand, _ = read_lists(run / "decode" / "all-targets" / f"{small.state.primary}.parquet")
+    links = pq.read_table(run / "ingest" / "links.parquet").to_pandas()
+    seeds = links[links["split"].isin(["train", "valid"])]
+    given = dict(zip(seeds["src"], seeds["tgt"]))
+    pick = [int(x) for x in q[:: max(1, len(q) // 40)]] + [int(x) for x in list(given)[:10]]
+    rows = small([{"id": s} for s in pick])
+    for s, r in zip(pick, rows):
+        assert np.array_equal(r["ids"], cand[int(np.searchsorted(q, s))]), s
+        if s in given:
+            assert r["ids"][0] == given[s] and (r["ids"][1:] == -1).all()
+    new = small([{"entity": {"name": "a new entity"}}])[0]
+    assert not np.isin(new["ids"], list(given.values())).any()
+
+
 def test_a_new_entity_is_verbalized_and_decoded_like_a_run_entity(served_run):
     from hiea_ray.serve.engine import ServeRun, SmallTier
 

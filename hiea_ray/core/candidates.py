@@ -114,18 +114,28 @@ def known_out_of_pool(
     def facts(idx, score_, own_rows, own_cols, other_n):
         taken = np.zeros(other_n, bool)
         taken[own_cols] = True
-        drop = (idx >= 0) & taken[np.maximum(idx, 0)]
-        idx = np.where(drop, -1, idx)
-        sc = np.where(drop, -np.inf, score_).astype(np.float32)
-        idx[own_rows] = -1
-        sc[own_rows] = -np.inf
-        idx[own_rows, 0] = own_cols
-        sc[own_rows, 0] = score
-        return sort_rows(idx, sc)
+        own = np.full(len(idx), -1, np.int64)
+        own[own_rows] = own_cols
+        return facts_rows(idx, score_, own, taken, score)
 
     a, a_s = facts(s2t, s2t_score, qi, bi, len(b))
     t, t_s = facts(t2s, t2s_score, bi, qi, len(q))
     return a, a_s, t, t_s
+
+
+def facts_rows(idx: np.ndarray, score: np.ndarray, own: np.ndarray, taken: np.ndarray, fact_score: float = 1.0):
+    """Rows (local targets) with known links as facts: a row whose ``own`` target is >= 0 keeps it
+    alone (``fact_score``); every other row loses the ``taken`` targets (a mask over the targets);
+    best first, padding last."""
+    drop = (idx >= 0) & taken[np.maximum(idx, 0)]
+    idx = np.where(drop, -1, idx)
+    sc = np.where(drop, -np.inf, score).astype(np.float32)
+    mine = np.flatnonzero(own >= 0)
+    idx[mine] = -1
+    sc[mine] = -np.inf
+    idx[mine, 0] = own[mine]
+    sc[mine, 0] = fact_score
+    return sort_rows(idx, sc)
 
 
 def with_structural(graphs, q: np.ndarray, b: np.ndarray, Q: np.ndarray, B: np.ndarray, s2t, s2t_score, t2s, t2s_score,

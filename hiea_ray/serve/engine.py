@@ -245,9 +245,23 @@ class SmallTier:
         self.ctx = ctx
         self.kg1 = KG1(ctx)
         self.state = decoder_state(ctx)
-        q, _, _ = read_lists(ctx.run / "retrieve" / ctx.protocol / "s2t.parquet")
+        q, run_ids, run_score = read_lists(ctx.run / "retrieve" / ctx.protocol / "s2t.parquet")
         b, _, _ = read_lists(ctx.run / "retrieve" / ctx.protocol / "t2s.parquet")
         self.q, self.b = q, b
+        # a run entity's list is the run's own (its structural candidates included); every list then
+        # takes the seed links as facts (decode.seeds_as_facts), as the decode stage's did
+        self.run_s2t, self.run_s2t_score = to_local(b, run_ids), run_score
+        self.seeds = None
+        if cfg.decode.seeds_as_facts:
+            from hiea_ray.run import seed_links
+
+            sd = seed_links(ctx.pair())
+            src, tgt = sd["src"].to_numpy(), sd["tgt"].to_numpy()
+            pos = np.minimum(np.searchsorted(b, tgt), max(len(b) - 1, 0))
+            inside = (b[pos] == tgt) if len(b) else np.zeros(len(tgt), bool)  # seed targets in the served pool
+            taken = np.zeros(len(b), bool)
+            taken[pos[inside]] = True
+            self.seeds = (dict(zip(src[inside].tolist(), pos[inside].tolist())), taken)
         ids, _, vecs = ctx.embeddings()
         self.B = np.ascontiguousarray(vecs[rows_of(ids, b)], np.float32)
         self.index = build_index(self.B, cfg.retrieve)
@@ -289,7 +303,10 @@ class SmallTier:
             r = int(np.searchsorted(self.q, ent.id)) if ent.id >= 0 else -1
             src_row = r if 0 <= r < len(self.q) and self.q[r] == ent.id else -1
             sims = None if src_row >= 0 else self.B @ vecs[j]
-            qr = self.state.query(s2t[j], s2t_score[j], ent.neighbours, src_row, sims)
+            if sims is not None and self.seeds is not None:
+                sims[self.seeds[1]] = -np.inf  # a seed target's reverse list is its seed source alone
+            row, row_score = self._row(s2t[j], s2t_score[j], src_row, ent.id)
+            qr = self.state.query(row, row_score, ent.neighbours, src_row, sims)
             lists = self.state.decode(qr)
             X, names, best = self.state.features(qr, lists)
             idx, score = lists[primary]
@@ -300,6 +317,19 @@ class SmallTier:
         for o in out:
             o["ms"] = ms
         return out
+
+    def _row(self, s2t: np.ndarray, score: np.ndarray, src_row: int, entity_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The query's candidate row as the decode stage saw it: a run entity's own list from the
+        retrieve stage (else the live search), with the seed links as facts."""
+        if src_row >= 0:
+            s2t, score = self.run_s2t[src_row], self.run_s2t_score[src_row]
+        if self.seeds is None:
+            return s2t, score
+        from hiea_ray.core.candidates import facts_rows
+
+        own, taken = self.seeds
+        a, a_s = facts_rows(s2t[None, :], score[None, :], np.array([own.get(int(entity_id), -1)]), taken)
+        return a[0], a_s[0]
 
     def target_ids(self, local: np.ndarray) -> np.ndarray:
         return np.where(local >= 0, self.b[np.maximum(local, 0)], -1)
