@@ -7,4 +7,10 @@ training and serving import from here; nothing here imports a stage.
 
 - ``embed``: ``Tokenize`` (texts -> token ids, CPU) and ``Embedder`` (texts or token ids -> unit
   vectors), ``embed_dataset`` (the resumable embed chain).
+- ``verbalize``: ``Verbalizer`` (template texts) and ``LLMVerbalizer`` (an LLM's descriptions), their chains.
+- ``rerank``: ``Reranker`` (the cross-encoder over a source's top-k), ``rerank_spec``.
+- ``llm``: ``LLMScorer`` (the HIEA tier's one forward pass per routed source), ``llm_spec``.
+- ``retrieve``: ``Searcher`` (a FAISS index loaded once per actor), the index-building and
+  list-assembling tasks, ``retrieve_distributed`` (``retrieve.engine: ray``).
+- ``dump_ingest``: the dump parsing chain (byte ranges -> statements -> the four ingest tables).
 """
