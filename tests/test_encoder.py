@@ -164,11 +164,11 @@ def test_token_ids_are_the_tokenizers_own_through_the_fast_backend(synthetic_tex
     """token_ids (the Rust backend's encode_batch on texts cut before a character budget) gives
     exactly the ids of tokenizer(texts, truncation=True, max_length=...), long texts, texts
     without spaces, blank and CJK texts included; a slow tokenizer takes the plain path."""
-    from hiea_ray.core.encoder import _truncating_backend, load_tokenizer, token_ids
+    from hiea_ray.core.encoder import truncating_backend, load_tokenizer, token_ids
 
     tok = load_tokenizer(resolve_model("default"))
     texts = synthetic_texts["text"].to_pylist()[:300] + [
         "word " * 600, "x" * 5000, "", "   ", "短い日本語の文" * 400, "a b " + "c" * 3000, "tab\tseparated " * 300]
     want = tok(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
-    assert _truncating_backend(tok, max_length) is not None
+    assert truncating_backend(tok, max_length) is not None
     assert token_ids(tok, texts, max_length) == want

@@ -217,7 +217,7 @@ def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     kept tokens are whole words before the cut); one that does not is tokenized whole. The same
     ids as ``tokenizer(texts, truncation=True, max_length=...)`` (tests/test_encoder.py)."""
     texts = list(texts)
-    backend = _truncating_backend(tokenizer, max_length)
+    backend = truncating_backend(tokenizer, max_length)
     if backend is None:
         return tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
     budget = CHARS_PER_TOKEN * max_length
@@ -234,7 +234,7 @@ CHARS_PER_TOKEN = 12  # characters kept per token of max_length before tokenizin
 _BACKENDS: dict = {}
 
 
-def _truncating_backend(tokenizer, max_length: int):
+def truncating_backend(tokenizer, max_length: int):
     """A copy of a fast tokenizer's Rust backend truncating to ``max_length`` (as ``__call__``
     does), no padding; None for a slow tokenizer."""
     import copy
