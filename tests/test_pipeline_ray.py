@@ -510,7 +510,7 @@ def test_export_command_and_python_api_reexport_without_rerunning(e2e, tmp_path,
     assert r.links().to_pandas().equals(pq.read_table(run / "alignment" / "links.parquet").to_pandas())  # NaN == NaN
     assert r.metrics["protocol"] == "standard" and "sinkhorn" in r.metrics
     top1 = r.links(decoder="top1", protocol="standard")
-    assert set(top1["decoder"].to_pylist()) == {"top1"}
+    assert set(top1["decoder"].to_pylist()) == {"top1", "seed"}  # the seed links handed back as given
     t = float(np.median(r.links()["confidence"].to_numpy()))
     strict = r.links(min_confidence=t)
     assert 0 < strict.num_rows < r.links().num_rows and min(strict["confidence"].to_pylist()) >= t
