@@ -305,7 +305,7 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps({k: r[k] for k in ("metrics", "exact_check") if k in r}))
         return 0
-    results.update(pair=args.pair, config=str(CONFIG.relative_to(ROOT)), target_precision=args.target_precision)
+    results.update(pair=args.pair, config=str(CONFIG.relative_to(ROOT)), target_precision=args.target_precision, **provenance())
     results.setdefault("runs", {})
     if not args.plot_only:
         for n in args.sizes:

@@ -138,6 +138,7 @@ def main(argv=None) -> int:
                 "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
                 "seeds_as_facts": switch == "true", "target_precision": args.target, "decoders": score(run, args.target),
                 "provenance": provenance()}
+            doc.update(provenance())
             path.write_text(json.dumps(doc, indent=2) + "\n")
             s = doc["rows"][f"{name}/{'on' if switch == 'true' else 'off'}"]["decoders"]["structure"]
             print(f"{name} seeds_as_facts={switch}: structure H@1 {s['hits@1']:.4f}, export P/R/F1 "

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
     texts = read_dir(Path(args.run) / "verbalize" / "texts").sort_by("id")["text"].to_pylist()[: args.n]
     tok = load_tokenizer(resolve_model("default"))
-    doc = {"provenance": provenance(), "texts": len(texts), "tokenizer": "all-MiniLM-L6-v2 (fast, WordPiece)", "rows": []}
+    doc = {**provenance(), "texts": len(texts), "tokenizer": "all-MiniLM-L6-v2 (fast, WordPiece)", "rows": []}
     for ml in args.max_lengths:
         a_s, b_s = [], []
         for _ in range(args.repeats):
