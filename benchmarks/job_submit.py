@@ -62,6 +62,21 @@ def worker_port_window(taken: set[int], size: int) -> int:
     raise RuntimeError("no free window of worker ports")
 
 
+def head_start_command(bin_dir: Path, temp_dir: str, dashboard: bool) -> tuple[list[str], int, int]:
+    """``ray start --head`` on free ports of its own (GCS, dashboard, agents, workers) and its own
+    temp dir, 2 CPUs: (the command, the GCS port, the dashboard port)."""
+    ports = free_ports(9)
+    gcs, dash, agent, agent_grpc, metrics, client, nm, om, renv = ports
+    wmin = worker_port_window(set(ports), 200)
+    return [str(bin_dir / "ray"), "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+            f"--ray-client-server-port={client}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
+            f"--runtime-env-agent-port={renv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
+            f"--temp-dir={temp_dir}", "--num-cpus=2", f"--include-dashboard={str(dashboard).lower()}",
+            "--disable-usage-stats"], gcs, dash
+
+
 def head_processes(temp_dir: str) -> list:
     """This head's processes: those whose command line names its temp dir, and their descendants
     (the dashboard and runtime-env agents retitle themselves "ray::..." and lose it)."""
@@ -127,16 +142,7 @@ def main(argv=None) -> int:
     try:
         subprocess.run([str(BIN / "hiea-ray"), "synth", "--out", str(data), "--entities", str(args.entities)],
                        check=True, capture_output=True, env=env)
-        ports = free_ports(9)
-        gcs, dash, agent, agent_grpc, metrics, client, nm, om, renv = ports
-        wmin = worker_port_window(set(ports), 200)
-        start = [str(BIN / "ray"), "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
-                 "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}",
-                 f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-                 f"--ray-client-server-port={client}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
-                 f"--runtime-env-agent-port={renv}",
-                 f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}", f"--temp-dir={temp_dir}",
-                 "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"]
+        start, gcs, dash = head_start_command(BIN, temp_dir, dashboard=True)
         t = time.time()
         started = subprocess.run(start, capture_output=True, text=True, env=env, timeout=180)
         if started.returncode != 0:

@@ -117,20 +117,12 @@ def test_the_api_token_reaches_the_replicas_on_a_cluster_that_never_had_it(small
     import requests
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.job_submit import free_ports, stop_head, worker_port_window
+    from benchmarks.job_submit import head_start_command, stop_head
 
     bin_dir = Path(sys.executable).parent
     temp_dir = tempfile_short()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "HIEA_TEST_API_TOKEN")}
-    ports = free_ports(9)
-    gcs, dash, agent, agent_grpc, metrics, client, nm, om, renv = ports
-    wmin = worker_port_window(set(ports), 200)
-    start = [str(bin_dir / "ray"), "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}",
-             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-             f"--ray-client-server-port={client}", f"--node-manager-port={nm}", f"--object-manager-port={om}",
-             f"--runtime-env-agent-port={renv}", f"--min-worker-port={wmin}", f"--max-worker-port={wmin + 200}",
-             f"--temp-dir={temp_dir}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
+    start, gcs, _ = head_start_command(bin_dir, temp_dir, dashboard=False)
     proc = None
     try:
         subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
