@@ -2,13 +2,17 @@
 the single-process path, on a synthetic pair (tiny 64-dim encoder: time and memory, not accuracy).
 
     .venv/bin/python benchmarks/offload.py --entities 110000
+    .venv/bin/python benchmarks/offload.py --entities 1050000 --vectors random   # 10^6 per side
 
 Runs ``benchmarks/scale_synthetic.py`` twice on the same pair: ``driver`` (every stage body in the
 driver process) and ``offload`` (retrieve, decode, calibrate, route, export and evaluate as Ray
 tasks with ``ray.offload_cpus`` CPUs; its ingest, verbalize and embed are the driver run's,
 hard-linked). Per stage: wall time, the driver's own peak RSS, the peak of the driver and all its
 Ray processes, the offloaded task's worker peak; and whether every list and the metrics are equal.
-Writes benchmarks/results/offload.json (command, commit, date, machine).
+``--vectors random`` (``scale_synthetic.py --vectors random``): the embed stage's parts are random
+unit vectors written beforehand (a linked pair's two close), for sizes whose embedding would take
+hours on this machine; the stages measured are those after embed. Rows are kept per size and mode in
+benchmarks/results/offload.json (command, commit, date, machine), a later size added beside them.
 """
 
 from __future__ import annotations
@@ -34,29 +38,43 @@ def main(argv=None) -> int:
     ap.add_argument("--entities", type=int, default=110_000)
     ap.add_argument("--cpus", type=float, default=2.0, help="ray.offload_cpus (the whole node here)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "offload"))
+    ap.add_argument("--vectors", choices=["encoder", "random"], default="encoder")
+    ap.add_argument("--modes", nargs="+", choices=["offload", "driver"], default=["driver", "offload"],
+                    help="the first one runs ingest / verbalize / embed, the other reuses them")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     data = runs / f"data-{args.entities}"
     out = {m: runs / f"{args.entities}-{m}" for m in ("driver", "offload")}
-    enc = out["driver"] / "tiny-encoder"
+    first = out[args.modes[0]]
+    enc = first / "tiny-encoder"
+    path = ROOT / "benchmarks" / "results" / "offload.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {}
     rows = {}
-    for mode in ("driver", "offload"):
+    for mode in args.modes:
         sets = [f"embed.model={enc}"]
-        if mode == "offload":
+        if out[mode] != first:
             out[mode].mkdir(parents=True, exist_ok=True)
             for stage in ("ingest", "verbalize", "embed"):
-                if not (out[mode] / stage).exists():
-                    shutil.copytree(out["driver"] / stage, out[mode] / stage, copy_function=os.link)
+                if not (out[mode] / stage).exists() and (first / stage).exists():
+                    shutil.copytree(first / stage, out[mode] / stage, copy_function=os.link)
+        if mode == "offload":
             sets += [OFFLOAD, f"ray.offload_cpus={args.cpus}"]
         result = runs / f"{args.entities}-{mode}.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_synthetic.py"), "--entities", str(args.entities),
-               "--data", str(data), "--out", str(out[mode]), "--result", str(result)] + [x for s in sets for x in ("--set", s)]
+               "--data", str(data), "--out", str(out[mode]), "--result", str(result), "--vectors", args.vectors]
+        cmd += [x for s in sets for x in ("--set", s)]
         print(" ".join(cmd), flush=True)
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode:
             return 1
         r = json.loads(result.read_text())
         rows[mode] = {"entities_per_side": r["entities_per_side"], "driver_peak_rss_gib": r["driver_peak_rss_gib"],
-                      "peak_rss_gib_driver_and_ray": r["peak_rss_gib"], "stages": r["stages"], "overrides": sets}
+                      "peak_rss_gib_driver_and_ray": r["peak_rss_gib"], "stages": r["stages"], "overrides": sets,
+                      "vectors": args.vectors, "run_provenance": r.get("provenance")}
+        doc.setdefault("rows", {})[f"{r['entities_per_side']}/{mode}"] = rows[mode]
+        doc.update(provenance())
+        path.write_text(json.dumps(doc, indent=2) + "\n")  # after every mode: a stopped benchmark keeps it
+    if len(args.modes) < 2:
+        return 0
     import pyarrow.parquet as pq
 
     same = {}
@@ -66,9 +84,10 @@ def main(argv=None) -> int:
         same[f] = pq.read_table(out["driver"] / f).equals(pq.read_table(out["offload"] / f))
     m = [json.loads((out[x] / "metrics.json").read_text())["all_protocols"]["metrics"] for x in ("driver", "offload")]
     same["metrics.json"] = m[0] == m[1]
-    doc = {"provenance": provenance(), "entities_per_side": rows["driver"]["entities_per_side"], "rows": rows, "equal": same,
-           "offloaded_stages": ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]}
-    path = ROOT / "benchmarks" / "results" / "offload.json"
+    n = rows["driver"]["entities_per_side"]
+    doc.setdefault("equal", {})[str(n)] = same
+    doc["offloaded_stages"] = ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]
+    doc.update(provenance())
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({m: {k: v for k, v in r.items() if k != "stages"} for m, r in rows.items()}, indent=2))
     print("equal:", all(same.values()), same)

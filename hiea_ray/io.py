@@ -23,11 +23,17 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 
-def read_dir(folder: Path) -> pa.Table | None:
-    """All ``*.parquet`` files of a folder (name order) as one table; None when there are none. A
-    column some files lack (parts written before it existed, kept by a resumed stage) is null there."""
+def read_dir(folder: Path, columns: list[str] | None = None) -> pa.Table | None:
+    """All ``*.parquet`` files of a folder (name order) as one table (``columns``: only these, each
+    file reading those it has); None when there are none. A column some files lack (parts written
+    before it existed, kept by a resumed stage) is null there."""
     files = sorted(Path(folder).glob("*.parquet"))
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default") if files else None
+    if not files:
+        return None
+    if columns is None:
+        return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
+    return pa.concat_tables([pq.read_table(f, columns=[c for c in columns if c in pq.read_schema(f).names])
+                             for f in files], promote_options="default")
 
 
 def embeddings_column(vectors: np.ndarray) -> pa.FixedSizeListArray:

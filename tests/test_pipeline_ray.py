@@ -232,6 +232,11 @@ def test_distributed_retrieval_gives_the_drivers_lists_and_resumes_from_its_part
             ["s2t.parquet", "structural.parquet", "t2s.parquet"]  # no index or part left behind
     m = manifest(runs["ray"], "retrieve")["stats"]
     assert m["engine"] == "ray" and m["queries_searched_now"] > 0
+    # every query counted once, on the node of the actor that searched it (one node here)
+    n_queries = pq.read_table(runs["ray"] / "retrieve" / "all-targets" / "s2t.parquet").num_rows + \
+        pq.read_table(runs["ray"] / "retrieve" / "all-targets" / "t2s.parquet").num_rows
+    assert sum(m["queries_per_node"]["all-targets"].values()) == n_queries
+    assert len(m["queries_per_node"]["all-targets"]) == 1
     # resume: half the queries searched, then all: only the other half is searched again
     rc = cfg.retrieve
     parts = runs["ray"] / "embed" / "parts"

@@ -76,6 +76,12 @@ class Searcher:
         if use_gpu(self.cfg.gpu) and getattr(faiss.downcast_index(self.index), "hnsw", None) is None:
             self.index = faiss.index_cpu_to_all_gpus(self.index)
         self.ids = np.load(f"{index}.ids.npy")
+        try:
+            import ray
+
+            self.node = ray.get_runtime_context().get_node_id()[:12]
+        except Exception:  # outside Ray (a unit test calling the class)
+            self.node = "local"
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from hiea_ray.core.retrieval import search
@@ -84,7 +90,8 @@ class Searcher:
         k = idx.shape[1]
         return pa.table({"src": batch["id"],
                          "cand": pa.FixedSizeListArray.from_arrays(pa.array(ids_or_pad(self.ids, idx).reshape(-1)), k),
-                         "score": pa.FixedSizeListArray.from_arrays(pa.array(score.reshape(-1)), k)})
+                         "score": pa.FixedSizeListArray.from_arrays(pa.array(score.reshape(-1)), k),
+                         "node": pa.array([self.node] * len(idx), pa.string()).dictionary_encode()})
 
 
 def search_direction(parts: Path, queries: np.ndarray, all_ids: np.ndarray, index: Path, out: Path, rc: RetrieveConfig,
@@ -107,8 +114,9 @@ def search_direction(parts: Path, queries: np.ndarray, all_ids: np.ndarray, inde
     return todo
 
 
-def finish_lists(parts_dir: str, out: str, queries: np.ndarray) -> int:
-    """A Ray task: a direction's parts -> one ranked-list file sorted by source (each query once)."""
+def finish_lists(parts_dir: str, out: str, queries: np.ndarray) -> dict[str, int]:
+    """A Ray task: a direction's parts -> one ranked-list file sorted by source (each query once);
+    -> queries searched per node (the Searcher actors' nodes)."""
     from hiea_ray.io import write_lists
 
     t = read_dir(Path(parts_dir)).sort_by("src")
@@ -117,7 +125,10 @@ def finish_lists(parts_dir: str, out: str, queries: np.ndarray) -> int:
     if not np.array_equal(src[keep], queries):
         raise RuntimeError(f"retrieve: {parts_dir} holds {int(keep.sum())} of {len(queries)} queries")
     write_lists(Path(out), src[keep], column_to_numpy(t["cand"])[keep], column_to_numpy(t["score"])[keep])
-    return int(keep.sum())
+    if "node" not in t.column_names:
+        return {}
+    nodes = t["node"].filter(pa.array(keep)).cast(pa.string())
+    return {d["values"] or "unknown": d["counts"] for d in pc.value_counts(nodes).to_pylist()}
 
 
 def finish_protocol(cfg, data: str, run: str, out: str, q: np.ndarray, b: np.ndarray) -> dict:
@@ -132,8 +143,9 @@ def finish_protocol(cfg, data: str, run: str, out: str, q: np.ndarray, b: np.nda
     from hiea_ray.run import RunContext
 
     d = Path(out)
-    finish_lists(str(d / "s2t.parts"), str(d / "s2t.parquet"), q)
-    finish_lists(str(d / "t2s.parts"), str(d / "t2s.parquet"), b)
+    per_node = finish_lists(str(d / "s2t.parts"), str(d / "s2t.parquet"), q)
+    for node, n in finish_lists(str(d / "t2s.parts"), str(d / "t2s.parquet"), b).items():
+        per_node[node] = per_node.get(node, 0) + n
     rc = cfg.retrieve
     if rc.structural_k:
         from hiea_ray.core.structure import SeedGraphs
@@ -153,7 +165,8 @@ def finish_protocol(cfg, data: str, run: str, out: str, q: np.ndarray, b: np.nda
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     import resource
 
-    return {"worker_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    return {"worker_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            "queries_per_node": per_node}
 
 
 def retrieve_distributed(ctx, tmp: Path) -> dict:
@@ -179,7 +192,7 @@ def retrieve_distributed(ctx, tmp: Path) -> dict:
         opts["memory"] = int(rc.task_memory_gib * 2**30)
     build = ray.remote(build_index_file).options(**opts, name="hiea-ray:retrieve-index")
     finish = ray.remote(finish_protocol).options(**opts, name="hiea-ray:retrieve-finish")
-    t0, rows, searched, index = time.time(), 0, 0, {}
+    t0, rows, searched, index, per_node, finish_peak = time.time(), 0, 0, {}, {}, 0.0
     for protocol in cfg.evaluate.protocols:
         q, b = protocol_sets(protocol, test["src"].to_numpy(), test["tgt"].to_numpy(), ids, kg)
         d = tmp / protocol
@@ -191,9 +204,12 @@ def retrieve_distributed(ctx, tmp: Path) -> dict:
             if not path.is_file():
                 ray.get(build.remote(str(parts), base, asdict(rc), str(path)))
             searched += search_direction(parts, queries, ids, path, d / f"{direction}.parts", rc, f"retrieve {protocol} {direction}")
-        ray.get(finish.remote(cfg, str(Path(ctx.data).resolve()), str(ctx.run.resolve()), str(d.resolve()), q, b))
+        done = ray.get(finish.remote(cfg, str(Path(ctx.data).resolve()), str(ctx.run.resolve()), str(d.resolve()), q, b))
+        per_node[protocol] = done["queries_per_node"]  # a resumed run: the nodes of its own searches and earlier ones'
+        finish_peak = max(finish_peak, done["worker_peak_rss_gib"])
         rows += len(q) + len(b)
         index[protocol] = {"s2t": factory_string(rc, len(b)), "t2s": factory_string(rc, len(q))}
     wall = time.time() - t0
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "k": rc.k, "index": index, "engine": "ray",
-            "queries_searched_now": searched, "search_actors": rc.search_actors}
+            "queries_searched_now": searched, "search_actors": rc.search_actors, "queries_per_node": per_node,
+            "finish_task_peak_rss_gib": finish_peak}

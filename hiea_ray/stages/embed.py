@@ -47,7 +47,8 @@ def run(ctx: RunContext, tmp: Path) -> dict:
             log.info("embed: resuming, %d of %d rows already embedded", len(done), total)
         embed_dataset(texts_dir, parts, e, done, total)
     wall = time.time() - t0
-    table = read_dir(parts)
+    # the ids and where they were embedded: never the vectors (n x d) in the driver
+    table = read_dir(parts, columns=["id", "node", "worker", "precision"])
     ids = table["id"].to_numpy()
     if len(np.unique(ids)) != total or len(ids) != total:
         raise RuntimeError(f"embed: expected {total} unique rows, found {len(ids)} ({len(np.unique(ids))} unique)")
@@ -72,7 +73,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         # what ran (embed.backend auto): backend/device/autocast dtype -> rows
         "precision": {str(d["values"]): d["counts"] for d in precision},
         "tokenize": tokenize_mode(e),
-        "dim": table["embedding"].type.list_size,
+        "dim": pq.read_schema(next(iter(sorted(parts.glob("*.parquet"))))).field("embedding").type.list_size,
     }
 
 
