@@ -4,6 +4,7 @@ HTTP, and Ctrl-C (SIGINT) or SIGTERM while requests are in flight stops it withi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -161,3 +162,42 @@ def tempfile_short() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="rt", dir="/tmp")
+
+
+@pytest.mark.slow
+def test_a_failed_start_says_why_in_one_line_and_leaves_no_serve_actor(small_run, tmp_path):
+    """A run whose verbalized texts were lost (a damaged copy on shared storage): the driver's checks
+    pass, the Ingress replicas cannot start. `hiea-ray serve`, joined to a Ray head of this test's
+    own, exits 1 with one line saying the service did not start, and the head keeps no Serve actor
+    (controller, proxy, replica) and no application."""
+    import psutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.job_submit import head_start_command, stop_head
+
+    damaged = tmp_path / "run"
+    shutil.copytree(small_run, damaged)
+    for f in (damaged / "verbalize" / "texts").glob("*.parquet"):
+        f.unlink()
+    bin_dir = Path(sys.executable).parent
+    temp_dir = tempfile_short()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    start, gcs, _ = head_start_command(bin_dir, temp_dir, dashboard=False)
+    try:
+        subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
+        r = subprocess.run([str(bin_dir / "hiea-ray"), "serve", "--run", str(damaged), "--port", str(_free_port()),
+                            "--set", "serve.retriever_cpus=0.5"], capture_output=True, text=True, timeout=600,
+                           env={**env, "RAY_ADDRESS": f"127.0.0.1:{gcs}"})
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        assert r.returncode == 1, r.stderr[-3000:]
+        assert last.startswith("hiea-ray: error: the service did not start") and "nothing is left running" in last, last
+        assert "Traceback" not in r.stderr
+        probe = ("import json, ray; ray.init(address='127.0.0.1:%d', log_to_driver=False); "
+                 "print(json.dumps(ray.util.list_named_actors(all_namespaces=True)))" % gcs)
+        left = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+        assert left.returncode == 0, left.stderr[-2000:]
+        actors = json.loads(left.stdout.strip().splitlines()[-1])
+        assert not [a for a in actors if a.get("namespace") == "serve" or "SERVE" in a.get("name", "")], actors
+    finally:
+        stop_head(temp_dir)
+        assert not [p for p in psutil.process_iter(["cmdline"]) if temp_dir in " ".join(p.info["cmdline"] or [])]

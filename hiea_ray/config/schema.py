@@ -688,6 +688,9 @@ class ServeConfig:
     max_queued_requests: int = bounded(128, ge=1)
     # A request slower than this answers 408 (the HTTP proxy's end-to-end timeout).
     request_timeout_s: float = bounded(60.0, gt=0)
+    # A request body that has not fully arrived this long after the headers (a Content-Length larger
+    # than what is sent, a stalled client) answers 408 in the API's error shape.
+    body_timeout_s: float = bounded(10.0, gt=0)
     # Request body limit (413 above it) and queries per /v1/align/batch call.
     max_body_bytes: int = bounded(1_000_000, ge=1)
     max_batch_queries: int = bounded(64, ge=1)

@@ -34,7 +34,9 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hiea_ray.serve.schema import AlignRequest, BatchRequest, error_responses
+from hiea_ray.serve.schema import (
+    AlignRequest, AlignResponse, BatchRequest, BatchResponse, EntityOut, HealthOut, error_responses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,18 @@ def api_token(sv) -> str | None:
     return token.strip()
 
 
+def route_path(request: Request) -> str:
+    """The request's path within the app (the Serve route prefix, FastAPI's root_path, left off)."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    return path[len(root):] or "/" if root and path.startswith(root) else path
+
+
 async def bearer_auth(request: Request, call_next):
     """With a token set, a request without ``Authorization: Bearer <token>`` is 401 (but GET /healthz)."""
     import hmac
 
     token = _TOKEN[0]
-    if token is not None and request.url.path not in OPEN_PATHS:
+    if token is not None and route_path(request) not in OPEN_PATHS:
         got = request.headers.get("authorization", "")
         scheme, _, value = got.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
@@ -102,17 +110,43 @@ async def _limit_body(request: Request, call_next):
     return await call_next(request)
 
 
-# serve.max_batch_queries, set by the Ingress replica: /openapi.json documents the served run's limit
+# serve.body_timeout_s, set by the Ingress replica
+_BODY_TIMEOUT = [10.0]
+
+
+@api.middleware("http")
+async def _body_in_time(request: Request, call_next):
+    """A POST body that has not fully arrived within serve.body_timeout_s (a Content-Length larger
+    than what is sent) -> 408 in the API's error shape, the connection closed."""
+    if request.method == "POST":
+        try:
+            await asyncio.wait_for(request.body(), _BODY_TIMEOUT[0])  # cached: the endpoint reads it again
+        except asyncio.TimeoutError:
+            r = _error(408, "body", f"the body did not arrive within {_BODY_TIMEOUT[0]:g} s (is Content-Length right?)")
+            r.headers["Connection"] = "close"
+            return r
+    return await call_next(request)
+
+
+# serve.max_batch_queries and whether the run has an LLM tier, set by the Ingress replica:
+# /openapi.json documents the served run's limits and choices
 _MAX_BATCH = [64]
+_HAS_LLM = [True]
 
 
 @api.middleware("http")
 async def _run_limits_in_schema(request: Request, call_next):
-    """The first GET /openapi.json builds the schema with this run's batch limit (maxItems)."""
+    """The first GET /openapi.json builds the schema with this run's batch limit (maxItems) and,
+    on a run without an LLM tier, without ``tier: llm`` among the choices."""
     app = request.app
-    if request.url.path == app.openapi_url and app.openapi_schema is None:
-        queries = app.openapi()["components"]["schemas"]["BatchRequest"]["properties"]["queries"]
-        queries["maxItems"] = _MAX_BATCH[0]
+    if route_path(request) == app.openapi_url and app.openapi_schema is None:
+        schemas = app.openapi()["components"]["schemas"]
+        schemas["BatchRequest"]["properties"]["queries"]["maxItems"] = _MAX_BATCH[0]
+        if not _HAS_LLM[0]:
+            tier = schemas["AlignRequest"]["properties"]["tier"]
+            tier["enum"] = [t for t in tier["enum"] if t != "llm"]
+            tier["description"] = "auto: the router decides (this run has no LLM tier)"
+            schemas["AlignResponse"]["properties"]["tier"]["enum"] = ["small"]
     return await call_next(request)
 
 
@@ -249,6 +283,8 @@ class Ingress:
 
         module._MAX_BODY[0] = self.sv.max_body_bytes
         module._MAX_BATCH[0] = self.sv.max_batch_queries
+        module._BODY_TIMEOUT[0] = self.sv.body_timeout_s
+        module._HAS_LLM[0] = ctx.has_llm
         module._TOKEN[0] = api_token(self.sv)
         self.retriever, self.router, self.llm = retriever, router, llm
         ent = ctx.pair().entities.sort_by("id")
@@ -306,13 +342,15 @@ class Ingress:
         return bodies, None
 
     @api.post("/v1/align", summary="Align one entity (a KG1 id, or a new entity by its facts)",
-              responses=error_responses(401, 404, 411, 413, 422, 500, 503))
+              response_model=AlignResponse, response_model_exclude_unset=True,
+              responses=error_responses(400, 401, 404, 408, 411, 413, 422, 500, 503))
     async def align(self, body: AlignRequest):
         bodies, err = await self._align([body])
         return err if err is not None else bodies[0]
 
     @api.post("/v1/align/batch", summary="Align several entities in one call",
-              responses=error_responses(401, 404, 411, 413, 422, 500, 503))
+              response_model=BatchResponse, response_model_exclude_unset=True,
+              responses=error_responses(400, 401, 404, 408, 411, 413, 422, 500, 503))
     async def align_batch(self, body: BatchRequest):
         if len(body.queries) > self.sv.max_batch_queries:
             return _error(422, "queries", f"at most {self.sv.max_batch_queries} queries per call, got {len(body.queries)}")
@@ -321,8 +359,10 @@ class Ingress:
 
     @api.get("/v1/entities/{kg}/{entity_id:path}",
              summary="An entity of the run by its id or its input identifier (IRI, Q-id): name and verbalized text",
-             responses=error_responses(401, 404, 422, 500))
-    async def entity(self, kg: Annotated[int, FastAPIPath(ge=1, le=2, description="1 = KG1, 2 = KG2")], entity_id: str):
+             response_model=EntityOut, responses=error_responses(401, 404, 422, 500))
+    async def entity(self, kg: Annotated[int, FastAPIPath(ge=1, le=2, description="1 = KG1, 2 = KG2")],
+                     entity_id: Annotated[str, FastAPIPath(description="the entity's id (ASCII digits) or its "
+                                                                       "input identifier (IRI, Q-id)")]):
         eid = self.by_uri.get((kg, entity_id))
         if eid is None and _INTEGER.fullmatch(entity_id) and -(2**63) <= int(entity_id) < 2**63:
             eid = int(entity_id)  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
@@ -332,7 +372,7 @@ class Ingress:
         t = int(np.searchsorted(self.text_ids, eid))
         return {"id": int(eid), "kg": kg, "kg_id": self.uris[r], "name": self.names[r], "text": self.texts[t]}
 
-    @api.get("/healthz", summary="Liveness and what is served")
+    @api.get("/healthz", summary="Liveness and what is served", response_model=HealthOut)
     async def healthz(self):
         return {"status": "ok", **self.ctx.describe()}
 

@@ -16,6 +16,11 @@ def _integral(v):
     return int(v) if isinstance(v, float) and v.is_integer() and abs(v) >= 1 else v
 
 
+# Blank = made of these only. One set for the schema's pattern and the server's check: JSON
+# Schema's (ECMA), pydantic's (Rust) and Python's idea of \s differ beyond ASCII (\x85, \x1f, \ufeff).
+BLANK = " \t\n\r\f\v"
+NOT_BLANK = r"[^ \t\n\r\f\v]"
+
 Int = Annotated[StrictInt, BeforeValidator(_integral), WithJsonSchema({"type": "integer"})]
 MAX_K = 100_000  # a k above the run's serve.max_k answers max_k; above this it is refused as a mistake
 PositiveInt = Annotated[StrictInt, BeforeValidator(_integral), Field(ge=1, le=MAX_K),
@@ -26,16 +31,16 @@ class RelationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     relation: str = Field(min_length=1, max_length=500, description="relation name or URI")
-    neighbour: Int | Annotated[str, Field(pattern=r"\S", max_length=500)] = Field(
+    neighbour: Int | Annotated[str, Field(pattern=NOT_BLANK, max_length=500)] = Field(
         description="a KG1 entity id, or a name (not blank, at most 500 characters)")
     direction: Literal["out", "in"] = Field("out", description="out: entity -relation-> neighbour")
 
     @field_validator("neighbour")
     @classmethod
     def _non_empty(cls, v):
-        if isinstance(v, str) and not v.strip():
+        if isinstance(v, str) and not v.strip(BLANK):
             raise ValueError("must be a KG1 id or a non-empty name")
-        return v.strip() if isinstance(v, str) else v
+        return v.strip(BLANK) if isinstance(v, str) else v
 
 
 class AttributeIn(BaseModel):
@@ -48,16 +53,16 @@ class AttributeIn(BaseModel):
 class EntityIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(max_length=500, pattern=r"\S", description="the entity's name (not blank)")
+    name: str = Field(max_length=500, pattern=NOT_BLANK, description="the entity's name (not blank)")
     relations: list[RelationIn] = Field(default_factory=list, max_length=1000)
     attributes: list[AttributeIn] = Field(default_factory=list, max_length=1000)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not v.strip():
+        if not v.strip(BLANK):
             raise ValueError("must not be empty")
-        return v.strip()
+        return v.strip(BLANK)
 
 
 class AlignRequest(BaseModel):
@@ -105,9 +110,76 @@ class ErrorBody(BaseModel):
     detail: list[ValidationItem] | None = None
 
 
+class QueryOut(BaseModel):
+    id: int | None = Field(description="the KG1 id (null for a new entity)")
+    name: str
+    kg1_id: str | None = Field(None, description="the input's identifier of a run entity (IRI, Q-id)")
+
+
+class MatchOut(BaseModel):
+    id: int = Field(description="the KG2 id")
+    name: str
+    kg2_id: str | None = Field(None, description="the input's identifier (IRI, Q-id)")
+
+
+class CandidateOut(BaseModel):
+    id: int = Field(description="the KG2 id")
+    name: str
+    score: float = Field(description="the primary decoder's score")
+    kg2_id: str | None = Field(None, description="the input's identifier (IRI, Q-id)")
+    llm_prob: float | None = Field(None, description="the LLM's probability, for the candidates it saw")
+
+
+class TimingsOut(BaseModel):
+    retriever: float
+    router: float
+    llm: float
+    total: float
+
+
+class AlignResponse(BaseModel):
+    """One query's answer: the ranked candidates, the match (null: abstained) and who answered."""
+
+    query: QueryOut
+    match: MatchOut | None
+    abstained: bool
+    tier: Literal["small", "llm"] = Field(description="the tier that answered")
+    confidence: float | None = Field(description="the router's P(the small models are right); null without a router")
+    certain: bool | None = Field(description="the router's verdict; null without a router")
+    candidates: list[CandidateOut]
+    llm_none_prob: float | None = Field(None, description="the LLM's probability of 'none of these'")
+    timings_ms: TimingsOut
+
+
+class BatchResponse(BaseModel):
+    results: list[AlignResponse] = Field(description="one answer per query, in the order sent")
+
+
+class EntityOut(BaseModel):
+    id: int
+    kg: int = Field(ge=1, le=2)
+    kg_id: str = Field(description="the input's identifier (IRI, Q-id)")
+    name: str
+    text: str = Field(description="the entity's verbalized text, as the encoder saw it")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    run: str = Field(description="the run folder's name (not its path)")
+    run_fingerprint: str = Field(description="the fingerprint of the served run's decode stage")
+    protocol: str
+    router: bool
+    llm: bool
+    decoders: list[str]
+    k: int
+    max_k: int
+
+
 def error_responses(*codes: int) -> dict:
     """OpenAPI ``responses`` documenting these error statuses with the ErrorBody schema."""
-    what = {401: "missing or wrong bearer token", 404: "an id that is not an entity of the run",
+    what = {400: "a body that is not JSON (unparsable, invalid UTF-8, nested too deep)",
+            401: "missing or wrong bearer token", 404: "an id that is not an entity of the run",
+            408: "the body did not arrive within serve.body_timeout_s",
             411: "no Content-Length", 413: "body over serve.max_body_bytes",
             422: "a field out of its bounds or of the wrong type (named in error.field)",
             500: "internal error (no traceback)", 503: "overloaded or restarting: retry with backoff (Retry-After)"}
