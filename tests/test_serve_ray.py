@@ -312,6 +312,7 @@ def test_http_answers_equal_the_offline_run(app_url, served_run):
     (None, "{not json", 400, "body: JSON"),
     (None, b"\xff\xfe{", 400, "body"),  # invalid UTF-8
     (None, "[" * 10000 + "]" * 10000, 400, "body"),  # nesting deeper than the parser takes
+    (None, '{"id": ' + "1" * 4401 + "}", 400, "body"),  # an integer longer than Python's parser takes
     ({"id": 1.5}, None, 422, "id"),
     (None, "{\"id\": 1e-400}", 422, "id"),  # a float the parser rounds to 0 is not the id 0
     ({"id": 0, "k": 1e308}, None, 422, "k"),  # refused, not silently capped
