@@ -5,6 +5,7 @@ docs/tests.md lists every test file."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -100,3 +101,74 @@ def test_every_results_page_names_its_results_date_and_commit():
         shallow = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--is-shallow-repository"], capture_output=True, text=True)
         if shallow.returncode == 0 and shallow.stdout.strip() == "false":
             assert known.returncode == 0, f"{page.name}: commit {m.group(3)} is not in this repository"
+
+
+def _numbers(obj, out: list) -> list:
+    """Every number in a JSON document (numbers inside strings are not results)."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _numbers(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _numbers(v, out)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out.append(float(obj))
+    return out
+
+
+def unbacked_table_numbers(text: str, values: list[float]) -> list[str]:
+    """The decimals with 3 or 4 places in a page's table rows (Hits@1, MRR, precision, F1, ...)
+    that no value of ``values`` rounds to at the shown precision."""
+    import numpy as np
+
+    vals = np.unique(np.asarray(values, dtype=np.float64))
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.startswith("|"):
+            continue
+        for m in re.findall(r"(?<![\w.+\-])(\d+\.\d{3,4})(?!\d)", line):
+            nd = len(m.split(".")[1])
+            if not len(vals) or not np.any(np.abs(np.round(vals, nd) - float(m)) < 0.5 * 10.0 ** -nd + 1e-12):
+                out.append(f"line {i}: {m}")
+    return out
+
+
+def test_unbacked_table_numbers_are_found():
+    """The check below finds a number no JSON holds, and takes one that rounds to a JSON value."""
+    page = "| a | 0.8840 | 0.892 |\n| b | 0.1234 |\nprose 0.5555 is not a table"
+    assert unbacked_table_numbers(page, [0.884, 0.89152, 0.12]) == ["line 2: 0.1234"]
+
+
+def test_every_number_in_a_results_table_is_in_a_json_the_page_names():
+    """Each decimal (3–4 places) in a results page's tables is a value of one of the committed JSONs
+    the page names (``benchmarks/results/X.json``), at the shown precision: no table quotes what no
+    committed file holds."""
+    bad = {}
+    for page in sorted((ROOT / "docs" / "results").glob("*.md")):
+        if page.name == "index.md":
+            continue
+        text = page.read_text()
+        values: list = []
+        for j in sorted(set(re.findall(r"benchmarks/results/[\w.-]+\.json", text))):
+            if (ROOT / j).is_file():
+                _numbers(json.loads((ROOT / j).read_text()), values)
+        if miss := unbacked_table_numbers(text, values):
+            bad[page.name] = miss
+    assert not bad, bad
+
+
+def test_every_number_in_the_readmes_results_table_is_in_a_json_its_page_names():
+    """A README results row quotes only values of the JSONs named on the results pages it links."""
+    bad = {}
+    for i, line in enumerate((ROOT / "README.md").read_text().splitlines(), 1):
+        pages = re.findall(r"\((docs/results/[\w.-]+\.md)\)", line) if line.startswith("|") else []
+        if not pages:
+            continue
+        values: list = []
+        for p in pages:
+            for j in sorted(set(re.findall(r"benchmarks/results/[\w.-]+\.json", (ROOT / p).read_text()))):
+                if (ROOT / j).is_file():
+                    _numbers(json.loads((ROOT / j).read_text()), values)
+        if miss := unbacked_table_numbers(line, values):
+            bad[f"README.md line {i}"] = miss
+    assert not bad, bad
