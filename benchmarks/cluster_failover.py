@@ -248,7 +248,7 @@ def serve_phase(cluster, add_worker, run: Path, tmp: Path, requests_n: int = 400
     return rec
 
 
-DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.search_cpus=1", "retrieve.rows_per_block=256",
+DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.search_cpus=0.5", "retrieve.rows_per_block=256",
                "ray.offload=[decode,calibrate,export,evaluate]", "ray.offload_cpus=1",
                "decode.decoders=[top1,csls,sinkhorn,structure]"]
 
