@@ -70,9 +70,11 @@ def main(argv=None) -> int:
         from hiea_ray.config import config_from_dict
         from hiea_ray.run import RunContext
 
-        cfg = config_from_dict(done.config.to_dict(), f"{run}/config.resolved.json", ["route.enabled=false"])
         for protocol, t in ((p, t) for p in done.config.evaluate.protocols for t in args.targets):
-            _, _, s = alignment(RunContext(cfg, run / "data", run), "structure", protocol, None, t)
+            cfg = config_from_dict(done.config.to_dict(), f"{run}/config.resolved.json",
+                                   ["route.enabled=false", "output.decoder=structure", f"output.protocol={protocol}",
+                                    "output.min_confidence=null", f"output.target_precision={t}"])
+            _, _, s = alignment(RunContext(cfg, run / "data", run))
             m = s["measured"]
             row = {"pair": pair, "decoder": "structure", "confidence": s["confidence"], "protocol": protocol,
                    "target": t, "threshold": s["threshold"], "estimated": s["estimated_precision"],

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hiea_ray.core.export import Calibration, expected_precision_threshold, links_table, ntriples, precision_threshold
+from hiea_ray.core.export import Calibration, expected_precision_threshold, links_table, ntriples
+from hiea_ray.core.metrics import precision_threshold
 from hiea_ray.core.metrics import matching_metrics
 from hiea_ray.core.router import primary_decoder
 from hiea_ray.errors import UserError
@@ -50,10 +51,13 @@ def has_router(cfg) -> bool:
     return bool(cfg.route.enabled or cfg.llm.enabled)
 
 
-def alignment(ctx: RunContext, decoder: str, protocol: str, min_confidence: float | None,
-              target_precision: float | None) -> tuple[pa.Table, pa.Table, dict]:
-    """(links, unmatched, summary) of one decoder on one protocol of a finished run."""
+def alignment(ctx: RunContext) -> tuple[pa.Table, pa.Table, dict]:
+    """(links, unmatched, summary) of a finished run as its ``output`` config asks (decoder,
+    protocol, min_confidence or target_precision): the one path the export stage and
+    ``api.Run.export`` take."""
     cfg = ctx.cfg
+    decoder, protocol = output_decoder(cfg), output_protocol(cfg)
+    min_confidence, target_precision = cfg.output.min_confidence, cfg.output.target_precision
     d = ctx.run / "decode" / protocol
     if not (ctx.run / "decode" / "manifest.json").is_file():
         raise UserError(f"{ctx.run}: the run has not decoded yet (no decode stage): finish `hiea-ray align` first")

@@ -46,15 +46,13 @@ class Run:
         """(links, unmatched, summary) made now from the run's decoded outputs with these settings
         (None: the run's ``output`` config); bad values are one UserError naming the field."""
         from hiea_ray.run import RunContext
-        from hiea_ray.alignment import alignment, output_decoder, output_protocol
+        from hiea_ray.alignment import alignment
 
         sets = [f"output.{k}={json.dumps(v)}" for k, v in (("decoder", decoder), ("protocol", protocol),
                                                            ("min_confidence", min_confidence),
                                                            ("target_precision", target_precision)) if v is not None]
         cfg = config_from_dict(self.config.to_dict(), f"{self.path}/config.resolved.json", sets)
-        o = cfg.output
-        return alignment(RunContext(cfg, self.path / "data", self.path), output_decoder(cfg), output_protocol(cfg),
-                         o.min_confidence, o.target_precision)
+        return alignment(RunContext(cfg, self.path / "data", self.path))
 
     def links(self, decoder: str | None = None, protocol: str | None = None, min_confidence: float | None = None,
               target_precision: float | None = None) -> pa.Table:

@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from hiea_ray.core.export import (WIKIDATA, Calibration, calibrate_out_of_fold, iri, links_table, ntriples,
-                                  precision_threshold)
+from hiea_ray.core.export import WIKIDATA, Calibration, calibrate_out_of_fold, iri, links_table, ntriples
+from hiea_ray.core.metrics import precision_threshold
 
 
 def test_identifiers_become_iris():

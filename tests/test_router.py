@@ -48,6 +48,13 @@ def test_choose_threshold_on_a_known_ranking():
     assert choose_threshold(prob, right, 0.8) == 0.7  # top 5: 4 of 5
     assert choose_threshold(prob, right, 1.0, max_llm_fraction=0.2) == 0.7  # at most 1 of 6 to the LLM
     assert choose_threshold(np.array([0.5, 0.4]), np.array([0, 0]), 0.9) == float("inf")
+    # one cut for the router and the export: without a cap on the LLM's share they are the same function
+    from hiea_ray.core.metrics import precision_threshold
+
+    rng = np.random.default_rng(0)
+    for target in (0.6, 0.8, 0.9, 0.97):
+        p, r = rng.random(200).round(2), rng.random(200) < 0.85
+        assert choose_threshold(p, r, target) == precision_threshold(p, r, target)[0]
 
 
 def test_threshold_meets_its_target_precision_on_held_out_sources():

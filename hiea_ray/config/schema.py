@@ -484,7 +484,9 @@ class RouteConfig:
     # The decoder whose answer a certain source keeps and whose lists give the LLM its candidates:
     # "auto" = structure when decoded, else sinkhorn, else the last of decode.decoders.
     primary: str = "auto"
-    # The threshold gives the certain set this precision on held-out labelled sources.
+    # Precision of the *certain set*: the sources the small models answer alone, the rest going to
+    # the LLM tier (not the exported links' precision: that is output.target_precision). The cut
+    # (core.metrics.precision_threshold, the export's too) is chosen on held-out labelled sources.
     target_precision: float = bounded(0.99, gt=0, le=1)
     # Optional budget: at most this share of the sources goes to the LLM (lowers the precision
     # when the target would route more); null = no cap.
@@ -598,8 +600,10 @@ class OutputConfig:
     # decoder the router routes; else the decoder's score calibrated on the labelled seed sources)
     # is at least this; null = every link of the output.
     min_confidence: float | None = None
-    # Or: the confidence threshold that reaches this precision on the labelled seed sources (out of
-    # fold: the router's, or the calibrate stage's). null = use min_confidence.
+    # Or: precision of the *exported links* (not the router's certain set: route.target_precision):
+    # the confidence threshold that reaches it on the labelled seed sources (out of fold: the
+    # router's, or the calibrate stage's; core.metrics.precision_threshold), or on the output's own
+    # links with dangling_share. null = use min_confidence.
     target_precision: float | None = bounded(None, gt=0, le=1)
     # Run the calibrate stage without a router: decode the labelled seed sources out of fold
     # (route.folds decodes of the pool) and map each decoder's score to P(right). false: confidence

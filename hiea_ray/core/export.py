@@ -3,7 +3,8 @@
 ``links_table`` turns a one-to-one match over internal ids into rows of the input's identifiers
 (IRIs; Wikidata Q-ids), names, score, confidence, tier, decoder and the margin to the second
 candidate; ``ntriples`` writes them as ``owl:sameAs`` statements any RDF parser reads;
-``precision_threshold`` picks the confidence a target precision needs on labelled sources;
+``expected_precision_threshold`` picks the cut where the expected precision of unlabelled links
+reaches a target (the labelled cut is ``metrics.precision_threshold``, shared with the router);
 ``Calibration`` maps a decoder's score to the probability that its answer is right (isotonic
 regression on labelled sources), the confidence of a run, or of a decoder, without a router.
 """
@@ -66,21 +67,6 @@ def ntriples(links: pa.Table) -> str:
     """The links as ``<kg1> owl:sameAs <kg2> .`` N-Triples lines."""
     return "".join(f"<{iri(a)}> <{SAME_AS}> <{iri(b)}> .\n"
                    for a, b in zip(links["kg1_id"].to_pylist(), links["kg2_id"].to_pylist()))
-
-
-def precision_threshold(prob: np.ndarray, right: np.ndarray, target: float) -> tuple[float, float | None]:
-    """(threshold, estimated precision): the lowest confidence whose kept labelled sources (prob >=
-    threshold) are right at rate >= target — the most links at that precision; (inf, None) when no
-    threshold reaches it."""
-    order = np.argsort(-prob, kind="stable")
-    p, r = prob[order], right[order].astype(np.float64)
-    prec = np.cumsum(r) / np.arange(1, len(r) + 1)
-    boundary = np.append(p[:-1] > p[1:], True) if len(p) else np.zeros(0, bool)  # a cut between distinct values
-    ok = np.flatnonzero((prec >= target) & boundary)
-    if not len(ok):
-        return float("inf"), None
-    i = int(ok.max())
-    return float(p[i]), float(prec[i])
 
 
 @dataclass

@@ -137,3 +137,18 @@ def metrics_document(metrics: dict, k: int, decoders: list[str], protocols: list
         "metrics": metrics,
     }
     return flat
+
+
+def precision_threshold(prob: np.ndarray, right: np.ndarray, target: float) -> tuple[float, float | None]:
+    """(threshold, estimated precision): the lowest confidence whose kept labelled sources (prob >=
+    threshold) are right at rate >= target — the most links at that precision; (inf, None) when no
+    threshold reaches it."""
+    order = np.argsort(-prob, kind="stable")
+    p, r = prob[order], right[order].astype(np.float64)
+    prec = np.cumsum(r) / np.arange(1, len(r) + 1)
+    boundary = np.append(p[:-1] > p[1:], True) if len(p) else np.zeros(0, bool)  # a cut between distinct values
+    ok = np.flatnonzero((prec >= target) & boundary)
+    if not len(ok):
+        return float("inf"), None
+    i = int(ok.max())
+    return float(p[i]), float(prec[i])

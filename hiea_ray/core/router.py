@@ -136,23 +136,16 @@ def coverage_curve(prob: np.ndarray, right: np.ndarray, points: int = 21) -> lis
 
 def choose_threshold(prob: np.ndarray, right: np.ndarray, target_precision: float,
                      max_llm_fraction: float | None = None) -> float:
-    """The lowest probability t such that sources with P >= t are right at ``target_precision``
-    on these labelled sources (inf: none is certain). With ``max_llm_fraction``, t is lowered
-    where needed so that at most that share falls below it."""
-    order = np.argsort(-prob, kind="stable")
-    p, y = prob[order], right[order].astype(np.float64)
-    prec = np.cumsum(y) / np.arange(1, len(y) + 1)
-    ok = np.flatnonzero(prec >= target_precision)
-    # the largest certain set at the target precision; cut only between distinct probabilities
-    cut = -1
-    for m in ok[::-1]:
-        if m == len(p) - 1 or p[m] > p[m + 1]:
-            cut = int(m)
-            break
-    t = float(p[cut]) if cut >= 0 else float("inf")
-    if max_llm_fraction is not None and len(p):
-        need = int(np.ceil(len(p) * (1.0 - max_llm_fraction))) - 1  # at least this many certain
-        if need >= 0 and (cut < need):
+    """The router's cut: ``metrics.precision_threshold`` (the lowest probability whose kept labelled
+    sources are right at ``target_precision``; inf: none is certain), lowered where needed so that
+    at most ``max_llm_fraction`` of the sources fall below it."""
+    from hiea_ray.core.metrics import precision_threshold
+
+    t, _ = precision_threshold(prob, right, target_precision)
+    if max_llm_fraction is not None and len(prob):
+        p = np.sort(np.asarray(prob))[::-1]
+        need = int(np.ceil(len(p) * (1.0 - max_llm_fraction))) - 1  # at least need + 1 certain
+        if need >= 0 and int((p >= t).sum()) <= need:
             t = float(p[need])
     return t
 

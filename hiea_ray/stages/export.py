@@ -17,14 +17,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hiea_ray.alignment import FILES, alignment, output_decoder, output_protocol, write
+from hiea_ray.alignment import FILES, alignment, write
 from hiea_ray.run import RunContext
 from hiea_ray.stages.base import StageDef
 
 def run(ctx: RunContext, tmp: Path) -> dict:
-    o = ctx.cfg.output
-    links, un, summary = alignment(ctx, output_decoder(ctx.cfg), output_protocol(ctx.cfg), o.min_confidence,
-                                   o.target_precision)
+    links, un, summary = alignment(ctx)
     write(links, un, summary, tmp)
     return {"rows": links.num_rows, **{k: summary[k] for k in ("decoder", "protocol", "links", "unmatched")}}
 
