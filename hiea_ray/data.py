@@ -123,14 +123,27 @@ def tokenize_mode(cfg) -> str:
 
 def model_chain(cfg, section: str, model: MapSpec, tokenizer: type, tokenizer_kwargs: dict) -> list[MapSpec]:
     """[tokenize stage,] model actors: ``model`` alone, or after a CPU actor pool of ``tokenizer``
-    (``section.tokenize_actors`` actors of ``section.tokenize_cpus``) when ``tokenize_mode`` is stage."""
+    (``section.tokenize_actors`` actors of ``section.tokenize_cpus``) when ``tokenize_mode`` is stage.
+    The one place the mode is resolved: the model class is told which input it gets (its
+    ``tokenized`` argument) and checks its batches hold it (``require_columns``)."""
     model.fields = model.fields or f"{section}.num_actors x cpus_per_actor"
-    if tokenize_mode(cfg) == "actor":
+    stage = tokenize_mode(cfg) == "stage"
+    model.constructor_kwargs = {**model.constructor_kwargs, "tokenized": stage}
+    if not stage:
         return [model]
     tok = MapSpec(tokenizer, tokenizer_kwargs, {"batch_size": cfg.rows_per_batch, "batch_format": "pyarrow",
                                                 "num_cpus": cfg.tokenize_cpus}, actors=cfg.tokenize_actors,
                   fields=f"{section}.tokenize_actors x tokenize_cpus")
     return [tok, model]
+
+
+def require_columns(batch: pa.Table, columns: tuple[str, ...], who: str) -> None:
+    """A model actor's input contract: the batch holds these columns (the tokenize stage's token
+    ids, or the texts), else one error naming what is missing (a chain built wrong, never a
+    silent fallback to tokenizing on the model's device)."""
+    missing = [c for c in columns if c not in batch.column_names]
+    if missing:
+        raise ValueError(f"{who}: input batch lacks {missing} (has {batch.column_names})")
 
 
 def resolve(obj):

@@ -194,7 +194,7 @@ def test_rerank_stage_scores_top_k_and_pads(tiny_encoder_dir):
     ids = RerankTokenize(asdict(cfg), str(tiny_encoder_dir), texts)(batch)
     assert ids.column_names == ["src", "cand", "score", "pair_ids", "pair_types"]
     assert [len(x) for x in ids["pair_ids"].to_pylist()[1]] [1] == 0  # padding: no pair
-    from_ids = column_to_numpy(stage(ids)["rerank"])
+    from_ids = column_to_numpy(Reranker(asdict(cfg), str(tiny_encoder_dir), texts, tokenized=True)(ids)["rerank"])
     assert from_ids[1, 1] == -np.inf and np.abs(from_ids[np.isfinite(from_ids)] - rer[np.isfinite(rer)]).max() <= 1e-5
     assert [x.cls.__name__ for x in rerank_spec(cfg, "m", texts)] == ["Reranker"]
     assert [x.cls.__name__ for x in rerank_spec(RerankConfig(gpus_per_actor=1), "m", texts)] == ["RerankTokenize", "Reranker"]

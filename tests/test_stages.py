@@ -89,11 +89,15 @@ def test_tokenize_stage_gives_the_actors_vectors(tiny_encoder_dir, text_batch, n
     assert ids.schema.field("input_ids").type == pa.list_(pa.int32())
     lens = [len(r) for r in id_rows(ids["input_ids"])]
     assert len(lens) == text_batch.num_rows and len(set(lens)) > 1 and max(lens) <= 128
-    emb = Embedder(cfg)
-    from_ids, from_texts = emb(ids), emb(text_batch)
+    from_ids, from_texts = Embedder(cfg, tokenized=True)(ids), Embedder(cfg)(text_batch)
     assert from_ids["id"].equals(text_batch["id"])
     diff = np.abs(column_to_numpy(from_ids["embedding"]) - column_to_numpy(from_texts["embedding"])).max()
     assert diff <= 1e-6, diff
+    # the input contract: an actor told it gets token ids refuses texts, and the other way round
+    with pytest.raises(ValueError, match="lacks"):
+        Embedder(cfg, tokenized=True)(text_batch)
+    with pytest.raises(ValueError, match="lacks"):
+        Embedder(cfg)(ids)
 
 
 def test_id_rows_of_a_sliced_chunked_column():

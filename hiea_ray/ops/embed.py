@@ -58,8 +58,12 @@ class Embedder:
     the Ray actor and the process that embedded the row (``actor_id:pid``): an actor Ray restarted
     after its node was lost shows a second process, a replacement actor a new id."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, tokenized: bool = False):
         self.cfg = EmbedConfig(**cfg)
+        # the input contract (data.model_chain): token ids from the tokenize stage, or the texts
+        names = self.cfg.name_weight > 0
+        self.inputs = ((IDS, NAME_IDS) if names else (IDS,)) if tokenized else (("text", "name") if names else ("text",))
+        self.tokenized = tokenized
         set_threads(self.cfg.torch_threads or os.cpu_count())
         self.encoder = Encoder(self.cfg.model, self.cfg.pooling, self.cfg.max_length, amp=self.cfg.amp,
                                backend=self.cfg.backend, threads=self.cfg.torch_threads or os.cpu_count())
@@ -67,11 +71,14 @@ class Embedder:
         self.worker = f"{actor_id()}:{os.getpid()}"
 
     def _encode(self, batch: pa.Table, text: str, ids: str) -> np.ndarray:
-        if ids in batch.column_names:
+        if self.tokenized:
             return self.encoder.encode_ids(id_rows(batch[ids]), self.cfg.batch_size)
         return self.encoder.encode(batch[text].to_pylist(), self.cfg.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        from hiea_ray.data import require_columns
+
+        require_columns(batch, self.inputs, "Embedder")
         vecs = self._encode(batch, "text", IDS)
         if self.cfg.name_weight > 0:
             vecs = fuse(self._encode(batch, "name", NAME_IDS), vecs, self.cfg.name_weight)

@@ -22,8 +22,10 @@ from hiea_ray.io import column_to_numpy, embeddings_column
 class LLMScorer:
     """Prompt rows (src, text, vectors, n_options, options) -> (src, options, n_options, logp)."""
 
-    def __init__(self, cfg: dict, base: str, trained: str, vector_dim: int):
+    def __init__(self, cfg: dict, base: str, trained: str, vector_dim: int, tokenized: bool = False):
         import torch
+
+        self.tokenized = tokenized  # the input contract (data.model_chain): input_ids, or the prompt texts
 
         from hiea_ray.core.llm import llm_amp_dtype, load_hiea_llm, weight_dtype
 
@@ -40,8 +42,11 @@ class LLMScorer:
 
         slots = self.cfg.candidates + 1
         vectors = list(column_to_numpy(batch["vectors"]))
-        ids = batch[IDS].to_pylist() if IDS in batch.column_names else None  # from LLMTokenize
-        texts = batch["text"].to_pylist() if ids is None else None
+        from hiea_ray.data import require_columns
+
+        require_columns(batch, (IDS if self.tokenized else "text", "vectors", "n_options"), "LLMScorer")
+        ids = batch[IDS].to_pylist() if self.tokenized else None  # from LLMTokenize
+        texts = None if self.tokenized else batch["text"].to_pylist()
         logp = score(self.model, self.tokenizer, texts, vectors, batch["n_options"].to_pylist(),
                      slots, self.device, self.cfg.infer_batch_size, self.amp, ids=ids)
         return pa.table({"src": batch["src"], "options": batch["options"], "n_options": batch["n_options"],

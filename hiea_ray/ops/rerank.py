@@ -25,10 +25,12 @@ class Reranker:
     cross-encoder (loaded once per actor). ``texts`` (id, text) is a table or an object ref
     (shared read-only through the object store on a cluster). Padded candidates (-1) score -inf."""
 
-    def __init__(self, cfg: dict, model: str, texts):
+    def __init__(self, cfg: dict, model: str, texts, tokenized: bool = False):
         import torch
 
         from hiea_ray.core.cross_encoder import load_reranker
+
+        self.tokenized = tokenized  # the input contract (data.model_chain): pair token ids, or the texts by id
 
         self.cfg = RerankConfig(**cfg)
         set_threads(self.cfg.torch_threads or os.cpu_count())  # as the embed stage: 0 = all cores
@@ -49,7 +51,10 @@ class Reranker:
         retr = column_to_numpy(batch["score"])[:, :k]
         ok = cand >= 0
         rows, cols = np.nonzero(ok)
-        if PAIR_IDS in batch.column_names:  # token ids from the CPU tokenize stage: pad, copy, forward
+        from hiea_ray.data import require_columns
+
+        require_columns(batch, ("src", "cand", "score", *((PAIR_IDS, PAIR_TYPES) if self.tokenized else ())), "Reranker")
+        if self.tokenized:  # token ids from the CPU tokenize stage: pad, copy, forward
             ids, types = batch[PAIR_IDS].to_pylist(), batch[PAIR_TYPES].to_pylist()
             logits = score_pair_ids(self.model, self.tokenizer, [ids[r][c] for r, c in zip(rows, cols)],
                                     [types[r][c] for r, c in zip(rows, cols)], self.device, self.cfg.infer_batch_size,

@@ -23,8 +23,7 @@ import pyarrow.parquet as pq
 
 from hiea_ray.core.encoder import resolve_model
 from hiea_ray.io import finished_ids, read_dir
-from hiea_ray.data import tokenize_mode
-from hiea_ray.ops.embed import embed_dataset
+from hiea_ray.ops.embed import embed_dataset, embed_specs
 from hiea_ray.run import RunContext
 from hiea_ray.stages.base import StageDef
 
@@ -72,7 +71,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         "encoder_processes_beyond_pool": max(0, len(procs) - e.num_actors),
         # what ran (embed.backend auto): backend/device/autocast dtype -> rows
         "precision": {str(d["values"]): d["counts"] for d in precision},
-        "tokenize": tokenize_mode(e),
+        "chain": [spec.cls.__name__ for spec in embed_specs(e)],  # [Tokenize,] Embedder: data.model_chain decides
         "dim": pq.read_schema(next(iter(sorted(parts.glob("*.parquet"))))).field("embedding").type.list_size,
     }
 
