@@ -35,18 +35,10 @@ def init_ray(cfg) -> None:
     if ray.is_initialized():
         return
     quiet = not logging.getLogger("hiea_ray").isEnabledFor(logging.INFO)
-    kwargs = {"ignore_reinit_error": True, "log_to_driver": bool(cfg.ray.log_to_driver) and not quiet}
     if quiet:
         _quiet_ray_loggers()
-        kwargs["logging_level"] = logging.ERROR
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # the C++ core's stderr lines
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **kwargs)
-    elif os.environ.get("RAY_ADDRESS"):
-        ray.init(**kwargs)
-    else:
-        # "local": always a new instance; never attach to another one found on this machine.
-        ray.init(address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, **kwargs)
+    ray.init(**ray_init_kwargs(cfg, quiet, os.environ.get("RAY_ADDRESS")))
     handle_signals()  # ray.init installs its own SIGTERM handler in the driver: ours again
     import ray.data  # its log handlers exist once it is imported
 
@@ -56,6 +48,21 @@ def init_ray(cfg) -> None:
     if quiet:
         ctx.print_on_execution_start = False
         _quiet_ray_loggers()  # again: importing ray.data configures its loggers
+
+
+def ray_init_kwargs(cfg, quiet: bool, env_address: str | None) -> dict:
+    """``ray.init``'s arguments: join ``ray.address``; else, with $RAY_ADDRESS set (``env_address``:
+    inside ``ray job submit``), let ray.init read it; else a new local instance ("local": never one
+    found on this machine). Workers' output reaches the terminal only with ``ray.log_to_driver``
+    and never when quiet."""
+    kwargs = {"ignore_reinit_error": True, "log_to_driver": bool(cfg.ray.log_to_driver) and not quiet}
+    if quiet:
+        kwargs["logging_level"] = logging.ERROR
+    if cfg.ray.address:
+        return {"address": cfg.ray.address, **kwargs}
+    if env_address:
+        return kwargs
+    return {"address": "local", "num_cpus": cfg.ray.num_cpus, "include_dashboard": False, **kwargs}
 
 
 def _quiet_ray_loggers() -> None:

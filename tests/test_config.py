@@ -210,44 +210,24 @@ def test_llm_fusion_is_a_weight_or_auto_and_stays_out_of_the_training_keys():
 
 @pytest.mark.parametrize("quiet, log_to_driver, forwarded", [(False, False, False), (False, True, True),
                                                              (True, True, False)])
-def test_ray_worker_output_stays_in_rays_logs_unless_asked(monkeypatch, quiet, log_to_driver, forwarded):
+def test_ray_worker_output_stays_in_rays_logs_unless_asked(quiet, log_to_driver, forwarded):
     """A run's terminal shows its stages, not the Ray workers' stdout/stderr (Ray Train's placement
-    group cleaner alone printed thousands of lines in an LLM training): init_ray starts Ray with
+    group cleaner alone printed thousands of lines in an LLM training): Ray starts with
     log_to_driver off unless ray.log_to_driver is set (and never with -q)."""
-    import logging
+    from hiea_ray.data import ray_init_kwargs
 
-    import ray
-
-    from hiea_ray.data import init_ray
-
-    seen = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda *a, **kw: seen.update(kw))
-    logger = logging.getLogger("hiea_ray")
-    old = logger.level
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)  # setLevel: clears the isEnabledFor cache
-    try:
-        init_ray(load_config(overrides=[f"ray.log_to_driver={str(log_to_driver).lower()}", "ray.num_cpus=1"]))
-    finally:
-        logger.setLevel(old)
-    assert seen["log_to_driver"] is forwarded and seen["address"] == "local"
+    cfg = load_config(overrides=[f"ray.log_to_driver={str(log_to_driver).lower()}", "ray.num_cpus=1"])
+    kw = ray_init_kwargs(cfg, quiet, None)
+    assert kw["log_to_driver"] is forwarded and kw["address"] == "local" and kw["num_cpus"] == 1
+    assert ("logging_level" in kw) is quiet
 
 
 @pytest.mark.parametrize("address, env, want", [("ray://head:10001", None, "ray://head:10001"),
                                                 (None, "http://head:8265", None), (None, None, "local")])
-def test_init_ray_joins_the_configured_cluster(monkeypatch, address, env, want):
+def test_init_ray_joins_the_configured_cluster(address, env, want):
     """ray.address is joined; else $RAY_ADDRESS (set inside `ray job submit`) by ray.init() itself;
     else a new local instance, never one found on this machine."""
-    import ray
+    from hiea_ray.data import ray_init_kwargs
 
-    from hiea_ray.data import init_ray
-
-    seen = {}
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda *a, **kw: seen.update(kw, called=True))
-    if env is None:
-        monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    else:
-        monkeypatch.setenv("RAY_ADDRESS", env)
-    init_ray(load_config(overrides=[] if address is None else [f"ray.address={address}"]))
-    assert seen["called"] and seen.get("address") == want
+    cfg = load_config(overrides=[] if address is None else [f"ray.address={address}"])
+    assert ray_init_kwargs(cfg, False, env).get("address") == want
