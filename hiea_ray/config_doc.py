@@ -1,6 +1,7 @@
 """The config explained: every field with its value and its help, as YAML or as Markdown.
 
-The help of a field is the comment block written above it in ``hiea_ray/config/schema.py`` (and a
+The help of a field is the comment block written above it in its section's module
+(``hiea_ray/config/sections/``, or ``fields.py`` for the shared pieces; and a
 section's, its class docstring; a field a section shares with others, e.g. ``ActorPool``'s, has the
 help written where it is declared): the one place a field is explained. ``hiea-ray config show``
 prints a resolved config with that help; ``hiea-ray config show --defaults --markdown`` writes
@@ -17,13 +18,22 @@ from functools import lru_cache
 from pathlib import Path
 
 from hiea_ray import config as C
-from hiea_ray.config import schema
+from hiea_ray.config import fields as schema_fields
 
 
 @lru_cache(maxsize=1)
 def field_help() -> dict[str, dict[str, str]]:
-    """class name -> {field name: help text, "": the class docstring}, from the schema's source."""
-    src = Path(schema.__file__).read_text(encoding="utf-8")
+    """class name -> {field name: help text, "": the class docstring}, from the sources of the
+    section modules (``hiea_ray.config.sections``) and the shared field kinds (``fields``)."""
+    from hiea_ray.config import sections
+
+    out: dict[str, dict[str, str]] = {}
+    for path in [Path(schema_fields.__file__), *sorted(Path(sections.__file__).parent.glob("*.py"))]:
+        out.update(_class_help(path.read_text(encoding="utf-8")))
+    return out
+
+
+def _class_help(src: str) -> dict[str, dict[str, str]]:
     lines = src.splitlines()
     out: dict[str, dict[str, str]] = {}
     for node in ast.parse(src).body:
@@ -61,11 +71,11 @@ def _fields(obj, prefix: str = ""):
 def _allowed(tp, f: dataclasses.Field) -> str:
     """" One of: a, b." / " Bounds: >= 1." from the field's Literal type and bounds metadata."""
     item = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
-    choices = schema.literal_choices(item)
+    choices = schema_fields.literal_choices(item)
     if choices is not None:
         return " One of: " + ", ".join(map(str, choices)) + "."
     bounds = {k: f.metadata[k] for k in ("ge", "gt", "le", "lt") if k in f.metadata}
-    return f" Bounds: {schema.bound_rule(bounds)}." if bounds else ""
+    return f" Bounds: {schema_fields.bound_rule(bounds)}." if bounds else ""
 
 
 def _scalar(v) -> str:
@@ -124,7 +134,7 @@ def to_yaml(cfg: C.Config) -> str:
 def to_markdown(cfg: C.Config) -> str:
     """docs/configuration.md: one table per section (field, default, help)."""
     out = ["# Configuration", "",
-           "Every field of the one typed config (`hiea_ray/config/schema.py`), its default, its help and its allowed values. YAML files",
+           "Every field of the one typed config (`hiea_ray/config/sections/`, one module per section), its default, its help and its allowed values. YAML files",
            "given with `--config` (repeatable, merged in order) override the defaults, `--set section.field=value`",
            "overrides the files; unknown keys, wrong types and out-of-range values are one clear error. *runtime*",
            "fields only place work (actors, CPUs, threads, batch rows): they are left out of every stage key, so",
