@@ -66,7 +66,7 @@ def main(argv=None) -> int:
             print(json.dumps(row))
         # the router's decoder as a run without a router sees it: its score calibrated by the
         # calibrate stage (route.enabled=false when the run is read back; the stages are the same)
-        from hiea_ray.alignment import alignment
+        from hiea_ray.run.alignment import alignment
         from hiea_ray.config import config_from_dict
         from hiea_ray.run import RunContext
 

@@ -15,7 +15,7 @@ keep their earlier measurements):
 
 Per decoder (all-targets protocol: every KG1 entity, distractors included, against every KG2 entity):
 Hits@1/10, MRR and recall@k of the real test links from metrics.json; the 1-to-1 output (the run's
-own export at ``output.target_precision``, ``hiea_ray.alignment``: confidence = P(has a
+own export at ``output.target_precision``, ``hiea_ray.run.alignment``: confidence = P(has a
 counterpart) x the calibrated decoder score, ``output.dangling_share``), scored on the test links
 with every KG1 distractor dangling (a link from one is a false positive), its estimated precision
 beside; and the estimated share of KG1 sources with a counterpart against the true one. Writes benchmarks/results/haystack_<pair>.json after every run
@@ -65,7 +65,7 @@ def run_one(data: Path, out: Path, result: Path, sets: list[str], until: str | N
 
     from benchmarks.common import PeakRSS
     from hiea_ray.config import load_config
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.pipeline import Pipeline
     from hiea_ray.stages import REGISTRY, STAGES
 

@@ -138,7 +138,7 @@ def finetune(pair, contexts_all, src, gold, tgt, out: Path, cfg, model: str, arg
     import ray
 
     from hiea_ray.core.encoder import Encoder
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.train.retriever import train_retriever
 
     rng = np.random.default_rng(args.seed + 1)
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from hiea_ray.core.encoder import Encoder, resolve_model, set_threads
     from hiea_ray.core.llm import resolve_llm
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.pipeline import Pipeline
 
     out = Path(args.out)

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from hiea_ray.config import load_config
     from hiea_ray.core.encoder import resolve_model
     from hiea_ray.kg.model import KGPair
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.io import read_dir
     from hiea_ray.train.loop import fit
     from hiea_ray.train.retriever import link_texts, mine_hard_negatives, retriever_task, valid_metrics

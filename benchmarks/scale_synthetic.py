@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         ROOT / "benchmarks" / "configs" / "scale-synthetic.yaml",
         [f"embed.model={enc_dir}", *args.set],
     )
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.pipeline import Pipeline
     from hiea_ray.stages import REGISTRY, STAGES
 

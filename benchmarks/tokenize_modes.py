@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import ray
 
     from hiea_ray.core.encoder import Encoder, cpu_has_bf16
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.ops.embed import embed_dataset
 
     cfg = load_config(overrides=args.set)

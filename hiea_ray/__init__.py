@@ -4,9 +4,9 @@ Layout (bottom to top; a module imports only its own layer and those below):
 ``hiea_ray.kg`` (readers, dumps, synthetic and haystack generators), ``hiea_ray.core`` (Ray-free
 algorithms: verbalization, encoder, FAISS retrieval, candidates, decoding, fusion, router, LLM,
 metrics), ``hiea_ray.config`` (the one typed config), ``hiea_ray.io`` (the Parquet contracts
-between stages); ``hiea_ray.ops`` (Ray Data's callable classes and chains), ``hiea_ray.data``
-(Ray plumbing: init, chains over Parquet, offloaded stages), the run readers ``hiea_ray.run``,
-``hiea_ray.labelled``, ``hiea_ray.alignment``; ``hiea_ray.stages`` (one module per pipeline
+between stages); ``hiea_ray.ops`` (Ray Data's callable classes and chains), ``hiea_ray.ops.data``
+(Ray plumbing: init, chains over Parquet, offloaded stages), the run readers ``hiea_ray.run``
+(``context``, ``labelled``, ``alignment``); ``hiea_ray.stages`` (one module per pipeline
 stage, and the registry), ``hiea_ray.train`` (the Ray Train loop and tasks), ``hiea_ray.serve``
 (the Ray Serve application); ``hiea_ray.pipeline`` (the runner), ``hiea_ray.collab``
 (collaboration rounds); ``hiea_ray.cli`` (the ``hiea-ray`` command), ``hiea_ray.api``

@@ -46,7 +46,7 @@ class Run:
         """(links, unmatched, summary) made now from the run's decoded outputs with these settings
         (None: the run's ``output`` config); bad values are one UserError naming the field."""
         from hiea_ray.run import RunContext
-        from hiea_ray.alignment import alignment
+        from hiea_ray.run.alignment import alignment
 
         sets = [f"output.{k}={json.dumps(v)}" for k, v in (("decoder", decoder), ("protocol", protocol),
                                                            ("min_confidence", min_confidence),

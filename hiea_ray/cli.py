@@ -161,7 +161,7 @@ def _export(args) -> int:
 
     import pyarrow.parquet as pq
 
-    from hiea_ray.alignment import write
+    from hiea_ray.run.alignment import write
     from hiea_ray.api import open_run
 
     run = open_run(args.run)
@@ -233,7 +233,7 @@ def _serve(args) -> int:
         return 0
     from ray import serve
 
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.serve.app import build_app
 
     init_ray(ctx.cfg)

@@ -83,7 +83,7 @@ class Pipeline(RunContext):
             tmp = st.begin(keep=sd.resumable)
             try:
                 if name in self.cfg.ray.offload:
-                    from hiea_ray.data import offloaded
+                    from hiea_ray.ops.data import offloaded
 
                     stats = offloaded(name, sd.body, self, tmp)
                 else:

@@ -214,7 +214,7 @@ def test_ray_worker_output_stays_in_rays_logs_unless_asked(quiet, log_to_driver,
     """A run's terminal shows its stages, not the Ray workers' stdout/stderr (Ray Train's placement
     group cleaner alone printed thousands of lines in an LLM training): Ray starts with
     log_to_driver off unless ray.log_to_driver is set (and never with -q)."""
-    from hiea_ray.data import ray_init_kwargs
+    from hiea_ray.ops.data import ray_init_kwargs
 
     cfg = load_config(overrides=[f"ray.log_to_driver={str(log_to_driver).lower()}", "ray.num_cpus=1"])
     kw = ray_init_kwargs(cfg, quiet, None)
@@ -227,7 +227,7 @@ def test_ray_worker_output_stays_in_rays_logs_unless_asked(quiet, log_to_driver,
 def test_init_ray_joins_the_configured_cluster(address, env, want):
     """ray.address is joined; else $RAY_ADDRESS (set inside `ray job submit`) by ray.init() itself;
     else a new local instance, never one found on this machine."""
-    from hiea_ray.data import ray_init_kwargs
+    from hiea_ray.ops.data import ray_init_kwargs
 
     cfg = load_config(overrides=[] if address is None else [f"ray.address={address}"])
     assert ray_init_kwargs(cfg, False, env).get("address") == want

@@ -176,7 +176,7 @@ def test_bad_llm_input_is_one_clear_error(e2e, tiny_encoder_dir, tiny_llm_dir, t
 def test_router_labels_never_come_from_their_own_anchors(hiea_run, monkeypatch):
     """Each fold of the seed links is decoded with the other folds as anchors only: a labelled
     source is never an anchor of the decode its features come from."""
-    import hiea_ray.labelled as labelled
+    import hiea_ray.run.labelled as labelled
 
     ctx = hiea_run["pipe"]
     cfg = ctx.cfg
@@ -251,7 +251,7 @@ def test_route_alone_on_both_protocols(e2e, tmp_path):
 
 
 def test_router_labels_only_what_no_small_model_trained_on(e2e):
-    from hiea_ray.labelled import labelled_splits
+    from hiea_ray.run.labelled import labelled_splits
 
     def splits(*sets):
         return labelled_splits(load_config(overrides=tiny_overrides(e2e["model"], *sets)), ["train", "valid"])

@@ -45,7 +45,7 @@ def _neighbours(g, row):
 
 
 def test_every_source_decodes_online_as_the_batch_decoded_it(decoded):
-    from hiea_ray.labelled import features
+    from hiea_ray.run.labelled import features
 
     d = decoded
     st, g, (i, s) = d["st"], d["g"], d["s2t"]
@@ -97,7 +97,7 @@ def test_a_new_row_equal_to_a_solved_source_decodes_to_that_sources_lists(decode
     similarities) are r's (they differ only where r is the last entry of a target's list, which a
     copy ties and does not enter); the mutual-best feature is the solve's except where r itself is
     the target's best source (a copy ties r and does not beat it)."""
-    from hiea_ray.labelled import features
+    from hiea_ray.run.labelled import features
 
     d = decoded
     st, g, (i, s) = d["st"], d["g"], d["s2t"]

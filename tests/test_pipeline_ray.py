@@ -485,7 +485,7 @@ def test_the_users_seed_links_come_back_as_given_and_nothing_contradicts_them(e2
         assert not np.isin(cand[other], taken).any()
         assert (cand[~other, 0] == np.array([given[s] for s in q[~other]])).all()
     from hiea_ray.config import load_config
-    from hiea_ray.labelled import seeds_of
+    from hiea_ray.run.labelled import seeds_of
     from hiea_ray.run import RunContext
 
     sd = seeds_of(RunContext(load_config(overrides=tiny_overrides(e2e["model"])), e2e["data"], run))
@@ -682,7 +682,7 @@ def test_collaboration_rounds_train_and_anchor_on_pseudo_seeds_and_leave_round_o
     retriever from round 1's model on seed + pseudo-seed links and decodes with the pseudo-seeds as
     extra anchors; the last round's alignment and metrics go to the run root; a re-run is a no-op."""
     from hiea_ray.collab import run_rounds
-    from hiea_ray.labelled import seeds_of
+    from hiea_ray.run.labelled import seeds_of
     from hiea_ray.run import RunContext
 
     shared = ["ingest", "verbalize"]

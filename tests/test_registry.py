@@ -160,7 +160,7 @@ def test_the_runner_is_small_and_ray_free_modules_do_not_import_ray():
 LAYERS = [
     ("base", ("hiea_ray.errors", "hiea_ray.config", "hiea_ray.io", "hiea_ray.manifest", "hiea_ray.model_store",
               "hiea_ray.progress", "hiea_ray.plots", "hiea_ray.core", "hiea_ray.kg")),
-    ("ops", ("hiea_ray.data", "hiea_ray.ops", "hiea_ray.run", "hiea_ray.labelled", "hiea_ray.alignment", "hiea_ray.config_doc")),
+    ("ops", ("hiea_ray.ops", "hiea_ray.run", "hiea_ray.config_doc")),
     ("work", ("hiea_ray.train", "hiea_ray.stages", "hiea_ray.serve")),
     ("pipeline", ("hiea_ray.pipeline", "hiea_ray.collab")),
     ("cli", ("hiea_ray.cli", "hiea_ray.api", "hiea_ray")),

@@ -16,7 +16,7 @@ back must equal the decode stage's: checked by the caller). For a source of the 
 comes out as the decode stage wrote it (within float tolerance of a re-encoded vector); for a new
 entity (or a KG1 entity outside the protocol's sources) it is the row the same solve would give
 it with the targets' scaling held fixed. The router's features come from those lists
-(``features``) exactly as ``hiea_ray.labelled.features`` makes them.
+(``features``) exactly as ``hiea_ray.run.labelled.features`` makes them.
 
 A row's candidate edges: its top-k targets and the targets whose own top-k lists it is in (the
 run's t2s lists for a source of the run; for a new query, the targets it would enter: similarity
@@ -192,7 +192,7 @@ class DecoderState:
         return out
 
     def features(self, qr: Query, lists: dict) -> tuple[np.ndarray, list[str], int]:
-        """(X (1, f), feature names, the primary decoder's best local target or -1), as ``hiea_ray.labelled.features``."""
+        """(X (1, f), feature names, the primary decoder's best local target or -1), as ``hiea_ray.run.labelled.features``."""
         idx, score = lists[self.primary]
         s = np.where(idx >= 0, score, -np.inf)
         p = int(idx[0, int(np.argmax(s[0]))]) if np.isfinite(s).any() else -1

@@ -13,4 +13,7 @@ training and serving import from here; nothing here imports a stage.
 - ``retrieve``: ``Searcher`` (a FAISS index loaded once per actor), the index-building and
   list-assembling tasks, ``retrieve_distributed`` (``retrieve.engine: ray``).
 - ``dump_ingest``: the dump parsing chain (byte ranges -> statements -> the four ingest tables).
+- ``data``: the plumbing every chain shares — ``init_ray``, ``MapSpec`` / ``model_chain`` (the one
+  place the tokenize mode is resolved), ``map_parquet`` (a resumable Ray Data stage over Parquet)
+  and ``offloaded`` (a stage body as a Ray task, ``ray.offload``).
 """

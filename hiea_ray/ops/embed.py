@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from hiea_ray.config import EmbedConfig
 from hiea_ray.core.encoder import Encoder, fuse, load_tokenizer, set_threads, token_ids
-from hiea_ray.data import MapSpec, model_chain
+from hiea_ray.ops.data import MapSpec, model_chain
 from hiea_ray.io import embeddings_column
 
 IDS, NAME_IDS = "input_ids", "name_ids"  # the token id columns the tokenize stage adds
@@ -76,7 +76,7 @@ class Embedder:
         return self.encoder.encode(batch[text].to_pylist(), self.cfg.batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from hiea_ray.data import require_columns
+        from hiea_ray.ops.data import require_columns
 
         require_columns(batch, self.inputs, "Embedder")
         vecs = self._encode(batch, "text", IDS)
@@ -128,7 +128,7 @@ def embed_specs(cfg: EmbedConfig) -> list[MapSpec]:
 def embed_dataset(texts_dir: Path, parts: Path, e: EmbedConfig, done: np.ndarray | None = None,
                   total: int | None = None) -> None:
     """The embed chain: read texts -> (drop done ids) -> [tokenize actors ->] encoder actors -> Parquet parts."""
-    from hiea_ray.data import map_parquet
+    from hiea_ray.ops.data import map_parquet
 
     map_parquet(texts_dir, parts, embed_specs(e), e.num_actors, e.rows_per_batch, done,
                 progress=None if total is None else ("embed", total))

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from hiea_ray.config import LLMConfig
 from hiea_ray.core.encoder import set_threads
-from hiea_ray.data import MapSpec, model_chain
+from hiea_ray.ops.data import MapSpec, model_chain
 from hiea_ray.io import column_to_numpy, embeddings_column
 
 
@@ -42,7 +42,7 @@ class LLMScorer:
 
         slots = self.cfg.candidates + 1
         vectors = list(column_to_numpy(batch["vectors"]))
-        from hiea_ray.data import require_columns
+        from hiea_ray.ops.data import require_columns
 
         require_columns(batch, (IDS if self.tokenized else "text", "vectors", "n_options"), "LLMScorer")
         ids = batch[IDS].to_pylist() if self.tokenized else None  # from LLMTokenize

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from hiea_ray.config import RerankConfig
 from hiea_ray.core.encoder import resolve_backend, set_threads
-from hiea_ray.data import MapSpec, model_chain, resolve
+from hiea_ray.ops.data import MapSpec, model_chain, resolve
 from hiea_ray.io import TextLookup, column_to_numpy, embeddings_column
 
 
@@ -51,7 +51,7 @@ class Reranker:
         retr = column_to_numpy(batch["score"])[:, :k]
         ok = cand >= 0
         rows, cols = np.nonzero(ok)
-        from hiea_ray.data import require_columns
+        from hiea_ray.ops.data import require_columns
 
         require_columns(batch, ("src", "cand", "score", *((PAIR_IDS, PAIR_TYPES) if self.tokenized else ())), "Reranker")
         if self.tokenized:  # token ids from the CPU tokenize stage: pad, copy, forward

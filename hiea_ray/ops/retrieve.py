@@ -98,7 +98,7 @@ def search_direction(parts: Path, queries: np.ndarray, all_ids: np.ndarray, inde
                      label: str) -> int:
     """The queries' lists as Parquet parts in ``out`` (those already there are kept: resumable);
     -> how many queries were searched now."""
-    from hiea_ray.data import MapSpec, map_parquet
+    from hiea_ray.ops.data import MapSpec, map_parquet
 
     out.mkdir(parents=True, exist_ok=True)
     done = finished_ids(out, "src")
@@ -178,7 +178,7 @@ def retrieve_distributed(ctx, tmp: Path) -> dict:
 
     from hiea_ray.core.metrics import protocol_sets
     from hiea_ray.core.retrieval import factory_string
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
 
     cfg, rc = ctx.cfg, ctx.cfg.retrieve
     init_ray(cfg)

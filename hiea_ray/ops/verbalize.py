@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from hiea_ray.config import VerbalizeConfig, section_from_dict
 from hiea_ray.core.verbalize import entity_facts, verbalize_row, verbalize_table
-from hiea_ray.data import MapSpec
+from hiea_ray.ops.data import MapSpec
 
 # What the LLM actors write per entity (the texts table's columns, then the record of the generation).
 GENERATED = pa.schema([
@@ -170,7 +170,7 @@ def vllm_finish(cfg: VerbalizeConfig):
 def generate_parts(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str, lora: str | None,
                    done: np.ndarray | None = None, total: int | None = None) -> None:
     """The generation chain: context blocks -> (drop done ids) -> LLM actor pool -> ``GENERATED`` parts."""
-    from hiea_ray.data import map_parquet
+    from hiea_ray.ops.data import map_parquet
 
     lc = cfg.llm
     if use_vllm(cfg):
@@ -190,7 +190,7 @@ def _generate_vllm(contexts: Path, parts: Path, cfg: VerbalizeConfig, model: str
     from ray.data.llm import build_processor
 
     from hiea_ray.core.generate import STOP
-    from hiea_ray.data import DropDone
+    from hiea_ray.ops.data import DropDone
 
     lc = cfg.llm
     if lora is not None:

@@ -1,6 +1,6 @@
 """calibrate (driver; ``output.calibrate`` or a router): how far to trust each decoder's answer.
 
-The labelled seed sources (``hiea_ray.labelled``: the seed links no small model trained on, in
+The labelled seed sources (``hiea_ray.run.labelled``: the seed links no small model trained on, in
 ``route.folds`` folds, each fold decoded by every decoder with the other folds as structure
 anchors, so its answers are made as a test source's are) and, per decoder, an isotonic map from
 the score of the decoder's one-to-one match to the probability that the match is right (``core.export.Calibration``),
@@ -33,7 +33,7 @@ from hiea_ray.core.export import calibrate_out_of_fold, matchable_prior
 from hiea_ray.core.router import Router, primary_decoder
 from hiea_ray.errors import UserError
 from hiea_ray.io import embeddings_column
-from hiea_ray.labelled import decoded_lists, features, labelled_decode, seeds_of
+from hiea_ray.run.labelled import decoded_lists, features, labelled_decode, seeds_of
 from hiea_ray.run import RunContext
 from hiea_ray.stages.base import StageDef
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
 
     e = replace(ctx.cfg.embed, model=ctx.encoder_model())
     init_ray(ctx.cfg)

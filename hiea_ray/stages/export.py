@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hiea_ray.alignment import FILES, alignment, write
+from hiea_ray.run.alignment import FILES, alignment, write
 from hiea_ray.run import RunContext
 from hiea_ray.stages.base import StageDef
 

@@ -28,7 +28,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
         spec = load_pair_spec(ctx.data)
         if spec.release:
             return _write_release(spec.release_path, ctx, tmp)
-        from hiea_ray.data import init_ray
+        from hiea_ray.ops.data import init_ray
         from hiea_ray.ops.dump_ingest import ingest_dumps
 
         init_ray(ctx.cfg)

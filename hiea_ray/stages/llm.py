@@ -58,7 +58,7 @@ def prompts(ctx: RunContext, protocol: str, base: str, out: Path) -> Path:
 
 def run(ctx: RunContext, tmp: Path) -> dict:
     from hiea_ray.core.llm import resolve_llm
-    from hiea_ray.data import init_ray, map_parquet
+    from hiea_ray.ops.data import init_ray, map_parquet
 
     lc = ctx.cfg.llm
     base = resolve_llm(lc.model)

@@ -95,7 +95,7 @@ def tune_fusion(model_dir: Path, base: str, vector_dim: int, valid, held, lc) ->
 def run(ctx: RunContext, tmp: Path) -> dict:
     from hiea_ray.core.llm import resolve_llm
     from hiea_ray.core.retrieval import knn
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.plots import plot_llm_curve
     from hiea_ray.train.llm import neighbourhoods, training_tables
     from hiea_ray.train.loop import fit

@@ -46,7 +46,7 @@ def candidates_file(ctx: RunContext, protocol: str, out: Path) -> Path:
 def run(ctx: RunContext, tmp: Path) -> dict:
     import ray
 
-    from hiea_ray.data import init_ray, map_parquet
+    from hiea_ray.ops.data import init_ray, map_parquet
 
     rc = ctx.cfg.rerank
     model = ctx.reranker_model()

@@ -3,7 +3,7 @@
 Per protocol, each test source's confidence features (``core.router.confidence_features``: every
 decoder's top-1 score and margin, agreement with the primary decoder, mutual best, neighbour
 consistency of the primary match, degree) come from the decode stage's lists. The classifier's
-labelled sources are the calibrate stage's (``hiea_ray.labelled``): the seed links no small model
+labelled sources are the calibrate stage's (``hiea_ray.run.labelled``): the seed links no small model
 trained on (``route.labelled``: with retriever or reranker training, the validation links), in
 ``route.folds`` folds: fold j is decoded (the protocol's pool plus fold j's links, all decoders)
 with every other seed link as a structure anchor, so its features are made as the test sources'
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from hiea_ray.core.router import (Router, certain_set_report, choose_threshold, coverage_curve, primary_decoder)
 from hiea_ray.core.structure import SeedGraphs
 from hiea_ray.io import column_to_numpy
-from hiea_ray.labelled import decoded_lists, features
+from hiea_ray.run.labelled import decoded_lists, features
 from hiea_ray.run import RunContext
 from hiea_ray.stages.base import StageDef
 

@@ -16,7 +16,7 @@ from hiea_ray.stages.base import StageDef
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.train.retriever import train_retriever
 
     init_ray(ctx.cfg)

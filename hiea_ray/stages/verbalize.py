@@ -134,7 +134,7 @@ def llm_texts(ctx: RunContext, contexts: pa.Table, tmp: Path) -> dict:
 
 
 def run(ctx: RunContext, tmp: Path) -> dict:
-    from hiea_ray.data import init_ray, map_blocks
+    from hiea_ray.ops.data import init_ray, map_blocks
 
     init_ray(ctx.cfg)
     t0 = time.time()

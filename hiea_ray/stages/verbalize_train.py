@@ -50,7 +50,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 
     from hiea_ray.core.describe import read_train_file
     from hiea_ray.core.llm import resolve_llm
-    from hiea_ray.data import init_ray
+    from hiea_ray.ops.data import init_ray
     from hiea_ray.plots import plot_verbalizer_curve
     from hiea_ray.train.loop import fit
     from hiea_ray.train.tasks import VerbalizerTask

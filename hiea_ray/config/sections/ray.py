@@ -19,7 +19,7 @@ class RayConfig:
     # (/tmp/ray/session_latest/logs), and the terminal shows the stages, progress and warnings.
     log_to_driver: bool = runtime(False)
     # Stages whose body runs as a Ray task on a worker instead of in the driver process
-    # (``hiea_ray.data.offloaded``): the stages that hold n x d vectors or n x k lists (retrieve,
+    # (``hiea_ray.ops.data.offloaded``): the stages that hold n x d vectors or n x k lists (retrieve,
     # decode, calibrate, route, export, evaluate), so a small head node drives a large run. The
     # task's output files are the same; a task whose node is lost is retried (offload_retries).
     offload: list[Literal["retrieve", "decode", "calibrate", "route", "export", "evaluate"]] = field(
