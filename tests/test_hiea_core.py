@@ -345,7 +345,7 @@ def test_llm_validation_counts_the_best_ranked_candidate_apart_from_none(monkeyp
     best-ranked candidate; "none" abstains and is no hit), beside the arg-max accuracy."""
     import pyarrow as pa
 
-    import hiea_ray.core.llm as llm
+    import hiea_ray.core.llm.steps as llm  # evaluate reads score from its own module
 
     # 4 examples, 3 candidates + none (slot 3); answers 0, 1, 3 (gold missed), 2
     logp = np.log(np.array([[0.5, 0.2, 0.1, 0.2],    # picks 0: right

