@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hiea_ray.core.export import Calibration, expected_precision_threshold, links_table, ntriples
-from hiea_ray.core.metrics import precision_threshold
-from hiea_ray.core.metrics import matching_metrics
+from hiea_ray.core.metrics import matching_metrics, precision_threshold
 from hiea_ray.core.router import primary_decoder
 from hiea_ray.errors import UserError
 from hiea_ray.io import read_lists, rows_of
@@ -54,93 +54,34 @@ def has_router(cfg) -> bool:
 def alignment(ctx: RunContext) -> tuple[pa.Table, pa.Table, dict]:
     """(links, unmatched, summary) of a finished run as its ``output`` config asks (decoder,
     protocol, min_confidence or target_precision): the one path the export stage and
-    ``api.Run.export`` take."""
+    ``api.Run.export`` take. The steps: the decoder's answers, the user's seed links as facts,
+    a confidence per answer, the threshold, then the links, the unmatched sources and the summary."""
     cfg = ctx.cfg
     decoder, protocol = output_decoder(cfg), output_protocol(cfg)
-    min_confidence, target_precision = cfg.output.min_confidence, cfg.output.target_precision
-    d = ctx.run / "decode" / protocol
     if not (ctx.run / "decode" / "manifest.json").is_file():
         raise UserError(f"{ctx.run}: the run has not decoded yet (no decode stage): finish `hiea-ray align` first")
-    # the router's probability is the confidence of the decoder it routes (and of hiea's merge);
-    # any other decoder's is its score calibrated on the labelled seed sources
-    router = has_router(cfg) and decoder in ("hiea", primary_decoder(cfg.route.primary, cfg.decode.decoders))
-    if decoder == "hiea":
-        h = hiea_merged(ctx, protocol)
-        q, cand, score, ms, mt = h.q, h.merged.cand, h.score, h.merged.match_src, h.merged.match_tgt
-        routed = set(h.uncertain.tolist())
-        # a pair's score: the primary decoder's score of that target in the source's list (nan if absent)
-        prim_cand = h.cand
-    else:
-        q, cand, score = read_lists(d / f"{decoder}.parquet")
-        match = pq.read_table(d / f"{decoder}.match.parquet")
-        ms, mt, routed, prim_cand = match["src"].to_numpy(), match["tgt"].to_numpy(), set(), cand
-    rows = rows_of(q, ms)
-    # the user's seed links are facts: handed back as given (tier "seed"); a prediction for a seed
-    # source, or of a seed's target for another source, is not the output's to make
+    a = _answers(ctx, decoder, protocol)
     seeds = seed_links(ctx.pair())
     seed_src, seed_tgt = seeds["src"].to_numpy(), seeds["tgt"].to_numpy()
-    order = np.argsort(seed_src, kind="stable")
-    pos = np.minimum(np.searchsorted(seed_src[order], ms), max(len(order) - 1, 0))
-    known = np.isin(ms, seed_src)
-    as_given = known & (seed_tgt[order][pos] == mt) if len(order) else known
-    contradicts = (known & ~as_given) | (~known & np.isin(mt, seed_tgt))
+    known, contradicts = _against_seeds(seed_src, seed_tgt, a.ms, a.mt)
     own = ~known & ~contradicts
-    hit = prim_cand[rows] == mt[:, None]
-    pair_score = np.where(hit.any(1), score[rows, np.argmax(hit, 1)], np.nan).astype(np.float32)
-    second = score[:, 1] if score.shape[1] > 1 else np.full(len(score), np.nan)
-    margin = (score[:, 0] - second).astype(np.float32)
-    calibration, why = (None, None) if router else calibration_of(ctx, protocol, decoder)
-    if router:
-        route = pq.read_table(ctx.run / "route" / protocol / "route.parquet")
-        conf_all = np.full(len(q), np.nan, np.float32)
-        conf_all[rows_of(q, route["src"].to_numpy())] = route["prob"].to_numpy()
-        conf = conf_all[rows]
-        lab = pq.read_table(ctx.run / "route" / protocol / "labelled.parquet")
-        lab_conf, lab_right = lab["prob"].to_numpy(), lab["right"].to_numpy(zero_copy_only=False)
-        kind = "router probability"
-    elif calibration is not None:
-        conf_all, conf = calibration(score[:, 0]), calibration(pair_score)
-        lab = pq.read_table(ctx.run / "calibrate" / protocol / "labelled.parquet")
-        lab = lab.filter(pc.greater_equal(lab[f"answer.{decoder}"], 0))  # the labelled sources it links
-        lab_conf, lab_right = lab[f"conf.{decoder}"].to_numpy(), lab[f"right.{decoder}"].to_numpy(zero_copy_only=False)
-        kind = "calibrated decoder score"
-        pm = matchable(ctx, protocol, q)
-        if pm is not None:  # P(has a counterpart) x P(right | has one); precision on the output's own links
-            conf_all, conf = conf_all * pm, conf * pm[rows]
-            lab_conf, lab_right, kind = conf[own], None, "calibrated decoder score x P(has a counterpart)"
-    else:
-        conf_all, conf, lab_conf, lab_right = np.asarray(score[:, 0], np.float32), pair_score, None, None
-        kind = "decoder score"
-    threshold, estimated = (-np.inf if min_confidence is None else float(min_confidence)), None
-    if target_precision is not None:
-        if lab_conf is None:
-            raise UserError(f"output.target_precision needs labelled seed sources to choose its threshold on ({why}); "
-                            "use output.min_confidence")
-        threshold, estimated = (expected_precision_threshold(lab_conf, target_precision) if lab_right is None
-                                else precision_threshold(lab_conf, lab_right, target_precision))
-    elif lab_conf is not None:
-        kept = lab_conf >= threshold  # every labelled source when no threshold
-        estimated = (float((lab_conf if lab_right is None else lab_right)[kept].mean()) if kept.any() else None)
-    keep = ((np.nan_to_num(conf, nan=-np.inf) >= threshold) | (threshold == -np.inf)) & own
-    tier = np.array(["llm" if int(s) in routed else "small" for s in ms], object)
+    c = _confidence(ctx, decoder, protocol, a, own)
+    threshold, estimated = _threshold(c, cfg.output.min_confidence, cfg.output.target_precision)
+    keep = ((np.nan_to_num(c.conf, nan=-np.inf) >= threshold) | (threshold == -np.inf)) & own
+    tier = np.array(["llm" if int(s) in a.routed else "small" for s in a.ms], object)
     ents = ctx.pair().entities.select(["id", "uri", "name"])
     given = np.ones(len(seed_src), np.float32)
     links = pa.concat_tables([
         links_table(seed_src, seed_tgt, given, given, np.array(["seed"] * len(seed_src), object),
                     np.full(len(seed_src), np.nan, np.float32), "seed", ents),
-        links_table(ms[keep], mt[keep], pair_score[keep], conf[keep], tier[keep], margin[rows][keep], decoder, ents)])
-    linked = set(links["src"].to_pylist())
-    left = np.array([s for s in q.tolist() if s not in linked], np.int64)
-    lr = rows_of(q, left)
-    best = cand[lr, 0] if len(lr) else np.zeros(0, np.int64)
-    has = best >= 0
-    un = links_table(left[has], best[has], score[lr, 0][has], conf_all[lr][has], np.array(["-"] * int(has.sum()), object),
-                     margin[lr][has], decoder, ents)
-    summary = {"decoder": decoder, "protocol": protocol, "sources": int(len(q)), "links": int(links.num_rows),
-               "unmatched": int(len(left)), "confidence": kind,
-               "threshold": threshold if np.isfinite(threshold) else None, "target_precision": target_precision,
-               "estimated_precision": estimated, "tiers": {t: int((links["tier"].to_numpy(zero_copy_only=False) == t).sum())
-                                                         for t in ("seed", "small", "llm")},
+        links_table(a.ms[keep], a.mt[keep], a.pair_score[keep], c.conf[keep], tier[keep], a.margin[a.rows][keep],
+                    decoder, ents)])
+    left, un = _unmatched(a, c, links, decoder, ents)
+    summary = {"decoder": decoder, "protocol": protocol, "sources": int(len(a.q)), "links": int(links.num_rows),
+               "unmatched": int(len(left)), "confidence": c.kind,
+               "threshold": threshold if np.isfinite(threshold) else None,
+               "target_precision": cfg.output.target_precision, "estimated_precision": estimated,
+               "tiers": {t: int((links["tier"].to_numpy(zero_copy_only=False) == t).sum()) for t in ("seed", "small", "llm")},
                "seed_links": int(len(seed_src)), "predictions_contradicting_a_seed_dropped": int(contradicts.sum())}
     test = ctx.pair().links_of("test")
     if test.num_rows:
@@ -150,6 +91,123 @@ def alignment(ctx: RunContext) -> tuple[pa.Table, pa.Table, dict]:
     else:
         summary["measured"] = None  # no gold test links: label-free
     return links, un, summary
+
+
+@dataclass
+class _Answers:
+    """A decoder's answers on a protocol: lists (q, cand, score), the match (ms -> mt), the rows of
+    the matched sources, the routed sources (the LLM tier's), each pair's score in the primary
+    list (nan if absent) and each source's margin to its second candidate."""
+
+    q: np.ndarray
+    cand: np.ndarray
+    score: np.ndarray
+    ms: np.ndarray
+    mt: np.ndarray
+    rows: np.ndarray
+    routed: set
+    pair_score: np.ndarray
+    margin: np.ndarray
+    router: bool
+
+
+def _answers(ctx: RunContext, decoder: str, protocol: str) -> _Answers:
+    cfg = ctx.cfg
+    # the router's probability is the confidence of the decoder it routes (and of hiea's merge);
+    # any other decoder's is its score calibrated on the labelled seed sources
+    router = has_router(cfg) and decoder in ("hiea", primary_decoder(cfg.route.primary, cfg.decode.decoders))
+    if decoder == "hiea":
+        h = hiea_merged(ctx, protocol)
+        q, cand, score, ms, mt = h.q, h.merged.cand, h.score, h.merged.match_src, h.merged.match_tgt
+        routed = set(h.uncertain.tolist())
+        prim_cand = h.cand  # a pair's score: the primary decoder's score of that target in the source's list
+    else:
+        d = ctx.run / "decode" / protocol
+        q, cand, score = read_lists(d / f"{decoder}.parquet")
+        match = pq.read_table(d / f"{decoder}.match.parquet")
+        ms, mt, routed, prim_cand = match["src"].to_numpy(), match["tgt"].to_numpy(), set(), cand
+    rows = rows_of(q, ms)
+    hit = prim_cand[rows] == mt[:, None]
+    pair_score = np.where(hit.any(1), score[rows, np.argmax(hit, 1)], np.nan).astype(np.float32)
+    second = score[:, 1] if score.shape[1] > 1 else np.full(len(score), np.nan)
+    margin = (score[:, 0] - second).astype(np.float32)
+    return _Answers(q, cand, score, ms, mt, rows, routed, pair_score, margin, router)
+
+
+def _against_seeds(seed_src: np.ndarray, seed_tgt: np.ndarray, ms: np.ndarray, mt: np.ndarray):
+    """The user's seed links are facts, handed back as given (tier "seed"): (known: the answer's
+    source is a seed source; contradicts: it gives a seed source another target, or a seed's target
+    to another source — not the output's to make)."""
+    order = np.argsort(seed_src, kind="stable")
+    pos = np.minimum(np.searchsorted(seed_src[order], ms), max(len(order) - 1, 0))
+    known = np.isin(ms, seed_src)
+    as_given = known & (seed_tgt[order][pos] == mt) if len(order) else known
+    return known, (known & ~as_given) | (~known & np.isin(mt, seed_tgt))
+
+
+@dataclass
+class _Confidence:
+    """Per source of the lists (conf_all) and per answer (conf), what it is (kind), and the labelled
+    sources the threshold is chosen on (lab_conf; lab_right None: the expected precision of the
+    output's own links) or why there are none (why)."""
+
+    conf_all: np.ndarray
+    conf: np.ndarray
+    lab_conf: np.ndarray | None
+    lab_right: np.ndarray | None
+    kind: str
+    why: str | None
+
+
+def _confidence(ctx: RunContext, decoder: str, protocol: str, a: _Answers, own: np.ndarray) -> _Confidence:
+    if a.router:
+        route = pq.read_table(ctx.run / "route" / protocol / "route.parquet")
+        conf_all = np.full(len(a.q), np.nan, np.float32)
+        conf_all[rows_of(a.q, route["src"].to_numpy())] = route["prob"].to_numpy()
+        lab = pq.read_table(ctx.run / "route" / protocol / "labelled.parquet")
+        return _Confidence(conf_all, conf_all[a.rows], lab["prob"].to_numpy(), lab["right"].to_numpy(zero_copy_only=False),
+                           "router probability", None)
+    calibration, why = calibration_of(ctx, protocol, decoder)
+    if calibration is None:
+        return _Confidence(np.asarray(a.score[:, 0], np.float32), a.pair_score, None, None, "decoder score", why)
+    conf_all, conf = calibration(a.score[:, 0]), calibration(a.pair_score)
+    lab = pq.read_table(ctx.run / "calibrate" / protocol / "labelled.parquet")
+    lab = lab.filter(pc.greater_equal(lab[f"answer.{decoder}"], 0))  # the labelled sources it links
+    lab_conf, lab_right = lab[f"conf.{decoder}"].to_numpy(), lab[f"right.{decoder}"].to_numpy(zero_copy_only=False)
+    pm = matchable(ctx, protocol, a.q)
+    if pm is None:
+        return _Confidence(conf_all, conf, lab_conf, lab_right, "calibrated decoder score", why)
+    # P(has a counterpart) x P(right | has one); precision on the output's own links
+    conf_all, conf = conf_all * pm, conf * pm[a.rows]
+    return _Confidence(conf_all, conf, conf[own], None, "calibrated decoder score x P(has a counterpart)", why)
+
+
+def _threshold(c: _Confidence, min_confidence: float | None, target_precision: float | None):
+    """(threshold, estimated precision): ``output.target_precision``'s cut on the labelled sources
+    (or on the expected precision of the output's own links), else ``min_confidence`` and the
+    precision the labelled sources have above it."""
+    threshold, estimated = (-np.inf if min_confidence is None else float(min_confidence)), None
+    if target_precision is not None:
+        if c.lab_conf is None:
+            raise UserError(f"output.target_precision needs labelled seed sources to choose its threshold on ({c.why}); "
+                            "use output.min_confidence")
+        return (expected_precision_threshold(c.lab_conf, target_precision) if c.lab_right is None
+                else precision_threshold(c.lab_conf, c.lab_right, target_precision))
+    if c.lab_conf is not None:
+        kept = c.lab_conf >= threshold  # every labelled source when no threshold
+        estimated = (float((c.lab_conf if c.lab_right is None else c.lab_right)[kept].mean()) if kept.any() else None)
+    return threshold, estimated
+
+
+def _unmatched(a: _Answers, c: _Confidence, links: pa.Table, decoder: str, ents: pa.Table):
+    """The sources without a link, each with its best candidate (tier "-"): (their ids, the table)."""
+    linked = set(links["src"].to_pylist())
+    left = np.array([s for s in a.q.tolist() if s not in linked], np.int64)
+    lr = rows_of(a.q, left)
+    best = a.cand[lr, 0] if len(lr) else np.zeros(0, np.int64)
+    has = best >= 0
+    return left, links_table(left[has], best[has], a.score[lr, 0][has], c.conf_all[lr][has],
+                             np.array(["-"] * int(has.sum()), object), a.margin[lr][has], decoder, ents)
 
 
 def matchable(ctx: RunContext, protocol: str, q: np.ndarray) -> np.ndarray | None:
