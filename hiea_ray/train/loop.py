@@ -29,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,37 +65,85 @@ def _valid_table(rank: int, path: str):
 
 def train_loop_per_worker(config: dict) -> None:
     """Runs on every Ray Train worker. config: task (a ``tasks.TrainTask``), opts (the task's
-    config section as a dict, with ``scaling``), init_model, n_train."""
+    config section as a dict, with ``scaling``), init_model, n_train. The steps: restore (from Ray
+    Train's checkpoint, else the initial model), wrap (DeepSpeed ZeRO or DDP), train the worker's
+    shard, reporting metrics and a checkpoint every ``eval_every`` steps and at the end."""
     import ray.train
     import ray.train.torch
     import torch
 
-    task = config["task"]
-    opts = config["opts"]
+    task, opts = config["task"], config["opts"]
     sc = opts["scaling"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(sc["seed"])
     torch.set_num_threads(max(1, sc["torch_threads"] or int(os.environ.get("OMP_NUM_THREADS", "1"))))
     device = ray.train.torch.get_device()
-    start_step = 0
     ckpt = ray.train.get_checkpoint()
-    state = None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
-            model, tokenizer = task.load(str(Path(d) / "model"), device=device)
-        start_step = state["step"]
-    else:
-        model, tokenizer = task.load(config["init_model"], device=device)
+    model, tokenizer, state = _restore(task, config["init_model"], ckpt, device)
+    start_step = state["step"] if state is not None else 0
     if sc.get("gradient_checkpointing") and device.type == "cuda":
         model.gradient_checkpointing_enable()
-    zero = sc.get("zero_stage", 0)
     per_worker = max(1, opts["batch_size"] // world)
     steps_per_epoch = config["n_train"] // (per_worker * world)
     epochs = opts["epochs"]
     total = max(1, steps_per_epoch * epochs)
     amp_dtype = torch.bfloat16 if (sc["amp"] and (device.type == "cuda" or sc.get("cpu_amp"))) else None
+    w = _wrap(model, opts, total, per_worker, amp_dtype, ckpt, state, device)
+    rep = _Reporter(task, tokenizer, w, opts, rank, world, per_worker, _valid_table(rank, config["valid_path"]), device,
+                    state, start_step)
+    shard = ray.train.get_dataset_shard("train")
+    fail_at = int(os.environ.get("HIEA_FAIL_AT_STEP", "0") or 0)
+    for epoch in range(epochs):
+        batches = shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=None)
+        for i, batch in enumerate(batches):
+            if i >= steps_per_epoch:
+                break
+            if epoch * steps_per_epoch + i < start_step:
+                continue  # resumed: this batch was trained before the interruption
+            rep.add(task.step(w.model, tokenizer, w.optimizer, w.scheduler, batch, opts, device, w.amp_dtype))
+            if rank == 0 and rep.step % 10 == 0:
+                # Ray Train routes worker logging to the driver (and its structured log files); a
+                # print() is patched into that logger *and* teed to stdout, so it would show twice.
+                log.info("[%s] step %d/%d loss %.4f %.1f links/s", task.name, rep.step, total,
+                         np.mean(rep.losses[-10:]), rep.rate())
+            if fail_at == rep.step and ckpt is None and rank == 0:
+                raise RuntimeError(f"injected failure at step {rep.step} (HIEA_FAIL_AT_STEP)")
+            if rep.step % opts["eval_every"] == 0 and rep.step < total:
+                rep.report()
+    rep.report(final=True)
+
+
+def _restore(task, init_model: str, ckpt, device):
+    """(model, tokenizer, state): from Ray Train's checkpoint when the worker resumes (state: step,
+    curve, optimizer, ...), else the initial model (state None)."""
+    import torch
+
+    if ckpt is None:
+        return (*task.load(init_model, device=device), None)
+    with ckpt.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", weights_only=False)
+        model, tokenizer = task.load(str(Path(d) / "model"), device=device)
+    return model, tokenizer, state
+
+
+@dataclass
+class _Wrapped:
+    """The model as trained (DDP module or DeepSpeed engine), the bare model inside it (``raw``:
+    evaluated and saved), its optimizer and scheduler, the autocast dtype and the ZeRO stage (0: DDP)."""
+
+    model: object
+    raw: object
+    optimizer: object
+    scheduler: object
+    amp_dtype: object
+    zero: int
+
+
+def _wrap(model, opts: dict, total: int, per_worker: int, amp_dtype, ckpt, state, device) -> _Wrapped:
+    import ray.train.torch
+
+    zero = opts["scaling"].get("zero_stage", 0)
     if zero:
         # DeepSpeed ZeRO: the engine replaces DDP and does backward, clipping, optimizer and
         # scheduler steps; optimizer states (stage 1), gradients (2) and parameters (3) are sharded.
@@ -113,73 +162,69 @@ def train_loop_per_worker(config: dict) -> None:
         model, optimizer, _, scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
         )
-        amp_dtype = None  # the engine runs the model in bf16 itself
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 model.load_checkpoint(str(Path(d) / "deepspeed"), tag="ckpt")
-        raw = model.module
-    else:
-        # Parameters that get no gradient (e.g. a bi-encoder's unused pooler head) are allowed.
-        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-        raw = model.module if hasattr(model, "module") else model
-        optimizer, scheduler = _optimizer(model, opts, total)
-        if state is not None:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-    valid = _valid_table(rank, config["valid_path"])
-    shard = ray.train.get_dataset_shard("train")
-    step = start_step
-    losses: list[float] = []
-    curve: list[list[float]] = state.get("curve", []) if state is not None else []  # (step, loss)
-    resumed = (state.get("resumed", []) + [start_step]) if state is not None else []  # steps resumed at
-    fail_at = int(os.environ.get("HIEA_FAIL_AT_STEP", "0") or 0)
-    t0 = time.time()
+        return _Wrapped(model, model.module, optimizer, scheduler, None, zero)  # the engine runs bf16 itself
+    # Parameters that get no gradient (e.g. a bi-encoder's unused pooler head) are allowed.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    raw = model.module if hasattr(model, "module") else model
+    optimizer, scheduler = _optimizer(model, opts, total)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    return _Wrapped(model, raw, optimizer, scheduler, amp_dtype, 0)
 
-    def report(final: bool = False):
-        metrics = {"step": step, "loss": float(np.mean(losses)) if losses else float("nan")}
-        metrics["pairs_per_s"] = round(len(losses) * per_worker * world / max(time.time() - t0, 1e-9), 2)
-        metrics["final"] = final
-        metrics["resumed"] = list(resumed)
+
+class _Reporter:
+    """The worker's losses since the last report, the loss curve and the steps resumed at; ``report``
+    sends Ray Train the metrics (rank 0 validates) and a checkpoint (model, state; ZeRO: every
+    worker's shard)."""
+
+    def __init__(self, task, tokenizer, w: _Wrapped, opts: dict, rank: int, world: int, per_worker: int, valid,
+                 device, state, start_step: int):
+        self.task, self.tokenizer, self.w, self.opts, self.valid, self.device = task, tokenizer, w, opts, valid, device
+        self.rank, self.world, self.per_worker = rank, world, per_worker
+        self.step = start_step
+        self.losses: list[float] = []
+        self.curve: list[list[float]] = state.get("curve", []) if state is not None else []  # (step, loss)
+        self.resumed = (state.get("resumed", []) + [start_step]) if state is not None else []  # steps resumed at
+        self.t0 = time.time()
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+        self.step += 1
+        self.curve.append([self.step, loss])
+
+    def rate(self) -> float:
+        return len(self.losses) * self.per_worker * self.world / max(time.time() - self.t0, 1e-9)
+
+    def report(self, final: bool = False) -> None:
+        import ray.train
+        import torch
+
+        w = self.w
+        metrics = {"step": self.step, "loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+                   "pairs_per_s": round(self.rate(), 2), "final": final, "resumed": list(self.resumed)}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if zero:  # every worker writes its shard; Ray Train merges them into one checkpoint
-                model.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="ckpt")
+            if w.zero:  # every worker writes its shard; Ray Train merges them into one checkpoint
+                w.model.save_checkpoint(str(Path(tmp) / "deepspeed"), tag="ckpt")
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            with _gathered(raw, zero):
-                if rank == 0:
-                    metrics.update(task.evaluate(raw, tokenizer, valid, opts, device))
-                    task.save(raw, tokenizer, Path(tmp) / "model")
-            if rank == 0:
+            with _gathered(w.raw, w.zero):
+                if self.rank == 0:
+                    metrics.update(self.task.evaluate(w.raw, self.tokenizer, self.valid, self.opts, self.device))
+                    self.task.save(w.raw, self.tokenizer, Path(tmp) / "model")
+            if self.rank == 0:
                 torch.save(
-                    {"step": step, "curve": curve, "resumed": resumed,
-                     **({} if zero else {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})},
+                    {"step": self.step, "curve": self.curve, "resumed": self.resumed,
+                     **({} if w.zero else {"optimizer": w.optimizer.state_dict(), "scheduler": w.scheduler.state_dict()})},
                     Path(tmp) / "state.pt",
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-
-    for epoch in range(epochs):
-        batches = shard.iter_batches(batch_size=per_worker, batch_format="numpy", drop_last=True, local_shuffle_buffer_size=None)
-        for i, batch in enumerate(batches):
-            if i >= steps_per_epoch:
-                break
-            if epoch * steps_per_epoch + i < start_step:
-                continue  # resumed: this batch was trained before the interruption
-            losses.append(task.step(model, tokenizer, optimizer, scheduler, batch, opts, device, amp_dtype))
-            step += 1
-            curve.append([step, losses[-1]])
-            if rank == 0 and step % 10 == 0:
-                rate = len(losses) * per_worker * world / max(time.time() - t0, 1e-9)
-                # Ray Train routes worker logging to the driver (and its structured log files); a
-                # print() is patched into that logger *and* teed to stdout, so it would show twice.
-                log.info("[%s] step %d/%d loss %.4f %.1f links/s", task.name, step, total, np.mean(losses[-10:]), rate)
-            if fail_at == step and ckpt is None and rank == 0:
-                raise RuntimeError(f"injected failure at step {step} (HIEA_FAIL_AT_STEP)")
-            if step % opts["eval_every"] == 0 and step < total:
-                report()
-                losses.clear()
-                t0 = time.time()
-    report(final=True)
+        self.losses.clear()
+        self.t0 = time.time()
 
 
 def fit(task, opts: dict, init_model: str, data, valid, name: str, storage: Path, best_dir: Path) -> dict:
