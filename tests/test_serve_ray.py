@@ -455,7 +455,8 @@ def test_the_api_keeps_its_openapi_contract_under_every_schemathesis_check(which
     config = Path(__file__).with_name("schemathesis.toml")  # 413 is how an over-long invalid body is refused
     r = subprocess.run([str(st), "--no-color", "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all", "-n", "40", "--seed", "1",
                         "--workers", "1", "--max-failures", "20", "--request-timeout", "60",
-                        "--report-dir", str(tmp_path)], capture_output=True, text=True, timeout=1200)
+                        "--report-dir", str(tmp_path)], capture_output=True, text=True, timeout=1200,
+                       cwd=tmp_path)  # its own .schemathesis/ folder goes there, not into the checkout
     report = "\n".join(line[:300] for line in (r.stdout + r.stderr).splitlines())  # request bodies can be MiBs
     assert r.returncode == 0, report[-8000:]
 

@@ -147,10 +147,24 @@ class _Links:
 
 
 def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair, Counter]:
+    """A DBP15K / SRPRS release (id files): entities, relation triples, translated names, links and
+    (SRPRS) attributes, each bad line named by file and line."""
     skipped: Counter = Counter()
     lines = _Lines(cfg.skip_bad_lines, skipped)
     raw = _RawPair()
-    owner: dict[str, int] = {}  # raw id -> kg, to check link sides
+    owner = _id_entities(folder, lines, raw)
+    _id_triples(folder, lines, raw)
+    if cfg.names == "translated":
+        _id_names(folder, lines, raw)
+    _id_links(folder, lines, raw, owner, cfg, fmt)
+    if fmt == "srprs":
+        _id_attributes(folder, lines, raw)
+    return raw, skipped
+
+
+def _id_entities(folder: Path, lines: _Lines, raw: _RawPair) -> dict[str, int]:
+    """ent_ids_1/2 into ``raw``; -> raw id -> kg (to check the sides of links)."""
+    owner: dict[str, int] = {}
     for kg in (1, 2):
         path = folder / f"ent_ids_{kg}"
         for lineno, (eid, uri) in lines.rows(path, 2, 2):
@@ -159,10 +173,13 @@ def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair,
                 continue
             owner[eid] = kg
             raw.add_entity(kg, eid, uri)
+    return owner
+
+
+def _id_triples(folder: Path, lines: _Lines, raw: _RawPair) -> None:
     relations: dict[str, str] = {}
     for kg in (1, 2):
-        path = folder / f"rel_ids_{kg}"
-        for lineno, (rid, ruri) in lines.rows(path, 2, 2):
+        for lineno, (rid, ruri) in lines.rows(folder / f"rel_ids_{kg}", 2, 2):
             relations[rid] = ruri
     for kg in (1, 2):
         path = folder / f"triples_{kg}"
@@ -178,20 +195,27 @@ def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair,
             raw.triples[kg].append((ids[h], relations[r], ids[t]))
         if not raw.triples[kg]:
             raise UserError(f"{path}: no relation triples (KG{kg} would have no structure)")
-    if cfg.names == "translated":
-        for kg in (1, 2):
-            path = folder / f"ent_names_translated_{kg}"
-            if not lines.optional(path):
+
+
+def _id_names(folder: Path, lines: _Lines, raw: _RawPair) -> None:
+    for kg in (1, 2):
+        path = folder / f"ent_names_translated_{kg}"
+        if not lines.optional(path):
+            continue
+        ids = raw.keys[kg]
+        for lineno, fields in lines.rows(path, 1, 2):
+            eid = fields[0]
+            name = fields[1].strip() if len(fields) > 1 else ""
+            if eid not in ids:
+                lines.bad(path, lineno, f"entity id {eid} is not in ent_ids_{kg}")
                 continue
-            ids = raw.keys[kg]
-            for lineno, fields in lines.rows(path, 1, 2):
-                eid = fields[0]
-                name = fields[1].strip() if len(fields) > 1 else ""
-                if eid not in ids:
-                    lines.bad(path, lineno, f"entity id {eid} is not in ent_ids_{kg}")
-                    continue
-                if name:  # an empty translated name keeps the URI name
-                    raw.names[kg][ids[eid]] = name
+            if name:  # an empty translated name keeps the URI name
+                raw.names[kg][ids[eid]] = name
+
+
+def _id_links(folder: Path, lines: _Lines, raw: _RawPair, owner: dict[str, int], cfg: DataConfig, fmt: str) -> None:
+    """The seed and test links (DBP15K: sup_pairs / ref_pairs; SRPRS: sup_ent_ids / ref_ent_ids, the
+    latter listing all links, train ones included) into ``raw.links``."""
     if fmt == "dbp15k":
         link_files = [("sup_pairs", "train"), ("ref_pairs", "test")]
     else:
@@ -226,19 +250,21 @@ def _read_id_release(folder: Path, cfg: DataConfig, fmt: str) -> tuple[_RawPair,
     raw.links = [(raw.keys[1][a], raw.keys[2][b], s) for (a, b), (s, _) in seen.items()
                  if not (label_free and s == "test")]
     raw.one_to_many = links.extra
-    if fmt == "srprs":
-        for kg in (1, 2):
-            path = folder / f"training_attrs_{kg}"
-            if not lines.optional(path):
+
+
+def _id_attributes(folder: Path, lines: _Lines, raw: _RawPair) -> None:
+    """SRPRS's training_attrs_1/2: an entity URI and its attribute names."""
+    for kg in (1, 2):
+        path = folder / f"training_attrs_{kg}"
+        if not lines.optional(path):
+            continue
+        by_uri = {uri: i for i, uri in enumerate(raw.uris[kg])}
+        for lineno, fields in lines.rows(path, 1):
+            idx = by_uri.get(fields[0])
+            if idx is None:
+                lines.bad(path, lineno, f"entity {fields[0]!r} is not in ent_ids_{kg}")
                 continue
-            by_uri = {uri: i for i, uri in enumerate(raw.uris[kg])}
-            for lineno, fields in lines.rows(path, 1):
-                idx = by_uri.get(fields[0])
-                if idx is None:
-                    lines.bad(path, lineno, f"entity {fields[0]!r} is not in ent_ids_{kg}")
-                    continue
-                raw.attrs[kg].extend((idx, a, "") for a in fields[1:] if a)
-    return raw, skipped
+            raw.attrs[kg].extend((idx, a, "") for a in fields[1:] if a)
 
 
 def _read_openea(folder: Path, cfg: DataConfig) -> tuple[_RawPair, Counter]:
