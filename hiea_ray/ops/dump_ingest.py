@@ -63,27 +63,14 @@ def ingest_dumps(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
 
 
 def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
+    """The steps: parse the dumps' chunks into staged statement rows, give every entity its id, join
+    the facts and links to ids, write the four sorted tables, then the report."""
     import ray
 
     t0 = time.time()
-    chunk_bytes = max(1, int(cfg.chunk_mb * 2**20))
-    chunks = (D.plan_chunks(1, spec.kg1.files, chunk_bytes, spec.kg1.format == "turtle")
-              + D.plan_chunks(2, spec.kg2.files, chunk_bytes, spec.kg2.format == "turtle")
-              + (D.plan_chunks(0, spec.links.files, chunk_bytes) if spec.links.files else []))
-    in_bytes = sum(c.size for c in chunks)
-    log.info("ingest: %d dump files in %d chunks (%.1f MB), %d parse workers", len(spec.all_files()), len(chunks),
-             in_bytes / 1e6, cfg.dump_workers)
     stage = out / "_statements"
-    shutil.rmtree(stage, ignore_errors=True)  # parts of an interrupted attempt
-    # Largest chunks first: the long ones start early.
-    items = [asdict(c) for c in sorted(chunks, key=lambda c: -c.size)]
-    try:
-        ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            parse_batch, fn_kwargs={"spec": spec, "skip_bad": cfg.skip_bad_lines}, batch_size=1,
-            batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=max(1, cfg.dump_workers)), num_cpus=1,
-        ).write_parquet(str(stage))
-    except Exception as e:  # noqa: BLE001 - a bad line in a worker is the user's: one line, exit 2
-        raise _user_error(e) or e
+    chunks = _parse(spec, cfg, stage)
+    in_bytes = sum(c.size for c in chunks)
     t_parse = time.time() - t0
     rss = {"parse": _rss()}
     log.info("ingest: parsed in %.1f s (%.1f MB/s)", t_parse, in_bytes / 1e6 / max(t_parse, 1e-9))
@@ -94,60 +81,22 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     for batch in _scan(stage, (D.PROP,), ["s", "o"]):
         props.update(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
     st = ray.data.read_parquet(str(stage))
-    B = P = cfg.partitions  # buckets of the id assignment = partitions of the joins
-    seed = cfg.seed
-
-    filters = {kg: s.instance_of for kg, s in ((1, spec.kg1), (2, spec.kg2)) if s.format != "wikidata-json"}
-    ents = (st.map_batches(with_bucket, fn_kwargs={"seed": seed, "buckets": B}, batch_format="pyarrow")
-            .groupby("bucket", num_partitions=B)
-            .map_groups(resolve_entities, fn_kwargs={"seed": seed, "type_filters": filters}, batch_format="pyarrow")
-            .materialize())
-    per_bucket, per_kg = _counts(ents, "bucket", B), _counts(ents, "kg", 3)
-    offsets = {b: int(o) for b, o in enumerate(np.concatenate([[0], np.cumsum(per_bucket)[:-1]]))}
-    total = int(per_bucket.sum())
-    keyed = ents.map_batches(assign_ids, fn_kwargs={"offsets": offsets}, batch_format="pyarrow").materialize()
+    keyed, per_kg, total = _entity_ids(st, spec, cfg)
     t_ids = time.time()
     rss["ids"] = _rss()
     log.info("ingest: %d entities given ids in %.1f s", total, t_ids - t0 - t_parse)
-    keys = keyed.select_columns(["kg", "key", "id"])
-
-    # Two joins for all three tables: subjects (relation heads, attribute entities, link sources),
-    # then objects (relation tails, link targets).
-    facts = st.map_batches(subjects, batch_format="pyarrow")
-    facts = facts.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
-    attr = facts.map_batches(attributes, fn_kwargs={"props": props}, batch_format="pyarrow").materialize()
-    objs = facts.map_batches(objects, batch_format="pyarrow")
-    objs = objs.join(keys, join_type="inner", num_partitions=P, on=("kg", "o"), right_on=("kg", "key")).materialize()
-    rel = objs.map_batches(relations, fn_kwargs={"props": props}, batch_format="pyarrow").materialize()
-    links = objs.map_batches(link_ids, batch_format="pyarrow").materialize()
-    rel_kg, attr_kg = _kg_counts(rel), _kg_counts(attr)
-    n_links = links.count()
-    n_links_in = int(counts_in[D.LINK])
-    if n_links == 0:
-        raise UserError(f"{spec.path}: links: no gold link joins two entities of the dumps "
-                        f"({n_links_in} read; check the links' keys against the entities' IRIs)")
-    one_to_many = _check_one_to_one(links, spec, cfg)
-    links = links.map_batches(split_links, fn_kwargs={"seed": seed, "train": spec.train, "valid": spec.valid},
+    rel, attr, links, one_to_many = _joins(st, keyed.select_columns(["kg", "key", "id"]), props, spec, cfg,
+                                           int(counts_in[D.LINK]))
+    rel_kg, attr_kg, n_links = _kg_counts(rel), _kg_counts(attr), links.count()
+    links = links.map_batches(split_links, fn_kwargs={"seed": cfg.seed, "train": spec.train, "valid": spec.valid},
                               batch_format="pyarrow")
     t_join = time.time()
     rss["join"] = _rss()
     log.info("ingest: %d relation and %d attribute triples and %d links joined to ids in %.1f s; writing the tables",
              sum(rel_kg.values()), sum(attr_kg.values()), n_links, t_join - t_ids)
-    n_ent = _write_sorted(keyed, ["id"], out / "entities.parquet", ENTITIES,
-                          lambda b: {"id": b["id"], "kg": b["kg"], "uri": b["key"], "name": b["name"]})
-    _write_sorted(rel, ["head", "tail", "relation"], out / "rel_triples.parquet", REL_TRIPLES,
-                  lambda b: {c: b[c] for c in REL_TRIPLES.names})
-    _write_sorted(attr, ["entity", "attribute", "value"], out / "attr_triples.parquet", ATTR_TRIPLES,
-                  lambda b: {c: b[c] for c in ATTR_TRIPLES.names})
-    _write_sorted(links, ["order"], out / "links.parquet", LINKS, lambda b: {c: b[c] for c in LINKS.names})
+    n_ent = _write_tables(out, keyed, rel, attr, links)
     rss["write"] = _rss()
-
-    skipped = Counter()
-    examples = []
-    for b in _scan(stage, (D.BAD,), ["s", "where", "o"]):
-        skipped.update(Path(p).name for p in b.column(0).to_pylist())
-        if len(examples) < 5:
-            examples += [f"{w}: {m}" for w, m in zip(b.column(1).to_pylist(), b.column(2).to_pylist())][: 5 - len(examples)]
+    skipped, examples = _skipped_lines(stage)
     shutil.rmtree(stage, ignore_errors=True)
     split_counts = Counter()
     for b in pq.ParquetFile(out / "links.parquet").iter_batches(columns=["split"]):
@@ -163,7 +112,8 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
         "attr_triples": {"kg1": attr_kg.get(1, 0), "kg2": attr_kg.get(2, 0)},
         "links": dict(sorted(split_counts.items())),
         "dropped": {"rel_triples": int(counts_in[D.REL]) - sum(rel_kg.values()),
-                    "attr_triples": int(counts_in[D.ATTR]) - sum(attr_kg.values()), "links": n_links_in - n_links},
+                    "attr_triples": int(counts_in[D.ATTR]) - sum(attr_kg.values()),
+                    "links": int(counts_in[D.LINK]) - n_links},
         "skipped_lines": dict(sorted(skipped.items())),
         **({"skipped_examples": examples} if examples else {}),
         **({"one_to_many_links": one_to_many} if cfg.one_to_many else {}),
@@ -181,6 +131,85 @@ def _ingest(spec: PairSpec, cfg: DataConfig, out: Path) -> dict:
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
     return report
+
+
+def _parse(spec: PairSpec, cfg: DataConfig, stage: Path) -> list:
+    """The dumps cut into chunks, parsed by ``data.dump_workers`` Ray Data tasks into statement rows
+    (Parquet under ``stage``); -> the chunks."""
+    import ray
+
+    chunk_bytes = max(1, int(cfg.chunk_mb * 2**20))
+    chunks = (D.plan_chunks(1, spec.kg1.files, chunk_bytes, spec.kg1.format == "turtle")
+              + D.plan_chunks(2, spec.kg2.files, chunk_bytes, spec.kg2.format == "turtle")
+              + (D.plan_chunks(0, spec.links.files, chunk_bytes) if spec.links.files else []))
+    log.info("ingest: %d dump files in %d chunks (%.1f MB), %d parse workers", len(spec.all_files()), len(chunks),
+             sum(c.size for c in chunks) / 1e6, cfg.dump_workers)
+    shutil.rmtree(stage, ignore_errors=True)  # parts of an interrupted attempt
+    # Largest chunks first: the long ones start early.
+    items = [asdict(c) for c in sorted(chunks, key=lambda c: -c.size)]
+    try:
+        ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            parse_batch, fn_kwargs={"spec": spec, "skip_bad": cfg.skip_bad_lines}, batch_size=1,
+            batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=max(1, cfg.dump_workers)), num_cpus=1,
+        ).write_parquet(str(stage))
+    except Exception as e:  # noqa: BLE001 - a bad line in a worker is the user's: one line, exit 2
+        raise _user_error(e) or e
+    return chunks
+
+
+def _entity_ids(st, spec: PairSpec, cfg: DataConfig):
+    """Every entity (after the type filters of non-Wikidata sides) its id: hash buckets, each bucket's
+    entities resolved and numbered from the bucket's offset; -> (keyed entities, count per kg, total)."""
+    B, seed = cfg.partitions, cfg.seed  # buckets of the id assignment = partitions of the joins
+    filters = {kg: s.instance_of for kg, s in ((1, spec.kg1), (2, spec.kg2)) if s.format != "wikidata-json"}
+    ents = (st.map_batches(with_bucket, fn_kwargs={"seed": seed, "buckets": B}, batch_format="pyarrow")
+            .groupby("bucket", num_partitions=B)
+            .map_groups(resolve_entities, fn_kwargs={"seed": seed, "type_filters": filters}, batch_format="pyarrow")
+            .materialize())
+    per_bucket, per_kg = _counts(ents, "bucket", B), _counts(ents, "kg", 3)
+    offsets = {b: int(o) for b, o in enumerate(np.concatenate([[0], np.cumsum(per_bucket)[:-1]]))}
+    keyed = ents.map_batches(assign_ids, fn_kwargs={"offsets": offsets}, batch_format="pyarrow").materialize()
+    return keyed, per_kg, int(per_bucket.sum())
+
+
+def _joins(st, keys, props: dict, spec: PairSpec, cfg: DataConfig, n_links_in: int):
+    """Two joins for all three tables: subjects (relation heads, attribute entities, link sources),
+    then objects (relation tails, link targets); -> (relation, attribute, link datasets, one-to-many count)."""
+    P = cfg.partitions
+    facts = st.map_batches(subjects, batch_format="pyarrow")
+    facts = facts.join(keys, join_type="inner", num_partitions=P, on=("kg", "s"), right_on=("kg", "key"))
+    attr = facts.map_batches(attributes, fn_kwargs={"props": props}, batch_format="pyarrow").materialize()
+    objs = facts.map_batches(objects, batch_format="pyarrow")
+    objs = objs.join(keys, join_type="inner", num_partitions=P, on=("kg", "o"), right_on=("kg", "key")).materialize()
+    rel = objs.map_batches(relations, fn_kwargs={"props": props}, batch_format="pyarrow").materialize()
+    links = objs.map_batches(link_ids, batch_format="pyarrow").materialize()
+    if links.count() == 0:
+        raise UserError(f"{spec.path}: links: no gold link joins two entities of the dumps "
+                        f"({n_links_in} read; check the links' keys against the entities' IRIs)")
+    return rel, attr, links, _check_one_to_one(links, spec, cfg)
+
+
+def _write_tables(out: Path, keyed, rel, attr, links) -> int:
+    """The four ingest tables, each sorted, streamed into its file; -> entities written."""
+    n_ent = _write_sorted(keyed, ["id"], out / "entities.parquet", ENTITIES,
+                          lambda b: {"id": b["id"], "kg": b["kg"], "uri": b["key"], "name": b["name"]})
+    _write_sorted(rel, ["head", "tail", "relation"], out / "rel_triples.parquet", REL_TRIPLES,
+                  lambda b: {c: b[c] for c in REL_TRIPLES.names})
+    _write_sorted(attr, ["entity", "attribute", "value"], out / "attr_triples.parquet", ATTR_TRIPLES,
+                  lambda b: {c: b[c] for c in ATTR_TRIPLES.names})
+    _write_sorted(links, ["order"], out / "links.parquet", LINKS, lambda b: {c: b[c] for c in LINKS.names})
+    return n_ent
+
+
+def _skipped_lines(stage: Path) -> tuple[Counter, list[str]]:
+    """Lines skipped as bad (``data.skip_bad_lines``) per file, and up to five of them (where: why)."""
+    skipped = Counter()
+    examples = []
+    for b in _scan(stage, (D.BAD,), ["s", "where", "o"]):
+        skipped.update(Path(p).name for p in b.column(0).to_pylist())
+        if len(examples) < 5:
+            examples += [f"{w}: {m}" for w, m in zip(b.column(1).to_pylist(), b.column(2).to_pylist())][: 5 - len(examples)]
+    return skipped, examples
 
 
 def _scan(stage: Path, kinds, columns: list[str]):
