@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import provenance  # noqa: E402
 
-OFFLOAD = "ray.offload=[retrieve,decode,calibrate,route,export,evaluate]"
+OFFLOADED = ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]
+OFFLOAD = f"ray.offload=[{','.join(OFFLOADED)}]"
 
 
 def main(argv=None) -> int:
@@ -39,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpus", type=float, default=2.0, help="ray.offload_cpus (the whole node here)")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "offload"))
     ap.add_argument("--vectors", choices=["encoder", "random"], default="encoder")
+    ap.add_argument("--until", help="run each mode up to this stage (scale_synthetic.py --until): e.g. decode, the "
+                    "stages whose cost grows with n k; the lists compared are those written by then")
     ap.add_argument("--modes", nargs="+", choices=["offload", "driver"], default=["driver", "offload"],
                     help="the first one runs ingest / verbalize / embed, the other reuses them")
     args = ap.parse_args(argv)
@@ -62,14 +65,19 @@ def main(argv=None) -> int:
         result = runs / f"{args.entities}-{mode}.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_synthetic.py"), "--entities", str(args.entities),
                "--data", str(data), "--out", str(out[mode]), "--result", str(result), "--vectors", args.vectors]
-        cmd += [x for s in sets for x in ("--set", s)]
+        cmd += [x for s in sets for x in ("--set", s)] + (["--until", args.until] if args.until else [])
         print(" ".join(cmd), flush=True)
         if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode:
             return 1
         r = json.loads(result.read_text())
         rows[mode] = {"entities_per_side": r["entities_per_side"], "driver_peak_rss_gib": r["driver_peak_rss_gib"],
                       "peak_rss_gib_driver_and_ray": r["peak_rss_gib"], "stages": r["stages"], "overrides": sets,
-                      "vectors": args.vectors, "run_provenance": r.get("provenance")}
+                      "vectors": args.vectors, "until": args.until or "evaluate", "run_provenance": r.get("provenance"),
+                      # the stages that hold n x d vectors or n x k lists (the driver's peak there; the
+                      # benchmark process also generated the pair and, with --vectors random, wrote the vectors)
+                      "driver_peak_rss_gib_nk_stages": max(v["driver_peak_rss_gib"] for k, v in r["stages"].items()
+                                                           if k in OFFLOADED),
+                      "wall_s_nk_stages": {k: v["wall_s"] for k, v in r["stages"].items() if k in OFFLOADED}}
         doc.setdefault("rows", {})[f"{r['entities_per_side']}/{mode}"] = rows[mode]
         doc.update(provenance())
         path.write_text(json.dumps(doc, indent=2) + "\n")  # after every mode: a stopped benchmark keeps it
@@ -82,11 +90,12 @@ def main(argv=None) -> int:
               *(f"decode/all-targets/{d}.parquet" for d in ("top1", "csls", "sinkhorn", "structure")),
               *(f"decode/all-targets/{d}.match.parquet" for d in ("top1", "csls", "sinkhorn", "structure"))]:
         same[f] = pq.read_table(out["driver"] / f).equals(pq.read_table(out["offload"] / f))
-    m = [json.loads((out[x] / "metrics.json").read_text())["all_protocols"]["metrics"] for x in ("driver", "offload")]
-    same["metrics.json"] = m[0] == m[1]
+    if all((out[x] / "metrics.json").is_file() for x in ("driver", "offload")) and not args.until:
+        m = [json.loads((out[x] / "metrics.json").read_text())["all_protocols"]["metrics"] for x in ("driver", "offload")]
+        same["metrics.json"] = m[0] == m[1]
     n = rows["driver"]["entities_per_side"]
     doc.setdefault("equal", {})[str(n)] = same
-    doc["offloaded_stages"] = ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]
+    doc["offloaded_stages"] = OFFLOADED
     doc.update(provenance())
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({m: {k: v for k, v in r.items() if k != "stages"} for m, r in rows.items()}, indent=2))
