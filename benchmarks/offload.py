@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         m = [json.loads((out[x] / "metrics.json").read_text())["all_protocols"]["metrics"] for x in ("driver", "offload")]
         same["metrics.json"] = m[0] == m[1]
     n = rows["driver"]["entities_per_side"]
-    doc.setdefault("equal", {})[str(n)] = same
+    doc.setdefault("equal", {})[str(n) if not args.until else f"{n} (until {args.until})"] = same
     doc["offloaded_stages"] = OFFLOADED
     doc.update(provenance())
     path.write_text(json.dumps(doc, indent=2) + "\n")
