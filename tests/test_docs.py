@@ -172,3 +172,15 @@ def test_every_number_in_the_readmes_results_table_is_in_a_json_its_page_names()
         if miss := unbacked_table_numbers(line, values):
             bad[f"README.md line {i}"] = miss
     assert not bad, bad
+
+
+def test_every_results_json_says_its_command_commit_date_and_machine():
+    """Each committed results JSON carries, at its top level, the command as run, the commit, the
+    date and the machine (or says that one was not recorded, for files from before the rule)."""
+    bad = {}
+    for f in sorted((ROOT / "benchmarks" / "results").glob("*.json")):
+        doc = json.loads(f.read_text())
+        lack = [k for k in ("command", "commit", "date", "machine") if not (isinstance(doc, dict) and doc.get(k))]
+        if lack:
+            bad[f.name] = lack
+    assert not bad, bad
