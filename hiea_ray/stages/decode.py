@@ -70,6 +70,6 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "decoder_wall_s": timing}
 
 
-# version 2: the structure decoder folds consistency into Sinkhorn; reranked decoding keeps the
-# whole candidate graph. A new version re-decodes finished runs (seconds) instead of reusing them.
+# ``version`` changes when the decoders' output for a config changes: finished runs then decode
+# again (seconds to minutes) instead of reusing lists an older decoder wrote.
 STAGE = StageDef(name="decode", body=run, reads=("retrieve", "rerank"), config=("decode",), version=2, resumable=True)

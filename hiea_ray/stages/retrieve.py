@@ -66,9 +66,9 @@ def run(ctx: RunContext, tmp: Path) -> dict:
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "k": k, "index": index}
 
 
-# version 2: retrieve.index auto is exact up to 2,000,000 targets on CPU (was 250,000) and on GPUs at
-# any size; early cutoff: lists byte-identical to the previous version's keep their fingerprint, so
-# only runs whose index changed re-run what reads them.
+# ``version`` changes when the lists a config gives change (then finished runs search again);
+# early cutoff: lists byte-identical to the previous version's keep their fingerprint, so only runs
+# whose lists changed re-run what reads them.
 STAGE = StageDef(name="retrieve", body=run, reads=("embed",),
                  config=("retrieve", "evaluate.protocols", "decode.structure_anchors"), version=2, early_cutoff=True,
                  resumable=True)
