@@ -239,7 +239,7 @@ def test_dumps_give_the_tables_of_the_openea_folder_and_bad_lines_exit_2(tmp_pat
     bad = tmp_path / "dumps" / "kg2-00001.nt.gz"
     bad.write_bytes(gzip.compress(gzip.decompress(bad.read_bytes()) + b"<http://x> oops\n"))
     cli = [sys.executable, "-m", "hiea_ray.cli", "align", "--data", str(tmp_path / "dumps" / "pair.yaml"), "-q",
-           "--until", "ingest"]
+           "--until", "ingest", "--set", "data.partitions=2"]  # 400 entities: two hash partitions are plenty
     r = subprocess.run(cli + ["--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1].startswith(f"hiea-ray: error: {bad}: line starting at byte") or \
