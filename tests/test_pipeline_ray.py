@@ -655,7 +655,8 @@ def test_a_dump_pair_exports_wikidata_and_rdf_identifiers(e2e, tmp_path):
 
     maps = write_dumps(e2e["data"], tmp_path / "dumps", "wikidata-json", "ntriples", "gz")
     run = tmp_path / "run"
-    Pipeline(load_config(overrides=tiny_overrides(e2e["model"])), tmp_path / "dumps" / "pair.yaml", run).run_all()
+    cfg = load_config(overrides=tiny_overrides(e2e["model"], "data.partitions=2"))  # a small pair: 2 shuffle partitions
+    Pipeline(cfg, tmp_path / "dumps" / "pair.yaml", run).run_all()
     d = run / "alignment"
     s = json.loads((d / "summary.json").read_text())
     links = pq.read_table(d / "links.parquet")
