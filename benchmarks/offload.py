@@ -34,6 +34,33 @@ OFFLOADED = ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]
 OFFLOAD = f"ray.offload=[{','.join(OFFLOADED)}]"
 
 
+def table(doc: dict) -> str:
+    """Per size: each mode's driver peak in the n k stages, the offloaded task's peak, and the wall
+    time of retrieve and decode (offload / driver as a ratio)."""
+    out = ["| entities per side | vectors | mode | driver peak RSS, n k stages (GiB) | retrieve: wall s / worker peak GiB | "
+           "decode: wall s / worker peak GiB | wall offload / driver (retrieve, decode) |", "|---|---|---|---|---|---|---|"]
+    rows = doc.get("rows", {})
+    for key in sorted(rows, key=lambda k: (int(k.split("/")[0]), k.split("/")[1])):
+        r = rows[key]
+        n, mode = key.split("/")
+        st = r["stages"]
+
+        def cell(stage):
+            s = st.get(stage)
+            if not s:
+                return "–"
+            peak = s.get("worker_peak_rss_gib")
+            return f"{s['wall_s']:.1f} / {peak:.2f}" if peak else f"{s['wall_s']:.1f} / (driver)"
+        other = rows.get(f"{n}/driver")
+        ratio = "–"
+        if mode == "offload" and other:
+            ratio = ", ".join(f"{st[x]['wall_s'] / other['stages'][x]['wall_s']:.2f}" for x in ("retrieve", "decode")
+                              if x in st and x in other["stages"])
+        out.append(f"| {int(n):,} | {r.get('vectors', 'encoder')} | {mode} | {r['driver_peak_rss_gib_nk_stages']:.2f} | "
+                   f"{cell('retrieve')} | {cell('decode')} | {ratio} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entities", type=int, default=110_000)
@@ -44,7 +71,11 @@ def main(argv=None) -> int:
                     "stages whose cost grows with n k; the lists compared are those written by then")
     ap.add_argument("--modes", nargs="+", choices=["offload", "driver"], default=["driver", "offload"],
                     help="the first one runs ingest / verbalize / embed, the other reuses them")
+    ap.add_argument("--table", action="store_true", help="print the results page's table from the JSON and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads((ROOT / "benchmarks" / "results" / "offload.json").read_text())))
+        return 0
     runs = Path(args.runs)
     data = runs / f"data-{args.entities}"
     out = {m: runs / f"{args.entities}-{m}" for m in ("driver", "offload")}
