@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_smoke.py [--assets DIR] [--out benchmarks/results/gpu_smoke.json]
     python benchmarks/gpu_smoke.py --pack DIR      # on a machine with the project installed
-    python benchmarks/gpu_smoke.py --dry-run       # every section on the CPU, tiny sizes (a test runs it)
+    python benchmarks/gpu_smoke.py --dry-run       # every section on the CPU, tiny sizes (tests/test_gpu_smoke_slow.py)
 
 Models are built from configs (random weights: speed and memory only, never accuracy); the
 tokenizers and configs come from the packaged defaults (all-MiniLM-L6-v2, SmolLM2-135M-Instruct) or
