@@ -50,8 +50,9 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 _INTEGER = re.compile(r"-?[0-9]{1,19}")
 
-# serve.max_body_bytes, set by the Ingress replica (the middleware runs in its process)
+# serve.max_body_bytes and serve.body_timeout_s, set by the Ingress replica (the middleware runs in its process)
 _MAX_BODY = [1_000_000]
+_BODY_TIMEOUT = [10.0]
 
 
 # the API's bearer token (serve.api_token_env), set by the Ingress replica; None: no authentication
@@ -100,25 +101,15 @@ api.middleware("http")(bearer_auth)
 
 @api.middleware("http")
 async def _limit_body(request: Request, call_next):
-    """A POST body over serve.max_body_bytes -> 413 before it is read or parsed."""
+    """A POST body over serve.max_body_bytes -> 413 before it is read or parsed; one that has not
+    fully arrived within serve.body_timeout_s (a Content-Length larger than what is sent) -> 408 in
+    the API's error shape, the connection closed. The body is read only once it may be."""
     if request.method == "POST":
         n = request.headers.get("content-length")
         if n is None:
             return _error(411, "body", "a Content-Length header is required")
         if not n.isdigit() or int(n) > _MAX_BODY[0]:
             return _error(413, "body", f"the body is over {_MAX_BODY[0]} bytes")
-    return await call_next(request)
-
-
-# serve.body_timeout_s, set by the Ingress replica
-_BODY_TIMEOUT = [10.0]
-
-
-@api.middleware("http")
-async def _body_in_time(request: Request, call_next):
-    """A POST body that has not fully arrived within serve.body_timeout_s (a Content-Length larger
-    than what is sent) -> 408 in the API's error shape, the connection closed."""
-    if request.method == "POST":
         try:
             await asyncio.wait_for(request.body(), _BODY_TIMEOUT[0])  # cached: the endpoint reads it again
         except asyncio.TimeoutError:
