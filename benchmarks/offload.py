@@ -32,6 +32,9 @@ from benchmarks.common import provenance  # noqa: E402
 
 OFFLOADED = ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]
 OFFLOAD = f"ray.offload=[{','.join(OFFLOADED)}]"
+# distributed: retrieve and decode as the ray engines (2 searcher actors, 2 decode shards, a CPU each), the rest offloaded
+DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.search_cpus=1", "decode.engine=ray",
+               "decode.shards=2", "decode.shard_cpus=1", f"ray.offload=[{','.join(OFFLOADED[2:])}]"]
 
 
 def table(doc: dict) -> str:
@@ -61,6 +64,29 @@ def table(doc: dict) -> str:
     return "\n".join(out)
 
 
+def same_table(a: Path, b: Path) -> bool | str:
+    """Equal tables; or "ids equal, scores within 1e-6": the same ids and matches, the float32
+    scores apart by a rounding (a sum over shards, a BLAS block); else False."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    x, y = pq.read_table(a), pq.read_table(b)
+    if x.equals(y):
+        return True
+    if x.column_names != y.column_names or x.num_rows != y.num_rows:
+        return False
+    for col in x.column_names:
+        u, v = (t[col].combine_chunks() for t in (x, y))
+        if hasattr(u, "flatten"):
+            u, v = u.flatten(), v.flatten()
+        u, v = u.to_numpy(zero_copy_only=False), v.to_numpy(zero_copy_only=False)
+        if col != "score" and not np.array_equal(u, v):
+            return False
+        if col == "score" and not np.allclose(u, v, rtol=1e-6, atol=0):
+            return False
+    return "ids equal, scores within 1e-6"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entities", type=int, default=110_000)
@@ -69,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vectors", choices=["encoder", "random"], default="encoder")
     ap.add_argument("--until", help="run each mode up to this stage (scale_synthetic.py --until): e.g. decode, the "
                     "stages whose cost grows with n k; the lists compared are those written by then")
-    ap.add_argument("--modes", nargs="+", choices=["offload", "driver"], default=["driver", "offload"],
+    ap.add_argument("--modes", nargs="+", choices=["offload", "driver", "distributed"], default=["driver", "offload"],
                     help="the first one runs ingest / verbalize / embed, the other reuses them")
     ap.add_argument("--table", action="store_true", help="print the results page's table from the JSON and exit")
     args = ap.parse_args(argv)
@@ -78,7 +104,7 @@ def main(argv=None) -> int:
         return 0
     runs = Path(args.runs)
     data = runs / f"data-{args.entities}"
-    out = {m: runs / f"{args.entities}-{m}" for m in ("driver", "offload")}
+    out = {m: runs / f"{args.entities}-{m}" for m in ("driver", "offload", "distributed")}
     first = out[args.modes[0]]
     enc = first / "tiny-encoder"
     path = ROOT / "benchmarks" / "results" / "offload.json"
@@ -93,6 +119,8 @@ def main(argv=None) -> int:
                     shutil.copytree(first / stage, out[mode] / stage, copy_function=os.link)
         if mode == "offload":
             sets += [OFFLOAD, f"ray.offload_cpus={args.cpus}"]
+        if mode == "distributed":
+            sets += [*DISTRIBUTED, f"ray.offload_cpus={args.cpus}"]
         result = runs / f"{args.entities}-{mode}.json"
         cmd = [sys.executable, str(ROOT / "benchmarks" / "scale_synthetic.py"), "--entities", str(args.entities),
                "--data", str(data), "--out", str(out[mode]), "--result", str(result), "--vectors", args.vectors]
@@ -112,25 +140,27 @@ def main(argv=None) -> int:
         doc.setdefault("rows", {})[f"{r['entities_per_side']}/{mode}"] = rows[mode]
         doc.update(provenance())
         path.write_text(json.dumps(doc, indent=2) + "\n")  # after every mode: a stopped benchmark keeps it
-    if len(args.modes) < 2:
+    if "driver" not in rows or len(rows) < 2:
         return 0
     import pyarrow.parquet as pq
 
-    same = {}
-    for f in ["retrieve/all-targets/s2t.parquet", "retrieve/all-targets/t2s.parquet",
-              *(f"decode/all-targets/{d}.parquet" for d in ("top1", "csls", "sinkhorn", "structure")),
-              *(f"decode/all-targets/{d}.match.parquet" for d in ("top1", "csls", "sinkhorn", "structure"))]:
-        same[f] = pq.read_table(out["driver"] / f).equals(pq.read_table(out["offload"] / f))
-    if all((out[x] / "metrics.json").is_file() for x in ("driver", "offload")) and not args.until:
-        m = [json.loads((out[x] / "metrics.json").read_text())["all_protocols"]["metrics"] for x in ("driver", "offload")]
-        same["metrics.json"] = m[0] == m[1]
-    n = rows["driver"]["entities_per_side"]
-    doc.setdefault("equal", {})[str(n) if not args.until else f"{n} (until {args.until})"] = same
+    for mode in [m for m in rows if m != "driver"]:
+        same = {}
+        for f in ["retrieve/all-targets/s2t.parquet", "retrieve/all-targets/t2s.parquet",
+                  *(f"decode/all-targets/{d}.parquet" for d in ("top1", "csls", "sinkhorn", "structure")),
+                  *(f"decode/all-targets/{d}.match.parquet" for d in ("top1", "csls", "sinkhorn", "structure"))]:
+            same[f] = same_table(out["driver"] / f, out[mode] / f)
+        if all((out[x] / "metrics.json").is_file() for x in ("driver", mode)) and not args.until:
+            m = [json.loads((out[x] / "metrics.json").read_text())["all_protocols"]["metrics"] for x in ("driver", mode)]
+            same["metrics.json"] = m[0] == m[1]
+        n = rows["driver"]["entities_per_side"]
+        key = (str(n) if not args.until else f"{n} (until {args.until})") + ("" if mode == "offload" else f" {mode}")
+        doc.setdefault("equal", {})[key] = same
+        print(mode, "equal:", all(same.values()), same)
     doc["offloaded_stages"] = OFFLOADED
     doc.update(provenance())
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps({m: {k: v for k, v in r.items() if k != "stages"} for m, r in rows.items()}, indent=2))
-    print("equal:", all(same.values()), same)
     return 0
 
 

@@ -104,8 +104,13 @@ def main(argv=None) -> int:
                 "wall_s": round(time.time() - t1, 2),
                 "peak_rss_gib": mem.peak_gib,
                 "driver_peak_rss_gib": mem.driver_peak_gib,
-                # an offloaded stage (ray.offload): the Ray worker process that ran it
-                "worker_peak_rss_gib": (m["stats"].get("offloaded") or {}).get("worker_peak_rss_gib"),
+                # an offloaded stage (ray.offload): the Ray worker process that ran it; the ray
+                # engines: the largest of their tasks and actors
+                "worker_peak_rss_gib": (m["stats"].get("offloaded") or {}).get("worker_peak_rss_gib") or max(
+                    [m["stats"].get(x) or 0 for x in ("finish_task_peak_rss_gib", "shard_peak_rss_gib",
+                                                      "structure_task_peak_rss_gib")]) or None,
+                # Ray started by this stage (the run's first Ray work: the stages before it reused)
+                "ray_start_s": (m["stats"].get("offloaded") or {}).get("ray_start_s") or m["stats"].get("ray_start_s"),
                 "rows": m["stats"].get("rows"),
                 "rows_per_s": m["stats"].get("rows_per_s"),
                 "reused": reused,

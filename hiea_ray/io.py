@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -61,6 +62,15 @@ def write_lists(path: Path, src: np.ndarray, cand: np.ndarray, score: np.ndarray
         }
     )
     pq.write_table(table, path)
+
+
+def write_decoded(out: Path, q: np.ndarray, b: np.ndarray, d) -> None:
+    """A decoder's output (``core.decoders.Decoded``) in ``out``: its ranked lists, its matching and
+    its done marker (``<name>.done.json``, what a resumed decode stage keeps), in ids, not local rows."""
+    write_lists(out / f"{d.name}.parquet", q, ids_or_pad(b, d.idx), d.score)
+    pq.write_table(pa.table({"src": q[d.match_rows], "tgt": b[d.match_cols], "score": d.match_score.astype(np.float32)}),
+                   out / f"{d.name}.match.parquet")
+    (out / f"{d.name}.done.json").write_text(json.dumps({"wall_s": d.wall_s}))
 
 
 def read_lists(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -138,6 +138,18 @@ def test_bad_value_names_the_field(item, field):
     assert field in str(e.value)
 
 
+@pytest.mark.parametrize("items, says", [
+    (["decode.engine=ray", "decode.matcher=hungarian"], "decode.engine: ray matches greedily"),
+    (["decode.engine=ray", "rerank.enabled=true"], "decode.engine: ray does not fuse"),
+    (["decode.engine=ray", "ray.offload=[decode]"], "ray.offload: decode.engine ray"),
+    (["retrieve.engine=ray", "ray.offload=[retrieve]"], "ray.offload: retrieve.engine ray"),
+])
+def test_the_ray_engines_refuse_what_they_do_not_do(items, says):
+    with pytest.raises(UserError, match=says):
+        load_config(overrides=items)
+    load_config(overrides=items[:1])  # the engine alone is fine
+
+
 def test_llm_examples_from_labelled_sources_need_routed_validation():
     with pytest.raises(UserError, match="llm.train_on: 'labelled' needs llm.validation: routed"):
         load_config(overrides=["llm.train_on=labelled", "llm.validation=links"])

@@ -71,15 +71,28 @@ def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, block: int =
     each pair once, with its first score in the order s2t lists then t2s lists (a pair in both
     directions keeps its s2t score). Built per block of ``block`` source rows (no sort of every
     edge at once: the peak beyond the result is the t2s edges' positions and one block)."""
-    n, k1 = s2t_idx.shape
-    k2 = t2s_idx.shape[1]
+    n, k2 = s2t_idx.shape[0], t2s_idx.shape[1]
     # the t2s edges grouped by their source row; the stable order keeps each target list's order
     src2 = t2s_idx.ravel()
-    pos2 = np.flatnonzero((src2 >= 0) & np.isfinite(t2s_score.ravel()))
+    flat = t2s_score.ravel()
+    pos2 = np.flatnonzero((src2 >= 0) & np.isfinite(flat))
     pos2 = pos2[np.argsort(src2[pos2], kind="stable")]
     ptr2 = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src2[pos2], minlength=n), out=ptr2[1:])
-    cap = int(np.count_nonzero(s2t_idx >= 0)) + len(pos2)
+
+    def reverse(lo: int, hi: int):
+        p = pos2[ptr2[lo]:ptr2[hi]]
+        return np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ptr2[lo:hi + 1])), p // k2, flat[p]
+
+    return graph_of(s2t_idx, s2t_score, m, len(pos2), reverse, block)
+
+
+def graph_of(s2t_idx, s2t_score, m: int, n_reverse: int, reverse, block: int = 1 << 16) -> sp.csr_matrix:
+    """``candidate_graph`` from the s2t lists and the t2s edges given per block of source rows:
+    ``reverse(lo, hi)`` -> (row - lo, target, score) of the t2s edges whose source row is in [lo, hi),
+    grouped by row, each target list's order kept (``n_reverse`` of them in all)."""
+    n, k1 = s2t_idx.shape
+    cap = int(np.count_nonzero(s2t_idx >= 0)) + n_reverse
     itype = np.int32 if max(cap, m, n) < 2**31 else np.int64
     indptr = np.zeros(n + 1, dtype=itype)
     indices = np.empty(cap, dtype=itype)
@@ -89,18 +102,16 @@ def candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, block: int =
         hi = min(n, lo + block)
         ac, av = s2t_idx[lo:hi].ravel(), s2t_score[lo:hi].ravel()
         ok = (ac >= 0) & np.isfinite(av)
-        p = pos2[ptr2[lo]:ptr2[hi]]
-        br = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(ptr2[lo:hi + 1]))
+        br, bt, bv = reverse(lo, hi)
         rows = np.concatenate([np.repeat(np.arange(hi - lo, dtype=np.int64), k1)[ok], br])
-        key = rows * m + np.concatenate([ac[ok], p // k2])
+        key = rows * m + np.concatenate([ac[ok], bt])
         key, first = np.unique(key, return_index=True)  # stable: each pair's first occurrence
-        val = np.concatenate([av[ok], t2s_score.ravel()[p]])[first]
+        val = np.concatenate([av[ok], bv])[first]
         indices[fill:fill + len(key)] = key % m
         data[fill:fill + len(key)] = val
         np.cumsum(np.bincount(key // m, minlength=hi - lo), out=indptr[lo + 1:hi + 1])
         indptr[lo + 1:hi + 1] += fill
         fill += len(key)
-    del pos2, ptr2
     data.resize(fill, refcheck=False)  # shrinks in place (the pairs both directions share)
     indices.resize(fill, refcheck=False)
     g = sp.csr_matrix((data, indices, indptr), shape=(n, m))
@@ -115,25 +126,36 @@ def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, 
     The solve ends on a row normalization, so a row of the plan is K[i, j] v[j] / sum_j K[i, j] v[j]
     over the row's edges: ``state`` (when given) receives the target scaling ``v`` (m,), with which
     one more source row is decoded exactly as this solve decoded its rows (``core.online``)."""
-    g = candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m)
-    g.data = np.exp((g.data - 1.0) / tau)  # cosines <= 1: no overflow; float64 keeps small values
-    u = np.ones(g.shape[0])
+    g = kernel(candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m), tau)
     v = np.ones(g.shape[1])
     gt = g.T.tocsr()
     for _ in range(iters):
-        kv = g @ v
-        u = np.divide(1.0, kv, out=np.zeros_like(kv), where=kv > 0)
-        ku = gt @ u
-        v = np.divide(1.0, ku, out=np.zeros_like(ku), where=ku > 0)
-    kv = g @ v  # end on a row normalization: each source's scores sum to 1
-    u = np.divide(1.0, kv, out=np.zeros_like(kv), where=kv > 0)
+        v = reciprocal(gt @ reciprocal(g @ v))
     del gt
     if state is not None:
         state["v"] = v
-    # plan = diag(u) K diag(v), scaled in place (no extra copies of the edge arrays)
+    return plan_topk(g, v, k or s2t_idx.shape[1])
+
+
+def kernel(g: sp.csr_matrix, tau: float) -> sp.csr_matrix:
+    """The candidate graph's cosines -> exp((cos - 1) / tau) in place (cosines <= 1: no overflow;
+    float64 keeps the small values)."""
+    g.data = np.exp((g.data - 1.0) / tau)
+    return g
+
+
+def reciprocal(x: np.ndarray) -> np.ndarray:
+    """1 / x where x > 0, else 0 (a row or column without edges keeps no mass)."""
+    return np.divide(1.0, x, out=np.zeros_like(x), where=x > 0)
+
+
+def plan_topk(g: sp.csr_matrix, v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The plan's top k per row after a last row normalization (each source's scores sum to 1):
+    diag(u) K diag(v), scaled in place (no extra copies of the edge arrays)."""
+    u = reciprocal(g @ v)
     g.data *= np.repeat(u, np.diff(g.indptr))
     g.data *= v[g.indices]
-    return csr_topk(g, k or s2t_idx.shape[1])
+    return csr_topk(g, k)
 
 
 def transpose_lists(idx: np.ndarray, score: np.ndarray, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -244,13 +244,18 @@ def _stage_on_worker(body, cfg, data: str, run: str, tmp: str) -> dict:
     import psutil
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    import time
+
     from hiea_ray.run import RunContext
 
+    t0 = time.time()
     stats = body(RunContext(cfg, data, run), Path(tmp))
+    body_s = time.time() - t0
     # where it ran, and the worker's peak memory (ru_maxrss: the process's whole life, this task's at least)
     import resource
 
     return {**stats, "offloaded": {"node": ray.get_runtime_context().get_node_id()[:12], "pid": os.getpid(),
+                                   "body_wall_s": round(body_s, 3),
                                    "worker_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
                                    "worker_rss_gib": round(psutil.Process().memory_info().rss / 2**30, 3)}}
 
@@ -264,8 +269,12 @@ def offloaded(name: str, body, ctx, tmp: Path) -> dict:
 
     from hiea_ray.errors import UserError
 
+    import time
+
     rc = ctx.cfg.ray
+    t0 = time.time()
     init_ray(ctx.cfg)
+    ray_start_s = time.time() - t0  # > 0 only when this stage is the run's first Ray work (a reused embed)
     opts = {"num_cpus": rc.offload_cpus, "max_retries": rc.offload_retries, "retry_exceptions": False,
             "name": f"hiea-ray:{name}"}
     if rc.offload_memory_gib:
@@ -273,7 +282,9 @@ def offloaded(name: str, body, ctx, tmp: Path) -> dict:
     task = ray.remote(_stage_on_worker).options(**opts)
     ref = task.remote(body, ctx.cfg, str(Path(ctx.data).resolve()), str(Path(ctx.run).resolve()), str(Path(tmp).resolve()))
     try:
-        return ray.get(ref)
+        stats = ray.get(ref)
+        stats["offloaded"]["ray_start_s"] = round(ray_start_s, 3)
+        return stats
     except ray.exceptions.RayTaskError as e:
         cause = getattr(e, "cause", None)
         if isinstance(cause, UserError):

@@ -181,7 +181,9 @@ def retrieve_distributed(ctx, tmp: Path) -> dict:
     from hiea_ray.ops.data import init_ray
 
     cfg, rc = ctx.cfg, ctx.cfg.retrieve
+    t_start = time.time()
     init_ray(cfg)
+    ray_start_s = round(time.time() - t_start, 3)  # > 0 when this stage is the run's first Ray work
     parts = ctx.run / "embed" / "parts"
     side = pa.concat_tables([pq.read_table(f, columns=["id", "kg"]) for f in sorted(parts.glob("*.parquet"))]).sort_by("id")
     ids, kg = side["id"].to_numpy(), side["kg"].to_numpy()
@@ -212,4 +214,4 @@ def retrieve_distributed(ctx, tmp: Path) -> dict:
     wall = time.time() - t0
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "k": rc.k, "index": index, "engine": "ray",
             "queries_searched_now": searched, "search_actors": rc.search_actors, "queries_per_node": per_node,
-            "finish_task_peak_rss_gib": finish_peak}
+            "finish_task_peak_rss_gib": finish_peak, "ray_start_s": ray_start_s}

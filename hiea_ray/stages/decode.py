@@ -1,4 +1,4 @@
-"""decode: the configured decoders over each protocol's candidate lists, and their 1-to-1 matching.
+"""decode (in this process, or ``decode.engine: ray``: ``ops.decode``): the configured decoders over each protocol's candidate lists, and their 1-to-1 matching.
 
 Reads the retriever's lists (with ``rerank.enabled``, the whole candidate graph with fused
 scores: ``core.fusion.fused_lists``); runs ``core.decoders.run_decoders``; writes
@@ -15,13 +15,9 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from hiea_ray.core.decoders import run_decoders
 from hiea_ray.core.structure import SeedGraphs
-from hiea_ray.io import ids_or_pad, read_lists, to_local, write_lists
+from hiea_ray.io import read_lists, to_local, write_decoded
 from hiea_ray.run import RunContext, candidate_lists
 from hiea_ray.stages.base import StageDef
 
@@ -30,6 +26,10 @@ log = logging.getLogger(__name__)
 
 def run(ctx: RunContext, tmp: Path) -> dict:
     c = ctx.cfg.decode
+    if c.engine == "ray":  # distributed: hiea_ray.ops.decode
+        from hiea_ray.ops.decode import decode_distributed
+
+        return decode_distributed(ctx, tmp)
     rows = 0
     t0 = time.time()
     timing = {}
@@ -61,10 +61,7 @@ def run(ctx: RunContext, tmp: Path) -> dict:
             timing[f"{protocol}/{d.name}"] = d.wall_s
             log.info("decode %s: %s done in %.1f s (%d of %d decoders, %s sources)", protocol, d.name, d.wall_s,
                      len(done) + j + 1, len(c.decoders), f"{len(q):,}")
-            write_lists(out / f"{d.name}.parquet", q, ids_or_pad(b, d.idx), d.score)
-            pq.write_table(pa.table({"src": q[d.match_rows], "tgt": b[d.match_cols], "score": d.match_score.astype(np.float32)}),
-                           out / f"{d.name}.match.parquet")
-            (out / f"{d.name}.done.json").write_text(json.dumps({"wall_s": d.wall_s}))
+            write_decoded(out, q, b, d)
             rows += len(q)
     wall = time.time() - t0
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "decoder_wall_s": timing}

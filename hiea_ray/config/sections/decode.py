@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hiea_ray.config.fields import bounded
+from hiea_ray.config.fields import bounded, runtime
 from hiea_ray.config.fields import unique_and_not_empty
 from hiea_ray.errors import UserError
 
@@ -53,8 +53,24 @@ class DecodeConfig:
     fusion_weight: float = bounded(0.5, ge=0, le=1)
     score_scale: float = bounded(0.05, gt=0)
 
+    # Where the decoders run: "driver" (this process, or a Ray task with ray.offload) or "ray"
+    # (``hiea_ray.ops.decode``: top1, csls and sinkhorn over ``shards`` actors, each holding a block
+    # of source rows, only O(targets) state passing through the driver; structure in one Ray task).
+    # Both give the same lists and matchings.
+    engine: Literal["driver", "ray"] = runtime("driver")
+    # engine ray: shard actors, the CPUs of each, and the memory each reserves (GiB; null: none).
+    shards: int = runtime(4, ge=1)
+    shard_cpus: float = runtime(1.0, gt=0)
+    shard_memory_gib: float | None = runtime(None, gt=0)
+
     def rules(self, cfg) -> None:
         unique_and_not_empty("decode.decoders", self.decoders)
+        if self.engine == "ray" and self.matcher != "greedy":
+            raise UserError("config field decode.engine: ray matches greedily; decode.matcher hungarian needs engine driver")
+        if self.engine == "ray" and "decode" in cfg.ray.offload:
+            raise UserError("config field ray.offload: decode.engine ray already runs decode as Ray work; leave decode out")
+        if self.engine == "ray" and cfg.rerank.enabled:
+            raise UserError("config field decode.engine: ray does not fuse reranker scores (rerank.enabled); use engine driver")
         if self.csls_k > cfg.retrieve.k:
             raise UserError("config field decode.csls_k: must be <= retrieve.k")
         if not math.isfinite(self.structure_beta):

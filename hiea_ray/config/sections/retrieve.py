@@ -58,6 +58,8 @@ class RetrieveConfig:
 
     def rules(self, cfg) -> None:
         _check_index(self.index)
+        if self.engine == "ray" and "retrieve" in cfg.ray.offload:
+            raise UserError("config field ray.offload: retrieve.engine ray already runs retrieve as Ray work; leave retrieve out")
 
 
 # Numeric fields and their lower bound: (field, bound, strictly greater).
