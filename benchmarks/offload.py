@@ -32,8 +32,9 @@ from benchmarks.common import provenance  # noqa: E402
 
 OFFLOADED = ["retrieve", "decode", "calibrate", "route", "export", "evaluate"]
 OFFLOAD = f"ray.offload=[{','.join(OFFLOADED)}]"
-# distributed: retrieve and decode as the ray engines (2 searcher actors, 2 decode shards, a CPU each), the rest offloaded
-DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.search_cpus=1", "decode.engine=ray",
+# distributed: retrieve and decode as the ray engines (2 searcher actors of half a CPU: one FAISS thread each, and a
+# CPU left for Ray Data; 2 decode shards of a CPU each), the rest offloaded
+DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.search_cpus=0.5", "decode.engine=ray",
                "decode.shards=2", "decode.shard_cpus=1", f"ray.offload=[{','.join(OFFLOADED[2:])}]"]
 
 
