@@ -249,7 +249,8 @@ def serve_phase(cluster, add_worker, run: Path, tmp: Path, requests_n: int = 400
 
 
 DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.search_cpus=0.5", "retrieve.rows_per_block=256",
-               "ray.offload=[decode,calibrate,export,evaluate]", "ray.offload_cpus=1",
+               "decode.engine=ray", "decode.shards=2", "decode.shard_cpus=0.5",
+               "ray.offload=[calibrate,export,evaluate]", "ray.offload_cpus=1",
                "decode.decoders=[top1,csls,sinkhorn,structure]"]
 
 
@@ -292,19 +293,11 @@ def same_answers(eq: dict, tol: float = 1e-5) -> bool:
     return bool(eq.get("metrics.json")) and all(v.get("same_ids") and v.get("max_abs_score_diff", 1) <= tol for v in files)
 
 
-def node_of_task(name: str) -> str | None:
-    from ray.util.state import list_tasks
-
-    for t in list_tasks(filters=[("name", "=", name), ("state", "=", "RUNNING")], limit=100, raise_on_missing_output=False):
-        return t.node_id
-    return None
-
-
 def retrieve_decode_phase(cluster, by_id, client, add_worker, tmp: Path, entities: int, repeat: int) -> dict:
-    """retrieve.engine=ray and the decode stages offloaded (``DISTRIBUTED``) on a larger pair: the
-    reference on one node, then per repeat two jobs on the cluster, one losing the node of a
-    Searcher actor once the first part of the retrieve stage is written, one losing the node
-    running the offloaded decode task; each must SUCCEED with the reference's lists and metrics."""
+    """retrieve.engine=ray, decode.engine=ray and the later stages offloaded (``DISTRIBUTED``) on a
+    larger pair: the reference on one node, then per repeat two jobs on the cluster, one losing the
+    node of a Searcher actor once the first part of the retrieve stage is written, one losing the
+    node of a DecodeShard actor; each must SUCCEED with the reference's lists and metrics."""
     import pyarrow.parquet as pq
 
     from hiea_ray.config import VerbalizeConfig
@@ -352,7 +345,8 @@ def retrieve_decode_phase(cluster, by_id, client, add_worker, tmp: Path, entitie
                                         for st in ("embed", "retrieve", "decode", "calibrate")}
         job["retrieve_stats"] = {k: v for k, v in json.loads((out / "retrieve" / "manifest.json").read_text())["stats"].items()
                                  if k not in ("rows",)}
-        job["decode_offloaded"] = json.loads((out / "decode" / "manifest.json").read_text())["stats"].get("offloaded")
+        job["decode_stats"] = {k: v for k, v in json.loads((out / "decode" / "manifest.json").read_text())["stats"].items()
+                               if k not in ("rows",)}
     rec["cluster_no_kill"] = job
     print("no kill", job["status"], job.get("equal_to_one_node"), flush=True)
     for r in range(repeat):
@@ -366,10 +360,10 @@ def retrieve_decode_phase(cluster, by_id, client, add_worker, tmp: Path, entitie
                     parts = list(d.glob("*/s2t.parts/*.parquet")) if d.is_dir() else []
                     parts_seen["at_kill"] = len(parts)
                     return bool(parts)
-                return d.is_dir() and node_of_task("hiea-ray:decode") is not None
+                return d.is_dir() and node_of_actor("DecodeShard") is not None
 
             def kill(phase=phase):
-                nid = node_of_actor("Searcher") if phase == "retrieve" else node_of_task("hiea-ray:decode")
+                nid = node_of_actor("Searcher" if phase == "retrieve" else "DecodeShard")
                 return kill_node(nid) if nid else f"no running {phase} worker found"
 
             job = run_job(client, align_cmd(data, out, model, extra), kill_when=when, kill=kill, timeout=1800)
@@ -378,7 +372,8 @@ def retrieve_decode_phase(cluster, by_id, client, add_worker, tmp: Path, entitie
             if job["status"].endswith("SUCCEEDED"):
                 job["equal_to_one_node"] = same_as_ref(out)
                 st = json.loads((out / phase / "manifest.json").read_text())["stats"]
-                job["stage_stats"] = {k: st[k] for k in ("queries_searched_now", "offloaded", "rows") if k in st}
+                job["stage_stats"] = {k: st[k] for k in ("queries_searched_now", "offloaded", "rows", "shards_per_node",
+                                                         "shard_peak_rss_gib", "decoder_wall_s") if k in st}
             rec["runs"].append(job)
             print(phase, r, job["status"], job.get("killed_node"), job.get("equal_to_one_node"), flush=True)
     return rec
@@ -390,7 +385,7 @@ def main(argv=None) -> int:
     ap.add_argument("--serve", action="store_true", help="also serve the run on the cluster and lose a node under load")
     ap.add_argument("--train", action="store_true", help="also lose a node during retriever training")
     ap.add_argument("--retrieve-decode", type=int, default=0, metavar="N",
-                    help="also N repeats of losing a node mid-retrieve (retrieve.engine ray) and mid-decode (offloaded)")
+                    help="also N repeats of losing a node mid-retrieve and mid-decode (retrieve.engine and decode.engine ray)")
     ap.add_argument("--rd-entities", type=int, default=30000, help="the synthetic pair of the --retrieve-decode phase")
     ap.add_argument("--skip-embed-phase", action="store_true", help="skip the embed / serve / train phases' align job")
     ap.add_argument("--result", default=str(ROOT / "benchmarks" / "results" / "cluster_failover.json"))

@@ -140,3 +140,22 @@ def test_auto_index_is_exact_up_to_the_threshold_then_ivf_sized_by_n(monkeypatch
     monkeypatch.setattr(retrieval, "use_gpu", lambda setting: setting != "no")
     assert factory_string(RetrieveConfig(), 10_000_000) == "Flat"
     assert factory_string(RetrieveConfig(gpu="no"), 10_000_000) == "IVF16384,Flat"
+
+
+def test_a_querys_list_is_the_same_bits_whatever_batch_it_is_searched_in():
+    """FAISS's BLAS sums depend on the batch's shape; the rescored lists (``search(..., base=)``) do
+    not: a query alone, in a batch of 7 or among all gives the same list, exact ties by lower row."""
+    from hiea_ray.core.retrieval import search
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((3000, 48)).astype(np.float32)
+    base[1000] = base[17]  # an exact tie: row 17 must come first
+    queries = np.vstack([base[17] + 0.01, rng.standard_normal((999, 48))]).astype(np.float32)
+    index = build_index(base, RetrieveConfig(index="flat"))
+    s_all, i_all = search(index, queries, len(base), 10, 1000, base=base)
+    for batch in (1, 7, 333):
+        s, i = search(index, queries, len(base), 10, batch, base=base)
+        assert np.array_equal(s, s_all) and np.array_equal(i, i_all), batch
+    assert list(i_all[0, :2]) == [17, 1000] and s_all[0, 0] == s_all[0, 1]
+    ref = np.sort(queries.astype(np.float64) @ base.T.astype(np.float64), axis=1)[:, ::-1][:, :10]
+    np.testing.assert_allclose(s_all, ref, rtol=1e-6, atol=1e-6)

@@ -91,15 +91,19 @@ def _nlist(index: faiss.Index) -> int:
 
 
 def knn(queries: np.ndarray, base: np.ndarray, k: int, cfg: RetrieveConfig, progress=None):
-    """Top-k of each query row among base rows by inner product."""
+    """Top-k of each query row among base rows by inner product (``search``, rescored on ``base``)."""
     if queries.shape[0] == 0 or base.shape[0] == 0:
         return np.full((queries.shape[0], k), -np.inf, np.float32), np.full((queries.shape[0], k), -1, np.int64)
-    return search(build_index(base, cfg), queries, base.shape[0], k, cfg.query_batch, progress)
+    return search(build_index(base, cfg), queries, base.shape[0], k, cfg.query_batch, progress, base=base)
 
 
-def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_batch: int, progress=None):
+def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_batch: int, progress=None,
+           base: np.ndarray | None = None):
     """(scores (n, k), indices (n, k)) of the query rows in an index of ``n_base`` rows, searched in
-    batches of ``query_batch`` (a query's result does not depend on its batch); -1 / -inf padded."""
+    batches of ``query_batch``; -1 / -inf padded. With ``base`` (the indexed vectors) each found
+    candidate's score is recomputed alone (``rescore``) and the list ranked by score, then row: a
+    query's list is then the same bits whatever batch it came in and whoever searched it (FAISS's
+    BLAS sums depend on the batch's shape), so the driver and the Ray engine write the same lists."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     n = queries.shape[0]
     scores = np.full((n, k), -np.inf, dtype=np.float32)
@@ -109,6 +113,8 @@ def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_b
         return scores, idx
     for start in range(0, n, query_batch):
         d, i = index.search(queries[start : start + query_batch], kk)
+        if base is not None:
+            d, i = rescore(queries[start : start + query_batch], base, i)
         scores[start : start + len(d), :kk] = d
         idx[start : start + len(d), :kk] = i
         if progress is not None:
@@ -116,3 +122,22 @@ def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_b
     idx[idx < 0] = -1
     scores[idx < 0] = -np.inf
     return scores, idx
+
+
+def rescore(queries: np.ndarray, base: np.ndarray, idx: np.ndarray, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """Each candidate's inner product recomputed alone (float64 sums of exact float32 products, one
+    row at a time: no dependence on the batch), the lists sorted by score, ties by lower row;
+    -> (scores float32, rows). Work in blocks of ``budget`` gathered numbers."""
+    n, k = idx.shape
+    out = np.full((n, k), -np.inf, np.float32)
+    step = max(1, budget // max(1, k * base.shape[1]))
+    for lo in range(0, n, step):
+        i = idx[lo:lo + step]
+        q = queries[lo:lo + step].astype(np.float64)
+        b = np.asarray(base[np.maximum(i, 0)], dtype=np.float64)
+        s = np.einsum("nkd,nd->nk", b, q, optimize=False).astype(np.float32)
+        out[lo:lo + step] = np.where(i >= 0, s, -np.inf)
+    by_row = np.argsort(np.where(idx >= 0, idx, np.iinfo(np.int64).max), axis=1, kind="stable")
+    i, s = np.take_along_axis(idx, by_row, 1), np.take_along_axis(out, by_row, 1)
+    by_score = np.argsort(-s, axis=1, kind="stable")
+    return np.take_along_axis(s, by_score, 1), np.take_along_axis(i, by_score, 1)

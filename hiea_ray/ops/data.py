@@ -178,7 +178,9 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec | list[MapSpec], num_actor
     """A resumable Ray Data stage: read Parquet -> drop rows whose ``column`` is in ``done`` ->
     the stage class (or classes, chained in order, each on its own actor pool: Ray Data streams
     blocks from one to the next, so they overlap) -> Parquet part files in ``parts``.
-    ``progress`` = (label, total rows): progress lines (rows/s, ETA) while it runs."""
+    ``progress`` = (label, total rows[, rows finished before]): progress lines (rows/s, ETA) while
+    it runs (finished before: the rows of ``done``, unless given: ``done`` may also hold rows that
+    are not this stage's, as retrieve's other side)."""
     import ray
 
     specs = spec if isinstance(spec, list) else [spec]
@@ -205,7 +207,8 @@ def map_parquet(src: Path, parts: Path, spec: MapSpec | list[MapSpec], num_actor
             compute=ray.data.ActorPoolStrategy(size=s.actors or num_actors),
             **s.map_batches_kwargs,
         )
-    _write(ds, parts, progress, 0 if done is None else len(done))
+    before = progress[2] if progress is not None and len(progress) > 2 else (0 if done is None else len(done))
+    _write(ds, parts, None if progress is None else progress[:2], before)
 
 
 def map_blocks(blocks: list[pa.Table], out: Path, spec: MapSpec, num_actors: int,

@@ -9,8 +9,9 @@ Each direction's queries go in blocks of ``retrieve.rows_per_block`` to ``retrie
 actors spread over the cluster's nodes; the parts are written as the embed stage writes its
 (resumable: a killed run searches only the queries without a part). The index is exact or
 IVF / HNSW as ``retrieve.index`` chooses for the target count (``core.retrieval.factory_string``),
-built once and read from the run folder every node mounts. Exact search gives the driver path's
-lists (FAISS scores a query the same whatever block it comes in).
+built once and read from the run folder every node mounts. Each candidate's score is recomputed
+alone on the vectors and the lists ranked by score, then row (``core.retrieval.rescore``), so
+exact search gives the driver path's lists bit for bit whatever blocks Ray Data makes.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def side_vectors(parts: Path, ids: np.ndarray) -> np.ndarray:
 
 
 def build_index_file(parts: str, ids: np.ndarray, cfg: dict, out: str) -> dict:
-    """A Ray task: the FAISS index over the vectors of ``ids`` -> ``out`` (index) and ``out``.ids.npy."""
+    """A Ray task: the FAISS index over the vectors of ``ids`` -> ``out`` (index), ``out``.ids.npy and
+    ``out``.vectors.npy (the vectors, which the searchers rescore their candidates on)."""
     import faiss
 
     from hiea_ray.core.retrieval import build_index, factory_string
@@ -56,6 +58,7 @@ def build_index_file(parts: str, ids: np.ndarray, cfg: dict, out: str) -> dict:
     tmp = f"{out}.{os.getpid()}.tmp"
     faiss.write_index(index, tmp)
     np.save(f"{out}.ids.npy", ids)
+    np.save(f"{out}.vectors.npy", base)  # the searchers rescore their candidates on them (memory-mapped)
     os.replace(tmp, out)
     return {"index": factory_string(rc, len(ids)), "rows": int(len(ids))}
 
@@ -76,6 +79,7 @@ class Searcher:
         if use_gpu(self.cfg.gpu) and getattr(faiss.downcast_index(self.index), "hnsw", None) is None:
             self.index = faiss.index_cpu_to_all_gpus(self.index)
         self.ids = np.load(f"{index}.ids.npy")
+        self.base = np.load(f"{index}.vectors.npy", mmap_mode="r")
         try:
             import ray
 
@@ -86,7 +90,8 @@ class Searcher:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from hiea_ray.core.retrieval import search
 
-        score, idx = search(self.index, column_to_numpy(batch["embedding"]), len(self.ids), self.cfg.k, self.cfg.query_batch)
+        score, idx = search(self.index, column_to_numpy(batch["embedding"]), len(self.ids), self.cfg.k, self.cfg.query_batch,
+                            base=self.base)
         k = idx.shape[1]
         return pa.table({"src": batch["id"],
                          "cand": pa.FixedSizeListArray.from_arrays(pa.array(ids_or_pad(self.ids, idx).reshape(-1)), k),
@@ -110,7 +115,7 @@ def search_direction(parts: Path, queries: np.ndarray, all_ids: np.ndarray, inde
                    {"batch_size": rc.rows_per_block, "batch_format": "pyarrow", "num_cpus": rc.search_cpus,
                     "num_gpus": rc.search_gpus},
                    actors=rc.search_actors, fields="retrieve.search_actors x search_cpus")
-    map_parquet(parts, out, spec, rc.search_actors, rc.rows_per_block, skip, progress=(label, len(queries)))
+    map_parquet(parts, out, spec, rc.search_actors, rc.rows_per_block, skip, progress=(label, len(queries), len(queries) - todo))
     return todo
 
 

@@ -70,5 +70,5 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 # early cutoff: lists byte-identical to the previous version's keep their fingerprint, so only runs
 # whose lists changed re-run what reads them.
 STAGE = StageDef(name="retrieve", body=run, reads=("embed",),
-                 config=("retrieve", "evaluate.protocols", "decode.structure_anchors"), version=2, early_cutoff=True,
+                 config=("retrieve", "evaluate.protocols", "decode.structure_anchors"), version=3, early_cutoff=True,
                  resumable=True)
