@@ -69,7 +69,7 @@ def load_result(path, *sections: str):
 
 def provenance(argv: list[str] | None = None) -> dict:
     """What every results JSON records: the command as run (all flags), the commit (with a
-    ``+dirty`` mark when the tree has uncommitted changes), the date and the machine (CPU model,
+    ``+dirty`` mark when the tree has uncommitted changes outside benchmarks/results), the date and the machine (CPU model,
     cores, native bf16, memory, GPU name when torch sees one)."""
     import datetime
     import os
@@ -88,7 +88,8 @@ def provenance(argv: list[str] | None = None) -> dict:
             return ""
 
     commit = git("rev-parse", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
+    # the results JSONs a benchmark writes as it goes do not make the code it runs dirty
+    if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"):
         commit += "+dirty"
     cpu, flags = platform.processor() or platform.machine(), ""
     try:
