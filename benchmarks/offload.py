@@ -98,6 +98,9 @@ def main(argv=None) -> int:
                     "stages whose cost grows with n k; the lists compared are those written by then")
     ap.add_argument("--modes", nargs="+", choices=["offload", "driver", "distributed"], default=["driver", "offload"],
                     help="the first one runs ingest / verbalize / embed, the other reuses them")
+    ap.add_argument("--reuse-from", choices=["offload", "driver", "distributed"],
+                    help="take ingest / verbalize / embed (and the tiny encoder) from this mode's earlier run instead of "
+                    "the first mode's")
     ap.add_argument("--table", action="store_true", help="print the results page's table from the JSON and exit")
     args = ap.parse_args(argv)
     if args.table:
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
     runs = Path(args.runs)
     data = runs / f"data-{args.entities}"
     out = {m: runs / f"{args.entities}-{m}" for m in ("driver", "offload", "distributed")}
-    first = out[args.modes[0]]
+    first = out[args.reuse_from or args.modes[0]]
     enc = first / "tiny-encoder"
     path = ROOT / "benchmarks" / "results" / "offload.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
