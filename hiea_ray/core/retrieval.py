@@ -125,17 +125,18 @@ def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_b
 
 
 def rescore(queries: np.ndarray, base: np.ndarray, idx: np.ndarray, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
-    """Each candidate's inner product recomputed alone (float64 sums of exact float32 products, one
-    row at a time: no dependence on the batch), the lists sorted by score, ties by lower row;
-    -> (scores float32, rows). Work in blocks of ``budget`` gathered numbers."""
+    """Each candidate's inner product recomputed alone (numpy's einsum loop over the d products of
+    one pair, the same for a pair whatever the block: not BLAS, whose sums depend on the shapes),
+    the lists sorted by score, ties by lower row; -> (scores float32, rows). Work in blocks of
+    ``budget`` gathered numbers (~9 s per 10^5 queries at d = 384, k = 150 on 2 cores)."""
     n, k = idx.shape
     out = np.full((n, k), -np.inf, np.float32)
     step = max(1, budget // max(1, k * base.shape[1]))
     for lo in range(0, n, step):
         i = idx[lo:lo + step]
-        q = queries[lo:lo + step].astype(np.float64)
-        b = np.asarray(base[np.maximum(i, 0)], dtype=np.float64)
-        s = np.einsum("nkd,nd->nk", b, q, optimize=False).astype(np.float32)
+        q = np.ascontiguousarray(queries[lo:lo + step], dtype=np.float32)
+        b = np.asarray(base[np.maximum(i, 0)], dtype=np.float32)
+        s = np.einsum("nkd,nd->nk", b, q, optimize=False)
         out[lo:lo + step] = np.where(i >= 0, s, -np.inf)
     by_row = np.argsort(np.where(idx >= 0, idx, np.iinfo(np.int64).max), axis=1, kind="stable")
     i, s = np.take_along_axis(idx, by_row, 1), np.take_along_axis(out, by_row, 1)
