@@ -210,9 +210,10 @@ def test_offloaded_stages_run_as_ray_tasks_and_give_the_drivers_lists_and_metric
 
 @pytest.mark.ray
 def test_distributed_retrieval_gives_the_drivers_lists_and_resumes_from_its_parts(e2e, tmp_path):
-    """retrieve.engine=ray: indexes built by Ray tasks, queries searched in blocks by 2 actors,
-    the lists assembled by a task: s2t, t2s and the structural channel equal the driver path's; a
-    direction killed half-way searches only the queries without a part when it resumes."""
+    """retrieve.engine=ray with the targets in 2 index shards: indexes built by Ray tasks, queries
+    searched in blocks by 2 actors, the shards' lists merged by a task: s2t, t2s and the structural
+    channel bit-equal to the driver path's; a direction killed half-way searches only the queries
+    without a part when it resumes."""
     from hiea_ray.core.metrics import protocol_sets
     from hiea_ray.io import read_dir
     from hiea_ray.ops.retrieve import build_index_file, finish_lists, search_direction
@@ -221,8 +222,9 @@ def test_distributed_retrieval_gives_the_drivers_lists_and_resumes_from_its_part
     runs = {}
     for engine in ("driver", "ray"):
         runs[engine] = copy_stages(e2e["run"], tmp_path / engine, ["ingest", "verbalize", "embed"])
+        shards = ["retrieve.index_shards=2"] if engine == "ray" else []
         cfg = load_config(overrides=tiny_overrides(e2e["model"], *sets, f"retrieve.engine={engine}", "retrieve.search_actors=2",
-                                                   "retrieve.search_cpus=0.5", "retrieve.rows_per_block=150"))
+                                                   "retrieve.search_cpus=0.5", "retrieve.rows_per_block=150", *shards))
         Pipeline(cfg, e2e["data"], runs[engine]).run_stage("retrieve")
     for protocol in ("all-targets",):
         for f in ("s2t", "t2s", "structural"):
@@ -232,10 +234,10 @@ def test_distributed_retrieval_gives_the_drivers_lists_and_resumes_from_its_part
             ["s2t.parquet", "structural.parquet", "t2s.parquet"]  # no index or part left behind
     m = manifest(runs["ray"], "retrieve")["stats"]
     assert m["engine"] == "ray" and m["queries_searched_now"] > 0
-    # every query counted once, on the node of the actor that searched it (one node here)
+    # every query counted once per index shard, on the node of the actor that searched it (one node here)
     n_queries = pq.read_table(runs["ray"] / "retrieve" / "all-targets" / "s2t.parquet").num_rows + \
         pq.read_table(runs["ray"] / "retrieve" / "all-targets" / "t2s.parquet").num_rows
-    assert sum(m["queries_per_node"]["all-targets"].values()) == n_queries
+    assert sum(m["queries_per_node"]["all-targets"].values()) == 2 * n_queries and m["index_shards"] == 2
     assert len(m["queries_per_node"]["all-targets"]) == 1
     # resume: half the queries searched, then all: only the other half is searched again
     rc = cfg.retrieve

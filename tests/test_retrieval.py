@@ -159,3 +159,28 @@ def test_a_querys_list_is_the_same_bits_whatever_batch_it_is_searched_in():
     assert list(i_all[0, :2]) == [17, 1000] and s_all[0, 0] == s_all[0, 1]
     ref = np.sort(queries.astype(np.float64) @ base.T.astype(np.float64), axis=1)[:, ::-1][:, :10]
     np.testing.assert_allclose(s_all, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_index_shards_merged_per_query_give_the_unsharded_lists(shards):
+    """retrieve.index_shards: each shard (target rows j::shards) searched alone, the lists merged by
+    score then id (``ops.retrieve.merge_shards``): the unsharded exact lists, ties included."""
+    from hiea_ray.core.retrieval import search
+    from hiea_ray.ops.retrieve import merge_shards
+
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal((900, 24)).astype(np.float32)
+    base[500], base[801] = base[4], base[4]  # a three-way tie across shards
+    ids = np.arange(900, dtype=np.int64) * 3 + 7
+    queries = np.vstack([base[4] * 2, rng.standard_normal((199, 24))]).astype(np.float32)
+    cfg = RetrieveConfig(index="flat")
+    s, i = search(build_index(base, cfg), queries, len(base), 12, 64, base=base)
+    cands, scores = [], []
+    for j in range(shards):
+        part = base[j::shards]
+        ss, ii = search(build_index(part, cfg), queries, len(part), 12, 64, base=part)
+        cands.append(np.where(ii >= 0, ids[j::shards][np.maximum(ii, 0)], -1))
+        scores.append(ss)
+    c, sc = merge_shards(cands, scores, 12)
+    assert np.array_equal(c, ids[i]) and np.array_equal(sc, s)
+    assert list(c[0, :3]) == [ids[4], ids[500], ids[801]]

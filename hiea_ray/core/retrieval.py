@@ -111,10 +111,14 @@ def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_b
     kk = min(k, n_base)
     if n == 0 or kk == 0:
         return scores, idx
+    # rescored: RESCORE_MARGIN more found, so a candidate FAISS ranked just past k by a last-bit
+    # difference is still in the set the exact scores cut to k
+    wide = min(k + RESCORE_MARGIN, n_base) if base is not None else kk
     for start in range(0, n, query_batch):
-        d, i = index.search(queries[start : start + query_batch], kk)
+        d, i = index.search(queries[start : start + query_batch], wide)
         if base is not None:
             d, i = rescore(queries[start : start + query_batch], base, i)
+            d, i = d[:, :kk], i[:, :kk]
         scores[start : start + len(d), :kk] = d
         idx[start : start + len(d), :kk] = i
         if progress is not None:
@@ -122,6 +126,9 @@ def search(index: faiss.Index, queries: np.ndarray, n_base: int, k: int, query_b
     idx[idx < 0] = -1
     scores[idx < 0] = -np.inf
     return scores, idx
+
+
+RESCORE_MARGIN = 8
 
 
 def rescore(queries: np.ndarray, base: np.ndarray, idx: np.ndarray, budget: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:

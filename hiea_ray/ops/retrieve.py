@@ -119,21 +119,49 @@ def search_direction(parts: Path, queries: np.ndarray, all_ids: np.ndarray, inde
     return todo
 
 
-def finish_lists(parts_dir: str, out: str, queries: np.ndarray) -> dict[str, int]:
-    """A Ray task: a direction's parts -> one ranked-list file sorted by source (each query once);
-    -> queries searched per node (the Searcher actors' nodes)."""
-    from hiea_ray.io import write_lists
-
+def shard_lists(parts_dir: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """One index shard's parts -> (cand ids, scores) per query in the order of ``queries`` (each
+    query once: a block written twice by a retry counts once), and the queries searched per node."""
     t = read_dir(Path(parts_dir)).sort_by("src")
     src = t["src"].to_numpy()
-    keep = np.r_[True, src[1:] != src[:-1]] if len(src) else np.zeros(0, bool)  # a block written twice (a retry)
+    keep = np.r_[True, src[1:] != src[:-1]] if len(src) else np.zeros(0, bool)
     if not np.array_equal(src[keep], queries):
         raise RuntimeError(f"retrieve: {parts_dir} holds {int(keep.sum())} of {len(queries)} queries")
-    write_lists(Path(out), src[keep], column_to_numpy(t["cand"])[keep], column_to_numpy(t["score"])[keep])
-    if "node" not in t.column_names:
-        return {}
-    nodes = t["node"].filter(pa.array(keep)).cast(pa.string())
-    return {d["values"] or "unknown": d["counts"] for d in pc.value_counts(nodes).to_pylist()}
+    nodes = {}
+    if "node" in t.column_names:
+        col = t["node"].filter(pa.array(keep)).cast(pa.string())
+        nodes = {d["values"] or "unknown": d["counts"] for d in pc.value_counts(col).to_pylist()}
+    return column_to_numpy(t["cand"])[keep], column_to_numpy(t["score"])[keep], nodes
+
+
+def merge_shards(cands: list[np.ndarray], scores: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the k best of every shard's list by score, then id (ids -1 padded): with the
+    rescored exact scores (``core.retrieval.rescore``) the unsharded search's list."""
+    if len(cands) == 1:
+        return cands[0], scores[0]
+    c, s = np.hstack(cands), np.hstack(scores)
+    by_id = np.argsort(np.where(c >= 0, c, np.iinfo(np.int64).max), axis=1, kind="stable")
+    c, s = np.take_along_axis(c, by_id, 1), np.take_along_axis(s, by_id, 1)
+    by_score = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(c, by_score, 1), np.take_along_axis(s, by_score, 1)
+
+
+def finish_lists(parts_dirs: str | list[str], out: str, queries: np.ndarray) -> dict[str, int]:
+    """A Ray task: a direction's parts (one folder per index shard) -> one ranked-list file sorted by
+    source (each query once, the shards' lists merged); -> query searches per node (the Searcher
+    actors' nodes; a query counts once per shard)."""
+    from hiea_ray.io import write_lists
+
+    cands, scores, per_node = [], [], {}
+    for d in [parts_dirs] if isinstance(parts_dirs, str) else parts_dirs:
+        c, s, nodes = shard_lists(d, queries)
+        cands.append(c)
+        scores.append(s)
+        for node, n in nodes.items():
+            per_node[node] = per_node.get(node, 0) + n
+    cand, score = merge_shards(cands, scores, cands[0].shape[1])
+    write_lists(Path(out), queries, cand, score)
+    return per_node
 
 
 def finish_protocol(cfg, data: str, run: str, out: str, q: np.ndarray, b: np.ndarray) -> dict:
@@ -148,8 +176,8 @@ def finish_protocol(cfg, data: str, run: str, out: str, q: np.ndarray, b: np.nda
     from hiea_ray.run import RunContext
 
     d = Path(out)
-    per_node = finish_lists(str(d / "s2t.parts"), str(d / "s2t.parquet"), q)
-    for node, n in finish_lists(str(d / "t2s.parts"), str(d / "t2s.parquet"), b).items():
+    per_node = finish_lists(shard_paths(d, "s2t", "parts", cfg.retrieve.index_shards), str(d / "s2t.parquet"), q)
+    for node, n in finish_lists(shard_paths(d, "t2s", "parts", cfg.retrieve.index_shards), str(d / "t2s.parquet"), b).items():
         per_node[node] = per_node.get(node, 0) + n
     rc = cfg.retrieve
     if rc.structural_k:
@@ -172,6 +200,13 @@ def finish_protocol(cfg, data: str, run: str, out: str, q: np.ndarray, b: np.nda
 
     return {"worker_peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             "queries_per_node": per_node}
+
+
+def shard_paths(d: Path, direction: str, kind: str, shards: int) -> list[str]:
+    """A direction's index files or parts folders, one per index shard (``retrieve.index_shards``)."""
+    if shards == 1:
+        return [str(d / f"{direction}.{kind}")]
+    return [str(d / f"{direction}.{j}.{kind}") for j in range(shards)]
 
 
 def retrieve_distributed(ctx, tmp: Path) -> dict:
@@ -207,16 +242,20 @@ def retrieve_distributed(ctx, tmp: Path) -> dict:
         if (d / "s2t.parquet").is_file() and not any(d.glob("*.parts")):
             continue  # finished before an interruption
         for direction, (queries, base) in (("s2t", (q, b)), ("t2s", (b, q))):
-            path = d / f"{direction}.index"
-            if not path.is_file():
-                ray.get(build.remote(str(parts), base, asdict(rc), str(path)))
-            searched += search_direction(parts, queries, ids, path, d / f"{direction}.parts", rc, f"retrieve {protocol} {direction}")
+            # each index shard: the targets' rows j::index_shards (sorted ids), its own index and parts
+            paths = shard_paths(d, direction, "index", rc.index_shards)
+            ray.get([build.remote(str(parts), base[j::rc.index_shards], asdict(rc), path)
+                     for j, path in enumerate(paths) if not Path(path).is_file()])
+            for j, (path, out) in enumerate(zip(paths, shard_paths(d, direction, "parts", rc.index_shards))):
+                label = f"retrieve {protocol} {direction}" + (f" shard {j + 1}/{rc.index_shards}" if rc.index_shards > 1 else "")
+                searched += search_direction(parts, queries, ids, Path(path), Path(out), rc, label)
         done = ray.get(finish.remote(cfg, str(Path(ctx.data).resolve()), str(ctx.run.resolve()), str(d.resolve()), q, b))
         per_node[protocol] = done["queries_per_node"]  # a resumed run: the nodes of its own searches and earlier ones'
         finish_peak = max(finish_peak, done["worker_peak_rss_gib"])
         rows += len(q) + len(b)
-        index[protocol] = {"s2t": factory_string(rc, len(b)), "t2s": factory_string(rc, len(q))}
+        index[protocol] = {"s2t": factory_string(rc, -(-len(b) // rc.index_shards)),
+                           "t2s": factory_string(rc, -(-len(q) // rc.index_shards))}
     wall = time.time() - t0
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "k": rc.k, "index": index, "engine": "ray",
-            "queries_searched_now": searched, "search_actors": rc.search_actors, "queries_per_node": per_node,
+            "index_shards": rc.index_shards, "queries_searched_now": searched, "search_actors": rc.search_actors, "queries_per_node": per_node,
             "finish_task_peak_rss_gib": finish_peak, "ray_start_s": ray_start_s}

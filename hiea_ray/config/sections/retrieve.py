@@ -47,6 +47,11 @@ class RetrieveConfig:
     search_gpus: float = runtime(0.0, ge=0)
     rows_per_block: int = runtime(8192, ge=1)
     task_memory_gib: float | None = runtime(None, gt=0)
+    # engine ray: the targets split into this many index shards (rows j::index_shards), each its own
+    # index file searched by every query, the lists merged per query by score, then id. For an index
+    # that does not fit one node's memory (docs/cluster.md): each Searcher then holds 1/index_shards
+    # of it. Exact search gives the unsharded lists; an approximate one its own (in the stage key).
+    index_shards: int = hashed_if_set(default=1, ge=1)
     # Structural candidates (``core.candidates.structural``): per source, up to this many KG2
     # neighbours of the counterparts of its anchored neighbours (decode.structure_anchors, and a
     # collaboration round's pseudo-seeds), by support then cosine, added to the k dense ones (and
@@ -58,6 +63,8 @@ class RetrieveConfig:
 
     def rules(self, cfg) -> None:
         _check_index(self.index)
+        if self.index_shards > 1 and self.engine != "ray":
+            raise UserError("config field retrieve.index_shards: index shards are searched by retrieve.engine ray")
         if self.engine == "ray" and "retrieve" in cfg.ray.offload:
             raise UserError("config field ray.offload: retrieve.engine ray already runs retrieve as Ray work; leave retrieve out")
 
