@@ -39,26 +39,32 @@ DISTRIBUTED = ["retrieve.engine=ray", "retrieve.search_actors=2", "retrieve.sear
 
 
 def table(doc: dict) -> str:
-    """Per size: each mode's driver peak in the n k stages, the offloaded task's peak, and the wall
-    time of retrieve and decode (offload / driver as a ratio)."""
+    """Per size: each mode's driver peak in the n k stages, the offloaded tasks' peak, and the wall
+    time of retrieve and decode (median of the runs; over the driver mode's as a ratio)."""
+    import numpy as np
+
     out = ["| entities per side | vectors | mode | driver peak RSS, n k stages (GiB) | retrieve: wall s / worker peak GiB | "
-           "decode: wall s / worker peak GiB | wall offload / driver (retrieve, decode) |", "|---|---|---|---|---|---|---|"]
+           "decode: wall s / worker peak GiB | wall / driver's (retrieve, decode) |", "|---|---|---|---|---|---|---|"]
     rows = doc.get("rows", {})
     for key in sorted(rows, key=lambda k: (int(k.split("/")[0]), k.split("/")[1])):
         r = rows[key]
         n, mode = key.split("/")
         st = r["stages"]
 
+        def wall(row, stage):  # the median of the alternating runs when there are several
+            runs = (row.get("wall_s_nk_stages_runs") or {}).get(stage)
+            return float(np.median(runs)) if runs else row["stages"][stage]["wall_s"]
+
         def cell(stage):
             s = st.get(stage)
             if not s:
                 return "–"
             peak = s.get("worker_peak_rss_gib")
-            return f"{s['wall_s']:.1f} / {peak:.2f}" if peak else f"{s['wall_s']:.1f} / (driver)"
+            return f"{wall(r, stage):.1f} / {peak:.2f}" if peak else f"{wall(r, stage):.1f} / (driver)"
         other = rows.get(f"{n}/driver")
         ratio = "–"
-        if mode == "offload" and other:
-            ratio = ", ".join(f"{st[x]['wall_s'] / other['stages'][x]['wall_s']:.2f}" for x in ("retrieve", "decode")
+        if mode != "driver" and other:
+            ratio = ", ".join(f"{wall(r, x) / wall(other, x):.2f}" for x in ("retrieve", "decode")
                               if x in st and x in other["stages"])
         out.append(f"| {int(n):,} | {r.get('vectors', 'encoder')} | {mode} | {r['driver_peak_rss_gib_nk_stages']:.2f} | "
                    f"{cell('retrieve')} | {cell('decode')} | {ratio} |")
@@ -101,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse-from", choices=["offload", "driver", "distributed"],
                     help="take ingest / verbalize / embed (and the tiny encoder) from this mode's earlier run instead of "
                     "the first mode's")
+    ap.add_argument("--repeat", type=int, default=1, help="run the modes' n k stages this many times, alternating "
+                    "modes (the wall times of each kept; the table compares medians)")
     ap.add_argument("--table", action="store_true", help="print the results page's table from the JSON and exit")
     args = ap.parse_args(argv)
     if args.table:
@@ -113,8 +121,12 @@ def main(argv=None) -> int:
     enc = first / "tiny-encoder"
     path = ROOT / "benchmarks" / "results" / "offload.json"
     doc = json.loads(path.read_text()) if path.is_file() else {}
-    rows = {}
-    for mode in args.modes:
+    rows, walls = {}, {m: {} for m in args.modes}
+    for rep, mode in [(r, m) for r in range(args.repeat) for m in args.modes]:  # alternating: driver, offload, ...
+        if rep:  # again: the n k stages of this mode's run removed, the stages before them reused
+            for stage in OFFLOADED:
+                shutil.rmtree(out[mode] / stage, ignore_errors=True)
+                shutil.rmtree(out[mode] / f".{stage}.tmp", ignore_errors=True)
         sets = [f"embed.model={enc}"]
         if out[mode] != first:
             out[mode].mkdir(parents=True, exist_ok=True)
@@ -141,6 +153,10 @@ def main(argv=None) -> int:
                       "driver_peak_rss_gib_nk_stages": max(v["driver_peak_rss_gib"] for k, v in r["stages"].items()
                                                            if k in OFFLOADED),
                       "wall_s_nk_stages": {k: v["wall_s"] for k, v in r["stages"].items() if k in OFFLOADED}}
+        for k, v in rows[mode]["wall_s_nk_stages"].items():
+            walls[mode].setdefault(k, []).append(v)
+        if args.repeat > 1:  # every run's wall time, alternating modes (the machine is noisy: compare medians)
+            rows[mode]["wall_s_nk_stages_runs"] = walls[mode]
         doc.setdefault("rows", {})[f"{r['entities_per_side']}/{mode}"] = rows[mode]
         doc.update(provenance())
         path.write_text(json.dumps(doc, indent=2) + "\n")  # after every mode: a stopped benchmark keeps it
