@@ -120,21 +120,50 @@ def graph_of(s2t_idx, s2t_score, m: int, n_reverse: int, reverse, block: int = 1
 
 
 def sinkhorn(s2t_idx, s2t_score, t2s_idx, t2s_score, m: int, tau: float = 0.05, iters: int = 50, k: int | None = None,
-             state: dict | None = None):
+             state: dict | None = None, rows: int | None = None):
     """(n, k) candidate lists ranked by the transport plan on the sparse candidate graph.
 
     The solve ends on a row normalization, so a row of the plan is K[i, j] v[j] / sum_j K[i, j] v[j]
     over the row's edges: ``state`` (when given) receives the target scaling ``v`` (m,), with which
-    one more source row is decoded exactly as this solve decoded its rows (``core.online``)."""
+    one more source row is decoded exactly as this solve decoded its rows (``core.online``).
+    ``rows``: the column sums' block (``column_blocks``; default ``SUM_ROWS``)."""
     g = kernel(candidate_graph(s2t_idx, s2t_score, t2s_idx, t2s_score, m), tau)
     v = np.ones(g.shape[1])
-    gt = g.T.tocsr()
+    blocks = column_blocks(g, 0, rows)
     for _ in range(iters):
-        v = reciprocal(gt @ reciprocal(g @ v))
-    del gt
+        v = reciprocal(add_in_order(column_sums(blocks, reciprocal(g @ v)), m))
+    del blocks
     if state is not None:
         state["v"] = v
     return plan_topk(g, v, k or s2t_idx.shape[1])
+
+
+SUM_ROWS = 1 << 16  # the rows of one block of Sinkhorn's column sums (see column_blocks)
+
+
+def column_blocks(g: sp.csr_matrix, lo: int = 0, rows: int | None = None) -> list[tuple[int, int, sp.csr_matrix]]:
+    """Sinkhorn's column sums in a fixed order: the rows of ``g`` in blocks of ``rows`` (counted
+    from global row ``lo``, a multiple of ``rows``), each block's transpose. A column's sum is each
+    block's partial sum, added block by block from zero: the same floating-point additions whether
+    one process holds every block or shards hold them (``core.sharded``)."""
+    rows = rows or SUM_ROWS
+    if lo % rows:
+        raise ValueError(f"a shard starts at row {lo}, not at a multiple of {rows}")
+    n = g.shape[0]
+    return [(a, min(n, a + rows), g[a:a + rows].T.tocsr()) for a in range(0, n, rows)]
+
+
+def column_sums(blocks, u: np.ndarray) -> list[np.ndarray]:
+    """Each block's partial column sums of diag(u) K (``u`` over the blocks' rows, from their first)."""
+    return [gt @ u[a - blocks[0][0]:z - blocks[0][0]] for a, z, gt in blocks]
+
+
+def add_in_order(partials, m: int) -> np.ndarray:
+    """The blocks' partial sums added from zero, in block order."""
+    total = np.zeros(m)
+    for p in partials:
+        total += p
+    return total
 
 
 def kernel(g: sp.csr_matrix, tau: float) -> sp.csr_matrix:

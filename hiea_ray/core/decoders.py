@@ -66,7 +66,7 @@ def run_decoders(
             if sink is None:
                 st = None if state is None else state.setdefault("sinkhorn", {})
                 sink = dec.sinkhorn(s2t, s2t_score, t2s, t2s_score, len(b), tau=c.sinkhorn_tau, iters=c.sinkhorn_iters,
-                                    state=st)
+                                    state=st, rows=c.sinkhorn_block_rows)
             idx, score = sink
             if name == "structure":
                 if graphs is None:

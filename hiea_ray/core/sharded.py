@@ -8,8 +8,9 @@ tests, Ray actors in ``hiea_ray.ops.decode``); what passes between them is O(m),
 
     top1       each shard's rows as they are
     csls       r_S(t) of every target (m floats, each shard reads it off the t2s file), rows scored alone
-    sinkhorn   per iteration the target scaling v (m floats) out, each shard's column sums (m floats)
-               back and added; the plan's top k per row at the end (``core.decode.sinkhorn``'s steps)
+    sinkhorn   per iteration the target scaling v (m floats) out, each shard's column sums (m floats
+               per block of ``core.decode.SUM_ROWS`` rows) back and added in the single process's
+               order, so the lists are its bits; the plan's top k per row at the end
     matching   rounds of locally dominant edges: each shard's best alive edge per column (score,
                row) merged, then each shard matches its rows whose best alive edge is its column's
                best: ``core.decode.greedy_match``'s matching, in its order
@@ -118,17 +119,18 @@ class ListShard:
         else:
             raise ValueError(f"decoder {name!r} is not row-wise")
 
-    def sink_begin(self, tau: float) -> None:
+    def sink_begin(self, tau: float, rows: int | None = None) -> None:
         self.g = dec.kernel(self.graph(), tau)
-        self.gt = self.g.T.tocsr()
+        self.blocks = dec.column_blocks(self.g, self.lo, rows)
 
-    def sink_step(self, v: np.ndarray) -> np.ndarray:
-        """One Sinkhorn iteration's share: this shard's rows scaled by v -> their column sums (m,)."""
-        return self.gt @ dec.reciprocal(self.g @ v)
+    def sink_step(self, v: np.ndarray) -> list[np.ndarray]:
+        """One Sinkhorn iteration's share: this shard's rows scaled by v -> each of its row blocks'
+        column sums (m,) (``core.decode.column_blocks``: the driver adds them in block order)."""
+        return dec.column_sums(self.blocks, dec.reciprocal(self.g @ v))
 
     def sink_end(self, v: np.ndarray) -> None:
         self.lists["sinkhorn"] = dec.plan_topk(self.g, v, self.s2t.shape[1])
-        del self.g, self.gt
+        del self.g, self.blocks
 
     def write(self, name: str, out_dir: str) -> str:
         """This shard's rows of decoder ``name``'s lists -> ``out_dir/part-<lo>.parquet`` (ids)."""
@@ -186,18 +188,18 @@ class ListShard:
 Call = Callable[..., list]
 
 
-def sinkhorn_sharded(call: Call, m: int, tau: float, iters: int, progress=None) -> None:
-    """``core.decode.sinkhorn`` over the shards: the driver holds v and the summed column sums."""
-    call("sink_begin", tau)
+def sinkhorn_sharded(call: Call, m: int, tau: float, iters: int, progress=None, rows: int | None = None) -> np.ndarray:
+    """``core.decode.sinkhorn`` over the shards (in row order, each starting at a multiple of
+    ``rows``): the driver holds v and adds the row blocks' column sums in the single process's order;
+    -> the final target scaling v (``decode.sinkhorn``'s ``state["v"]``, the same bits)."""
+    call("sink_begin", tau, rows)
     v = np.ones(m)
     for _ in range(iters):
-        ku = np.zeros(m)
-        for part in call("sink_step", v):
-            ku += part
-        v = dec.reciprocal(ku)
+        v = dec.reciprocal(dec.add_in_order((p for parts in call("sink_step", v) for p in parts), m))
         if progress is not None:
             progress(1)
     call("sink_end", v)
+    return v
 
 
 def greedy_sharded(call: Call, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,12 +228,23 @@ def greedy_sharded(call: Call, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_w)
 
 
-def decode_sharded(call: Call, names: list[str], m: int, c, progress=None) -> Iterator[tuple[str, tuple]]:
-    """Runs each named row-wise or Sinkhorn decoder (``SHARDED``) over the shards, leaving its lists
-    in them (``write``), and yields (name, its greedy matching (rows, columns, scores))."""
+def shard_bounds(n: int, shards: int, rows: int | None = None) -> list[int]:
+    """Row bounds of at most ``shards`` shards of n rows, each starting at a multiple of ``rows``
+    (Sinkhorn's column-sum blocks), as even as the blocks allow."""
+    rows = rows or dec.SUM_ROWS
+    blocks = -(-n // rows)
+    cuts = np.unique(np.round(np.linspace(0, blocks, min(shards, max(blocks, 1)) + 1)).astype(int))
+    return sorted({min(n, int(c) * rows) for c in cuts} | {0, n})
+
+
+def decode_sharded(call: Call, names: list[str], m: int, c, progress=None,
+                   rows: int | None = None) -> Iterator[tuple[str, tuple]]:
+    """Runs each named row-wise or Sinkhorn decoder (``SHARDED``) over the shards (``shard_bounds``
+    with ``rows``), leaving its lists in them (``write``), and yields (name, its greedy matching
+    (rows, columns, scores))."""
     for name in names:
         if name == "sinkhorn":
-            sinkhorn_sharded(call, m, c.sinkhorn_tau, c.sinkhorn_iters, progress)
+            sinkhorn_sharded(call, m, c.sinkhorn_tau, c.sinkhorn_iters, progress, rows)
         else:
             call("decode", name, c.csls_k)
         call("match_begin", name, c.match_threshold)

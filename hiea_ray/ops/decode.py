@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from hiea_ray.core.sharded import SHARDED, Facts, ListShard, decode_sharded
+from hiea_ray.core.sharded import SHARDED, Facts, ListShard, decode_sharded, shard_bounds
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _shards(ctx, d: Path, q, b, facts):
         opts["memory"] = int(c.shard_memory_gib * 2**30)
     actor = ray.remote(DecodeShard).options(**opts)
     qr, br, fr = ray.put(q), ray.put(b), ray.put(facts)
-    bounds = np.linspace(0, len(q), min(c.shards, max(len(q), 1)) + 1).astype(int)
+    bounds = shard_bounds(len(q), c.shards, c.sinkhorn_block_rows)
     return [actor.remote(str(d / "s2t.parquet"), str(d / "t2s.parquet"), qr, br, int(lo), int(hi), c.csls_k, fr)
             for lo, hi in zip(bounds[:-1], bounds[1:])]
 
@@ -108,7 +108,8 @@ def _sharded_protocol(ctx, protocol: str, names: list[str], d: Path, out: Path, 
         try:
             t0 = time.time()
             bar = Progress(f"decode {protocol} sinkhorn", c.sinkhorn_iters, unit="iterations") if "sinkhorn" in todo else None
-            for name, (r, col, w) in decode_sharded(call, list(todo), len(b), c, bar.update if bar else None):
+            for name, (r, col, w) in decode_sharded(call, list(todo), len(b), c, bar.update if bar else None,
+                                                    c.sinkhorn_block_rows):
                 call("write", name, str(out / f"{name}.parts"))
                 ray.get(actors[0].concat.remote(str(out / f"{name}.parts"), str(out / f"{name}.parquet")))
                 pq.write_table(pa.table({"src": q[r], "tgt": b[col], "score": w.astype(np.float32)}),

@@ -69,4 +69,4 @@ def run(ctx: RunContext, tmp: Path) -> dict:
 
 # ``version`` changes when the decoders' output for a config changes: finished runs then decode
 # again (seconds to minutes) instead of reusing lists an older decoder wrote.
-STAGE = StageDef(name="decode", body=run, reads=("retrieve", "rerank"), config=("decode",), version=2, resumable=True)
+STAGE = StageDef(name="decode", body=run, reads=("retrieve", "rerank"), config=("decode",), version=3, resumable=True)

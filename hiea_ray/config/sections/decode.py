@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hiea_ray.config.fields import bounded, runtime
+from hiea_ray.config.fields import bounded, hashed_if_set, runtime
 from hiea_ray.config.fields import unique_and_not_empty
 from hiea_ray.errors import UserError
 
@@ -22,6 +22,10 @@ class DecodeConfig:
     # Sparse Sinkhorn: entropic temperature and iterations.
     sinkhorn_tau: float = bounded(0.03, gt=0)
     sinkhorn_iters: int = bounded(100, ge=1)
+    # Sinkhorn's column sums add the partial sums of blocks of this many source rows, in order: the
+    # same floating-point additions in one process and over decode shards (engine ray: a shard
+    # starts on a block, so there are at most n / sinkhorn_block_rows shards).
+    sinkhorn_block_rows: int = hashed_if_set(default=65536, ge=1)
     # One-to-one output: a matched pair whose decoder score is below this is dropped (abstention);
     # null keeps every greedy match.
     match_threshold: float | None = None
