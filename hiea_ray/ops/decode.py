@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import time
 from pathlib import Path
@@ -32,7 +33,20 @@ log = logging.getLogger(__name__)
 
 class DecodeShard(ListShard):
     """A ``ListShard`` as a Ray actor; reports its node and its process's peak RSS, and (the first
-    shard) streams a decoder's parts into its list file with the CPU it already holds."""
+    shard) streams a decoder's parts into its list file with the CPU it already holds.
+
+    ``HIEA_FAIL_SHARD_AT_ITER=N`` (with ``HIEA_FAIL_MARKER``, a file path; passed from the driver's
+    environment): the first shard's process dies at Sinkhorn iteration N, once (the marker says it
+    did), as it would with its node; the tests use it to see the decoder start again."""
+
+    def sink_step(self, v):
+        self.iteration = getattr(self, "iteration", 0) + 1
+        marker = os.environ.get("HIEA_FAIL_MARKER")
+        if self.lo == 0 and marker and os.environ.get("HIEA_FAIL_SHARD_AT_ITER") == str(self.iteration) \
+                and not os.path.exists(marker):
+            Path(marker).write_text("shard 0 died here\n")
+            os._exit(1)
+        return super().sink_step(v)
 
     def concat(self, parts_dir: str, out: str) -> int:
         return concat_parts(parts_dir, out)
@@ -76,6 +90,9 @@ def _shards(ctx, d: Path, q, b, facts):
 
     c = ctx.cfg.decode
     opts = {"num_cpus": c.shard_cpus, "max_restarts": 0}
+    env = {k: v for k, v in os.environ.items() if k.startswith("HIEA_")}
+    if env:
+        opts["runtime_env"] = {"env_vars": env}
     if c.shard_memory_gib:
         opts["memory"] = int(c.shard_memory_gib * 2**30)
     actor = ray.remote(DecodeShard).options(**opts)
@@ -128,6 +145,7 @@ def _sharded_protocol(ctx, protocol: str, names: list[str], d: Path, out: Path, 
                 raise
             log.warning("decode %s: a shard actor was lost (%s); %s again on new actors", protocol,
                         type(e).__name__, ", ".join(todo))
+            stats["restarts"] = stats.get("restarts", 0) + 1
         finally:
             for a in actors:
                 ray.kill(a)
@@ -164,7 +182,7 @@ def decode_distributed(ctx, tmp: Path) -> dict:
     structure = ray.remote(_structure_on_worker).options(num_cpus=cfg.ray.offload_cpus, max_retries=cfg.ray.offload_retries,
                                                          **({"memory": int(cfg.ray.offload_memory_gib * 2**30)}
                                                             if cfg.ray.offload_memory_gib else {}))
-    t0, rows, timing, peak, nodes, structure_peak = time.time(), 0, {}, 0.0, {}, 0.0
+    t0, rows, timing, peak, nodes, structure_peak, restarts = time.time(), 0, {}, 0.0, {}, 0.0, 0
     for protocol in cfg.evaluate.protocols:
         d, out = ctx.run / "retrieve" / protocol, tmp / protocol
         out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +193,7 @@ def decode_distributed(ctx, tmp: Path) -> dict:
         names = [n for n in c.decoders if n in SHARDED and n not in done]
         if names:
             st = _sharded_protocol(ctx, protocol, names, d, out, q, b, seed_facts(ctx, q, b))
+            restarts += st.get("restarts", 0)
             timing.update({f"{protocol}/{n}": w for n, w in st["wall_s"].items()})
             peak = max(peak, st["shard_peak_rss_gib"])
             for node, n in st["nodes"].items():
@@ -187,5 +206,5 @@ def decode_distributed(ctx, tmp: Path) -> dict:
         rows += len(q) * len(c.decoders)
     wall = time.time() - t0
     return {"rows": rows, "rows_per_s": round(rows / max(wall, 1e-9), 1), "decoder_wall_s": timing, "engine": "ray",
-            "shards": c.shards, "shard_peak_rss_gib": peak, "shards_per_node": nodes,
+            "shards": c.shards, "shard_restarts": restarts, "shard_peak_rss_gib": peak, "shards_per_node": nodes,
             "structure_task_peak_rss_gib": round(structure_peak, 3) or None, "ray_start_s": ray_start_s}
