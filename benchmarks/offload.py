@@ -152,7 +152,10 @@ def main(argv=None) -> int:
                       # benchmark process also generated the pair and, with --vectors random, wrote the vectors)
                       "driver_peak_rss_gib_nk_stages": max(v["driver_peak_rss_gib"] for k, v in r["stages"].items()
                                                            if k in OFFLOADED),
-                      "wall_s_nk_stages": {k: v["wall_s"] for k, v in r["stages"].items() if k in OFFLOADED}}
+                      "wall_s_nk_stages": {k: v["wall_s"] for k, v in r["stages"].items() if k in OFFLOADED},
+                      # the stages' own records (per decoder wall times, the ray engines' tasks and actors)
+                      "stage_stats": {k: json.loads((out[mode] / k / "manifest.json").read_text())["stats"]
+                                      for k in ("retrieve", "decode") if (out[mode] / k / "manifest.json").is_file()}}
         for k, v in rows[mode]["wall_s_nk_stages"].items():
             walls[mode].setdefault(k, []).append(v)
         if args.repeat > 1:  # every run's wall time, alternating modes (the machine is noisy: compare medians)
