@@ -260,20 +260,20 @@ def test_distributed_retrieval_gives_the_drivers_lists_and_resumes_from_its_part
 
 
 @pytest.mark.ray
-def test_distributed_decoding_gives_the_single_process_lists_matchings_and_metrics(e2e, tmp_path, monkeypatch):
+def test_distributed_decoding_gives_the_single_process_lists_and_matchings_bit_for_bit(e2e, tmp_path, monkeypatch):
     """decode.engine=ray: top1 / csls / sinkhorn over 3 shard actors (the seed links as facts),
     structure in a task from the sharded Sinkhorn lists: every list and matching is the single
-    process's, bit for bit, and so every metric; no part left behind; the stage's stats count the
+    process's, bit for bit (so every metric read from them); no part left behind; the stage's stats count the
     shards (the driver read ids only). A shard's process dies mid-Sinkhorn (as with its node): the
     decoder starts again on new actors, top1 / csls kept, and the outputs are still those bits."""
     four = ["decode.decoders=[top1,csls,sinkhorn,structure]", "decode.sinkhorn_block_rows=64"]  # 3 blocks: 3 shards
     runs = {"driver": copy_stages(e2e["run"], tmp_path / "driver", STAGES[:4]),
             "ray": copy_stages(e2e["run"], tmp_path / "ray", STAGES[:4])}
-    Pipeline(load_config(overrides=tiny_overrides(e2e["model"], *four)), e2e["data"], runs["driver"]).run_all(until="evaluate")
+    Pipeline(load_config(overrides=tiny_overrides(e2e["model"], *four)), e2e["data"], runs["driver"]).run_stage("decode")
     cfg = load_config(overrides=tiny_overrides(e2e["model"], *four, "decode.engine=ray", "decode.shards=3", "decode.shard_cpus=0.5"))
     monkeypatch.setenv("HIEA_FAIL_SHARD_AT_ITER", "5")
     monkeypatch.setenv("HIEA_FAIL_MARKER", str(tmp_path / "died"))
-    Pipeline(cfg, e2e["data"], runs["ray"]).run_all(until="evaluate")
+    Pipeline(cfg, e2e["data"], runs["ray"]).run_stage("decode")
     assert (tmp_path / "died").is_file()
     for protocol in PROTOCOLS:
         for f in sorted((runs["driver"] / "decode" / protocol).glob("*.parquet")):
@@ -283,8 +283,6 @@ def test_distributed_decoding_gives_the_single_process_lists_matchings_and_metri
     st = manifest(runs["ray"], "decode")["stats"]
     assert st["engine"] == "ray" and sum(st["shards_per_node"].values()) == 3 * len(PROTOCOLS) and st["shard_peak_rss_gib"] > 0
     assert st["shard_restarts"] == 1
-    m = {e: json.loads((r / "metrics.json").read_text())["all_protocols"]["metrics"] for e, r in runs.items()}
-    assert m["driver"] == m["ray"]
 
 
 @pytest.mark.ray
