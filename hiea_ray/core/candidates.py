@@ -97,6 +97,15 @@ def merge(idx_a: np.ndarray, score_a: np.ndarray, idx_b: np.ndarray, score_b: np
     return sort_rows(np.where(np.isfinite(score), idx, -1), score)
 
 
+def known_rows(q: np.ndarray, b: np.ndarray, known_src, known_tgt) -> tuple[np.ndarray, np.ndarray]:
+    """The known links (ids) with both ends in the sorted ids q / b, as (source rows, target rows)."""
+    known_src, known_tgt = np.asarray(known_src, np.int64), np.asarray(known_tgt, np.int64)
+    qi, bi = np.searchsorted(q, known_src), np.searchsorted(b, known_tgt)
+    inside = (qi < len(q)) & (bi < len(b))
+    inside[inside] &= (q[qi[inside]] == known_src[inside]) & (b[bi[inside]] == known_tgt[inside])
+    return qi[inside], bi[inside]
+
+
 def known_out_of_pool(
     s2t: np.ndarray, s2t_score: np.ndarray, t2s: np.ndarray, t2s_score: np.ndarray,
     q: np.ndarray, b: np.ndarray, known_src: np.ndarray, known_tgt: np.ndarray, score: float = 1.0,
@@ -105,11 +114,7 @@ def known_out_of_pool(
     a known source's list is its known target alone (``score``), every other source's list loses
     the known targets; the same for the targets' lists. Links with an end outside q or b are
     ignored (a pool without them)."""
-    known_src, known_tgt = np.asarray(known_src, np.int64), np.asarray(known_tgt, np.int64)
-    qi, bi = np.searchsorted(q, known_src), np.searchsorted(b, known_tgt)
-    inside = (qi < len(q)) & (bi < len(b))
-    inside[inside] &= (q[qi[inside]] == known_src[inside]) & (b[bi[inside]] == known_tgt[inside])
-    qi, bi = qi[inside], bi[inside]
+    qi, bi = known_rows(q, b, known_src, known_tgt)
 
     def facts(idx, score_, own_rows, own_cols, other_n):
         taken = np.zeros(other_n, bool)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hiea_ray.core import decode as dec
-from hiea_ray.core.candidates import facts_rows
+from hiea_ray.core.candidates import facts_rows, known_rows
 from hiea_ray.io import column_to_numpy, ids_or_pad, to_local
 
 SHARDED = ("top1", "csls", "sinkhorn")  # the decoders run over shards; structure runs in one process
@@ -48,11 +48,7 @@ class Facts:
     own counterpart (-1: none) and which entities are taken (``core.candidates.known_out_of_pool``)."""
 
     def __init__(self, q: np.ndarray, b: np.ndarray, known_src: np.ndarray, known_tgt: np.ndarray):
-        known_src, known_tgt = np.asarray(known_src, np.int64), np.asarray(known_tgt, np.int64)
-        qi, bi = np.searchsorted(q, known_src), np.searchsorted(b, known_tgt)
-        inside = (qi < len(q)) & (bi < len(b))
-        inside[inside] &= (q[qi[inside]] == known_src[inside]) & (b[bi[inside]] == known_tgt[inside])
-        qi, bi = qi[inside], bi[inside]
+        qi, bi = known_rows(q, b, known_src, known_tgt)
         self.own_s, self.own_t = np.full(len(q), -1, np.int64), np.full(len(b), -1, np.int64)
         self.own_s[qi], self.own_t[bi] = bi, qi
         self.taken_s, self.taken_t = np.zeros(len(q), bool), np.zeros(len(b), bool)
